@@ -1,0 +1,56 @@
+"""Shared test harness: markers that skip with a reason, a real container engine, a base image."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+REQUIRE_ENGINE = os.environ.get("GH200_REQUIRE_ENGINE") == "1"
+
+
+def _has_nvidia_gpu() -> bool:
+    if not shutil.which("nvidia-smi"):
+        return False
+    try:
+        return subprocess.run(["nvidia-smi", "-L"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    gpu = _has_nvidia_gpu()
+    on_gh200 = os.environ.get("GH200_WORKSTATION") == "1"
+    for item in items:
+        if "gpu" in item.keywords and not gpu:
+            item.add_marker(pytest.mark.skip(reason="needs an NVIDIA GPU (nvidia-smi -L failed or is absent)"))
+        if "gh200" in item.keywords and not on_gh200:
+            item.add_marker(
+                pytest.mark.skip(reason="needs the dual-GH200 workstation (set GH200_WORKSTATION=1 there)")
+            )
+
+
+@pytest.fixture(scope="session")
+def engine() -> Iterator[object]:
+    """A Docker SDK client on a real engine: Docker, or Podman started by the harness."""
+    from gh200 import engine as engine_mod
+    from gh200.errors import EngineUnavailable
+
+    try:
+        client = engine_mod.connect()
+    except EngineUnavailable as err:
+        if REQUIRE_ENGINE:
+            pytest.fail(f"container engine required (GH200_REQUIRE_ENGINE=1): {err.one_line()}")
+        pytest.skip(f"needs a container engine: {err.one_line()}")
+    yield client
+
+
+@pytest.fixture(scope="session")
+def base_image(engine: object) -> str:
+    """Debian 12 base image (pulled where a registry answers, else debootstrap + import), cached."""
+    from gh200 import engine as engine_mod
+
+    return engine_mod.ensure_base_image(engine)  # type: ignore[arg-type]

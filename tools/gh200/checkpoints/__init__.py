@@ -1,0 +1,1 @@
+"""gh200 checkpoints."""

@@ -1,0 +1,62 @@
+"""Screen output conventions: rich for people, one JSON object for scripts and Ansible."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
+
+# Progress and tables go to stderr so that stdout stays clean for the result (and for --json).
+console = Console(stderr=True)
+stdout_console = Console()
+
+
+def emit_json(result: Any) -> None:
+    """Print one JSON object on stdout: the whole result of a --json command."""
+    sys.stdout.write(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
+    sys.stdout.flush()
+
+
+class _NullProgress:
+    """Stands in for rich Progress under --json: same calls, nothing shown."""
+
+    def add_task(self, description: str, total: float | None = None, **_: Any) -> int:
+        return 0
+
+    def update(self, task_id: int, **_: Any) -> None:
+        return None
+
+    def advance(self, task_id: int, advance: float = 1) -> None:
+        return None
+
+    def log(self, *_: Any, **__: Any) -> None:
+        return None
+
+
+@contextlib.contextmanager
+def progress(enabled: bool = True, transfer: bool = False) -> Iterator[Any]:
+    """A rich progress display on stderr, or a silent stand-in when `enabled` is False."""
+    if not enabled:
+        yield _NullProgress()
+        return
+    columns: list[Any] = [SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn()]
+    if transfer:
+        columns += [DownloadColumn(), TransferSpeedColumn()]
+    else:
+        columns += [TextColumn("{task.completed:.0f}/{task.total:.0f}")]
+    columns.append(TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        yield bar
