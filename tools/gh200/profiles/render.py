@@ -1,0 +1,284 @@
+"""Render a profile as the engine's argv, its environment, a container spec, or compose YAML.
+
+Deterministic: the same profile gives byte-identical output (golden-file tested). The container
+spec is what `gh200 deploy` hands to the Docker SDK.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gh200 import __version__
+from gh200.profiles.locks import image_pin, model_pins
+from gh200.profiles.schema import Profile
+
+MODELS_IN_CONTAINER = "/models"
+LABEL_PREFIX = "io.gh200"
+DEFAULT_MODEL_STORE = "/srv/models"
+
+
+def model_store() -> Path:
+    """Where fetched checkpoints live on the host ($GH200_MODELS, default /srv/models)."""
+    return Path(os.environ.get("GH200_MODELS", DEFAULT_MODEL_STORE))
+
+
+def model_dir_name(profile: Profile) -> str:
+    """Directory name of the profile's model in the store; a grafted model gets its own."""
+    name = profile.model.repo.replace("/", "--")
+    return f"{name}--mtp-graft" if profile.model.graft else name
+
+
+def model_host_dir(profile: Profile, store: Path | None = None) -> Path:
+    if profile.model.repo.startswith("local/"):
+        from gh200.paths import cache_dir
+
+        return (store or cache_dir() / "models") / model_dir_name(profile)
+    return (store or model_store()) / model_dir_name(profile)
+
+
+def model_container_dir(profile: Profile) -> str:
+    return f"{MODELS_IN_CONTAINER}/{profile.model.served_name}"
+
+
+def profile_hash(profile: Profile) -> str:
+    canonical = json.dumps(
+        profile.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":")
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _num(value: float) -> str:
+    return f"{value:g}"
+
+
+def vllm_argv(profile: Profile) -> list[str]:
+    s = profile.settings
+    argv = ["vllm", "serve", model_container_dir(profile), "--served-model-name", profile.model.served_name]
+    argv += ["--host", "0.0.0.0", "--port", str(profile.port)]
+    argv += ["--tensor-parallel-size", str(s.tensor_parallel_size)]
+    if s.distributed_executor_backend:
+        argv += ["--distributed-executor-backend", s.distributed_executor_backend]
+    if s.disable_custom_all_reduce:
+        argv.append("--disable-custom-all-reduce")
+    if s.offload_backend:
+        argv += ["--offload-backend", s.offload_backend]
+    if s.cpu_offload_gb is not None:
+        argv += ["--cpu-offload-gb", _num(s.cpu_offload_gb)]
+    if s.cpu_offload_params:
+        argv += ["--cpu-offload-params", *s.cpu_offload_params]
+    ranks = sorted(profile.placement.ranks, key=lambda r: r.rank)
+    if s.numa_bind and ranks:
+        argv += ["--numa-bind", "--numa-bind-nodes", *[str(r.numa_node) for r in ranks]]
+        if any(r.cpus for r in ranks):
+            argv += ["--numa-bind-cpus", *[r.cpus or "" for r in ranks]]
+    if s.block_size is not None:
+        argv += ["--block-size", str(s.block_size)]
+    if s.gpu_memory_utilization is not None:
+        argv += ["--gpu-memory-utilization", _num(s.gpu_memory_utilization)]
+    if s.kv_cache_dtype:
+        argv += ["--kv-cache-dtype", s.kv_cache_dtype]
+    if s.max_model_len is not None:
+        argv += ["--max-model-len", str(s.max_model_len)]
+    if s.max_num_batched_tokens is not None:
+        argv += ["--max-num-batched-tokens", str(s.max_num_batched_tokens)]
+    if s.max_num_seqs is not None:
+        argv += ["--max-num-seqs", str(s.max_num_seqs)]
+    if s.generation_config:
+        argv += ["--generation-config", s.generation_config]
+    if s.speculative is not None:
+        config = {
+            "method": s.speculative.method,
+            "num_speculative_tokens": s.speculative.num_speculative_tokens,
+        }
+        argv += ["--speculative-config", json.dumps(config, separators=(",", ":"))]
+    return argv + list(s.extra_args)
+
+
+def llama_argv(profile: Profile) -> list[str]:
+    """llama.cpp and ik_llama.cpp `llama-server`; a node-bound CPU profile runs under numactl."""
+    s = profile.settings
+    model_dir = model_container_dir(profile)
+    argv: list[str] = []
+    cpu = profile.placement.cpu
+    if cpu is not None and cpu.numa_node is not None:
+        argv += ["numactl", f"--cpunodebind={cpu.numa_node}"]
+        if cpu.membind:
+            argv.append(f"--membind={cpu.numa_node}")
+    argv += [
+        "llama-server",
+        "-m",
+        f"{model_dir}/{profile.model.gguf_file}",
+        "--alias",
+        profile.model.served_name,
+    ]
+    argv += ["--host", "0.0.0.0", "--port", str(profile.port)]
+    if s.threads is not None:
+        argv += ["-t", str(s.threads)]
+    if s.ctx_size is not None:
+        argv += ["-c", str(s.ctx_size)]
+    if s.parallel is not None:
+        argv += ["-np", str(s.parallel)]
+    if s.flash_attn is not None:
+        argv += ["-fa", s.flash_attn]
+    if s.metrics:
+        argv.append("--metrics")
+    if s.speculative is not None and s.speculative.method == "draft" and profile.model.draft is not None:
+        argv += ["-md", f"{model_dir}/{profile.model.draft.file}"]
+        if profile.engine == "llama_cpp":
+            argv += [
+                "--spec-type",
+                "draft-simple",
+                "--spec-draft-n-max",
+                str(s.speculative.num_speculative_tokens),
+            ]
+        else:
+            argv += ["--draft-max", str(s.speculative.num_speculative_tokens)]
+    return argv + list(s.extra_args)
+
+
+def argv(profile: Profile) -> list[str]:
+    return vllm_argv(profile) if profile.engine == "vllm" else llama_argv(profile)
+
+
+def env(profile: Profile) -> dict[str, str]:
+    """The container environment: the profile's own variables, sorted (secrets never live here)."""
+    return dict(sorted(profile.env.items()))
+
+
+def _cpuset(profile: Profile) -> tuple[str | None, str | None]:
+    from gh200.profiles.loader import load_host
+    from gh200.profiles.validate import parse_cpu_list
+
+    node_cpus = {n.id: n.cpus for n in load_host(profile.host).numa_nodes}
+    cpus: set[int] = set()
+    mems: set[int] = set()
+    for rank in profile.placement.ranks:
+        spec = rank.cpus or node_cpus.get(rank.numa_node)
+        if spec:
+            cpus |= parse_cpu_list(spec)
+        mems.add(rank.numa_node)
+    cpu = profile.placement.cpu
+    if cpu is not None:
+        spec = cpu.cpus or (node_cpus.get(cpu.numa_node) if cpu.numa_node is not None else None)
+        if spec:
+            cpus |= parse_cpu_list(spec)
+        if cpu.numa_node is not None and cpu.membind:
+            mems.add(cpu.numa_node)
+    return (_compact(cpus) if cpus else None, _compact(mems) if mems else None)
+
+
+def _compact(values: set[int]) -> str:
+    ordered = sorted(values)
+    parts: list[str] = []
+    start = prev = ordered[0]
+    for value in ordered[1:]:
+        if value == prev + 1:
+            prev = value
+            continue
+        parts.append(f"{start}-{prev}" if prev > start else str(start))
+        start = prev = value
+    parts.append(f"{start}-{prev}" if prev > start else str(start))
+    return ",".join(parts)
+
+
+def labels(profile: Profile, stack: str | None = None) -> dict[str, str]:
+    pins = model_pins(profile)
+    image = image_pin(profile)
+    out = {
+        f"{LABEL_PREFIX}.profile": profile.name,
+        f"{LABEL_PREFIX}.profile-hash": profile_hash(profile),
+        f"{LABEL_PREFIX}.image": image.pinned_ref if image.state == "locked" else image.ref,
+        f"{LABEL_PREFIX}.image-recipe": profile.image.recipe or "",
+        f"{LABEL_PREFIX}.model": profile.model.repo,
+        f"{LABEL_PREFIX}.model-revision": pins[0].value or f"{profile.model.revision} (unlocked)",
+        f"{LABEL_PREFIX}.bundle-version": __version__,
+    }
+    if stack:
+        out[f"{LABEL_PREFIX}.stack"] = stack
+    return out
+
+
+def container_spec(profile: Profile, stack: str | None = None) -> dict[str, Any]:
+    """Everything `gh200 deploy` passes to the Docker SDK, with the image still by recipe/base."""
+    cpus, mems = _cpuset(profile)
+    image = image_pin(profile)
+    spec: dict[str, Any] = {
+        "name": f"gh200-{profile.name}",
+        "image": {"base": image.pinned_ref, "state": image.state, "recipe": profile.image.recipe},
+        "command": argv(profile),
+        "environment": env(profile),
+        "ports": {f"{profile.port}/tcp": [profile.bind_address, profile.port]},
+        "gpus": [r.gpu for r in sorted(profile.placement.ranks, key=lambda r: r.rank)],
+        "cpuset_cpus": cpus,
+        "cpuset_mems": mems,
+        "volumes": {
+            str(model_host_dir(profile)): {"bind": model_container_dir(profile), "mode": "ro"},
+        },
+        "labels": labels(profile, stack),
+        "health": {
+            "url": f"http://{profile.bind_address}:{profile.port}{profile.health.endpoint}",
+            "models_url": f"http://{profile.bind_address}:{profile.port}{profile.health.models_endpoint}",
+            "timeout_s": profile.health.timeout_s,
+        },
+    }
+    if profile.engine == "vllm":
+        # Tensor-parallel workers share tensors over /dev/shm and pin host memory for offload.
+        spec["ipc_mode"] = "host"
+        spec["shm_size"] = profile.shm_size
+        spec["ulimits"] = {"memlock": [-1, -1], "stack": [67108864, 67108864]}
+    elif profile.shm_size:
+        spec["shm_size"] = profile.shm_size
+    if profile.api_key_file:
+        spec["api_key_file"] = profile.api_key_file
+    return spec
+
+
+def compose(profiles: list[Profile], stack: str | None = None) -> str:
+    services: dict[str, Any] = {}
+    for profile in profiles:
+        spec = container_spec(profile, stack)
+        service: dict[str, Any] = {
+            "image": spec["image"]["base"]
+            if not spec["image"]["recipe"]
+            else f"gh200-{spec['image']['recipe']}",
+            "command": spec["command"],
+            "environment": spec["environment"],
+            "ports": [f"{profile.bind_address}:{profile.port}:{profile.port}"],
+            "volumes": [f"{host}:{v['bind']}:{v['mode']}" for host, v in spec["volumes"].items()],
+            "labels": spec["labels"],
+        }
+        if spec["image"]["recipe"]:
+            service["build"] = {
+                "context": f"containers/{spec['image']['recipe']}",
+                "args": {"BASE": spec["image"]["base"]},
+            }
+        if spec["cpuset_cpus"]:
+            service["cpuset"] = spec["cpuset_cpus"]
+        if spec["gpus"]:
+            service["deploy"] = {
+                "resources": {
+                    "reservations": {
+                        "devices": [
+                            {
+                                "driver": "nvidia",
+                                "device_ids": [str(g) for g in spec["gpus"]],
+                                "capabilities": ["gpu"],
+                            }
+                        ]
+                    }
+                }
+            }
+        if spec.get("ipc_mode"):
+            service["ipc"] = spec["ipc_mode"]
+        if spec.get("shm_size"):
+            service["shm_size"] = spec["shm_size"]
+        if spec.get("ulimits"):
+            service["ulimits"] = {"memlock": -1, "stack": 67108864}
+        services[profile.name] = service
+    return yaml.safe_dump({"services": services}, sort_keys=True, width=120)
