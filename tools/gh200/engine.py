@@ -129,7 +129,9 @@ def image_exists(client: docker.DockerClient, ref: str) -> bool:
         return False
 
 
-def ensure_base_image(client: docker.DockerClient, pull: str | None = "docker.io/library/debian:bookworm") -> str:
+def ensure_base_image(
+    client: docker.DockerClient, pull: str | None = "docker.io/library/debian:bookworm"
+) -> str:
     """A Debian 12 base image: pulled where a registry answers, else built with debootstrap.
 
     The debootstrap rootfs tarball is cached, so a new engine store imports it in seconds.
@@ -163,7 +165,9 @@ def _debootstrap_tarball() -> Path:
     if out.exists():
         return out
     if not shutil.which("debootstrap"):
-        raise EngineUnavailable("debootstrap is not installed", "run `make setup` or apt-get install debootstrap")
+        raise EngineUnavailable(
+            "debootstrap is not installed", "run `make setup` or apt-get install debootstrap"
+        )
     root = out.parent / f".rootfs-{os.getpid()}"
     shutil.rmtree(root, ignore_errors=True)
     try:
@@ -180,7 +184,9 @@ def _debootstrap_tarball() -> Path:
         os.replace(tmp, out)
     except subprocess.CalledProcessError as err:
         tail = (err.stderr or b"").decode(errors="replace").strip().splitlines()[-1:]
-        raise OperationFailed(f"debootstrap {BASE_SUITE} failed: {' '.join(tail)}", "check apt access") from err
+        raise OperationFailed(
+            f"debootstrap {BASE_SUITE} failed: {' '.join(tail)}", "check apt access"
+        ) from err
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return out
