@@ -1,9 +1,100 @@
-"""CLI commands for images (filled in by its issue)."""
+"""CLI: `gh200 images build NAME`, `gh200 images list`, `gh200 patches check --vllm VERSION`."""
 
 from __future__ import annotations
 
 import typer
+from rich.table import Table
+
+from gh200.output import console, emit_json
+
+images_app = typer.Typer(help="Build and list the bundle's container images.", no_args_is_help=True)
+patches_app = typer.Typer(help="The vLLM patch series baked into containers/vllm.", no_args_is_help=True)
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.0f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB"
+
+
+@images_app.command("build")
+def build_cmd(
+    name: str = typer.Argument(..., help="Recipe: a directory of containers/ with a recipe.yaml."),
+    platform: str | None = typer.Option(None, "--platform", help="linux/amd64 or linux/arm64."),
+    unlocked: bool = typer.Option(False, "--unlocked", help="Allow a base or source not pinned by digest."),
+    force: bool = typer.Option(False, "--force", help="Rebuild even if an image of this recipe hash exists."),
+    json_out: bool = typer.Option(False, "--json", help="One JSON result on stdout, no progress."),
+) -> None:
+    """Build an image, tagged by its recipe's content hash (an unchanged recipe is not rebuilt)."""
+    from gh200.engine import connect
+    from gh200.images.build import build_image
+
+    client = connect()
+    result = build_image(
+        client, name, platform=platform, unlocked=unlocked, progress=not json_out, force=force
+    )
+    if json_out:
+        emit_json(result.as_json())
+        return
+    what = f"built in {result.seconds:.0f}s" if result.built else "up to date (recipe unchanged)"
+    console.print(f"[bold green]{result.tag}[/] {what}, {_size(result.size_bytes)}")
+
+
+@images_app.command("list")
+def list_cmd(json_out: bool = typer.Option(False, "--json", help="One JSON result on stdout.")) -> None:
+    """Each recipe, its current tag, and whether a built image matches the current recipe."""
+    from gh200.engine import connect
+    from gh200.images.build import list_images
+
+    rows = list_images(connect())
+    if json_out:
+        emit_json({"images": rows})
+        return
+    table = Table(title="gh200 images")
+    for column in ("recipe", "current tag", "built images", "up to date", "note"):
+        table.add_column(column)
+    for row in rows:
+        built = "\n".join(
+            f"{', '.join(b['tags']) or b['id']} {_size(b['size_bytes'])}"
+            + (" (current)" if b["matches_recipe"] else " (stale)")
+            for b in row["built"]
+        )
+        table.add_row(
+            row["name"],
+            row["current_tag"] or "-",
+            built or "-",
+            "yes" if row["up_to_date"] else "no",
+            row["note"],
+        )
+    console.print(table)
+
+
+@patches_app.command("check")
+def check_cmd(
+    vllm: str = typer.Option(..., "--vllm", help="vLLM version, e.g. 0.33.0."),
+    sha256: str | None = typer.Option(
+        None, "--sha256", help="sha256 of that vLLM sdist, for a version the series does not pin yet."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="One JSON result on stdout, no progress."),
+) -> None:
+    """Apply the series to that vLLM's sdist (sha256 checked) in a scratch tree; exit 1 on a conflict."""
+    from gh200.images.patches import check_series
+
+    report = check_series(vllm, sha256=sha256, progress=not json_out)
+    if json_out:
+        emit_json(report)
+    else:
+        table = Table(title=f"vLLM {vllm} patch series")
+        for column in ("patch", "status", "result", "detail"):
+            table.add_column(column)
+        colours = {"applies": "green", "upstream": "cyan", "already-applied": "yellow"}
+        for row in report["patches"]:
+            colour = colours.get(row["result"], "red" if row["result"] in ("conflict", "missing") else "dim")
+            table.add_row(row["id"], row["status"], f"[{colour}]{row['result']}[/]", row.get("detail", ""))
+        console.print(table)
+    if not report["ok"]:
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
     """Add this job's commands to the root app."""
+    app.add_typer(images_app, name="images")
+    app.add_typer(patches_app, name="patches")

@@ -1,0 +1,82 @@
+"""Read profiles/images.lock (written by `gh200 lock` on a connected host).
+
+Format: a YAML mapping lock_key -> {ref: "repo:tag", digest: "sha256:..." or null}.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from gh200.errors import LockError
+from gh200.paths import profiles_dir
+
+DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class LockedImage:
+    key: str
+    ref: str
+    digest: str | None
+
+    @property
+    def pinned_ref(self) -> str | None:
+        """`repo@sha256:...` (the tag dropped: the digest alone names the image), or None if unpinned."""
+        if not self.digest:
+            return None
+        return f"{strip_tag(self.ref)}@{self.digest}"
+
+
+def strip_tag(ref: str) -> str:
+    """`docker.io/vllm/vllm-openai:v1` -> `docker.io/vllm/vllm-openai` (a registry port is kept)."""
+    ref = ref.split("@", 1)[0]
+    last = ref.rsplit("/", 1)[-1]
+    if ":" in last:
+        return ref[: len(ref) - len(last)] + last.split(":", 1)[0]
+    return ref
+
+
+def images_lock_path() -> Path:
+    return profiles_dir() / "images.lock"
+
+
+def read_images_lock(path: Path | None = None) -> dict[str, LockedImage]:
+    """All entries of images.lock; an absent file is an empty lock."""
+    path = path or images_lock_path()
+    if not path.exists():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise LockError(
+            f"{path} is not valid YAML: {err}", "re-run `gh200 lock` on a connected host"
+        ) from err
+    if not isinstance(data, dict):
+        raise LockError(f"{path} is not a mapping of lock keys", "re-run `gh200 lock` on a connected host")
+    out: dict[str, LockedImage] = {}
+    for key, entry in data.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("ref"), str):
+            raise LockError(f"{path}: entry {key!r} has no ref", "re-run `gh200 lock` on a connected host")
+        digest = entry.get("digest")
+        if digest is not None and not (isinstance(digest, str) and DIGEST.match(digest)):
+            raise LockError(
+                f"{path}: entry {key!r} has a malformed digest {digest!r}",
+                "re-run `gh200 lock` on a connected host",
+            )
+        out[str(key)] = LockedImage(str(key), entry["ref"], digest)
+    return out
+
+
+def find_locked(ref: str, lock_key: str | None, path: Path | None = None) -> LockedImage | None:
+    """The lock entry for lock_key, else the first entry whose ref is `ref`."""
+    entries = read_images_lock(path)
+    if lock_key and lock_key in entries:
+        return entries[lock_key]
+    for entry in entries.values():
+        if entry.ref == ref:
+            return entry
+    return None

@@ -1,0 +1,205 @@
+"""The vLLM patch series (containers/vllm/patches/series.yaml) checked against real vLLM source.
+
+`check_series("0.33.0")` downloads the vLLM sdist from PyPI (cached, sha256 checked), unpacks its
+`vllm/` package once, hard-links it into a scratch tree, and runs containers/vllm/apply_patches.py
+(the very script the image build runs) against it: per patch, applies / already upstream / conflicts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gh200.errors import BadInput, OperationFailed
+from gh200.fsutil import atomic_dir
+from gh200.images.pypi import SdistPin, fetch_sdist, file_lock
+from gh200.paths import cache_dir, containers_dir
+
+SHA256 = r"^[0-9a-f]{64}$"
+
+
+class PatchCheckFailed(OperationFailed):
+    """The apply script could not run (not: a patch conflicts - that is a report, exit 1)."""
+
+
+class PatchEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    file: str | None
+    purpose: str
+    vllm: list[str]
+    status: Literal["carried", "upstream"]
+    upstream: str
+    touches: list[str] = Field(default_factory=list)
+    smoke_imports: list[str] = Field(default_factory=list)
+    file_upstream: str | None = None
+    function: str | None = None
+    evidence: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _shape(self) -> PatchEntry:
+        if self.status == "carried" and not self.file:
+            raise ValueError(f"carried patch {self.id} needs a file")
+        if self.status == "upstream" and (self.file or not self.file_upstream or not self.evidence):
+            raise ValueError(f"upstream entry {self.id} needs file: null, file_upstream and evidence")
+        return self
+
+
+class Series(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    vllm_sdists: dict[str, str]
+    patches: list[PatchEntry]
+
+    @model_validator(mode="after")
+    def _unique(self) -> Series:
+        ids = [p.id for p in self.patches]
+        if len(ids) != len(set(ids)):
+            raise ValueError("patch ids must be unique")
+        for version, sha in self.vllm_sdists.items():
+            if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+                raise ValueError(f"vllm_sdists[{version}] is not a sha256")
+        return self
+
+
+def vllm_recipe_dir() -> Path:
+    return containers_dir() / "vllm"
+
+
+def series_path() -> Path:
+    return vllm_recipe_dir() / "patches" / "series.yaml"
+
+
+def apply_script() -> Path:
+    return vllm_recipe_dir() / "apply_patches.py"
+
+
+def load_series(path: Path | None = None) -> Series:
+    path = path or series_path()
+    if not path.exists():
+        raise BadInput(f"{path} is missing", "restore containers/vllm/patches/series.yaml")
+    try:
+        series = Series.model_validate(yaml.safe_load(path.read_text()))
+    except (yaml.YAMLError, ValidationError) as err:
+        lines = str(err).strip().splitlines()
+        raise BadInput(f"{path} is not a valid series: {' '.join(lines[:3])}", "fix the series file") from err
+    for entry in series.patches:
+        if entry.file and not (path.parent / entry.file).exists():
+            raise BadInput(
+                f"series entry {entry.id} names {entry.file}, which is missing", "restore the patch"
+            )
+    return series
+
+
+def pristine_source(version: str, sha256: str, *, progress: bool = False) -> Path:
+    """The unpacked `vllm/` package of the sdist (cached per version and sha256); the returned
+    directory holds `vllm/`. Treat it as read-only: scratch trees hard-link into it."""
+    out = cache_dir() / "vllm-src" / f"{version}-{sha256[:16]}"
+    if (out / "vllm" / "__init__.py").exists():
+        return out
+    sdist = fetch_sdist(SdistPin("vllm", version, sha256), progress=progress)
+    with file_lock(out.parent / f".{out.name}.lock"):
+        if (out / "vllm" / "__init__.py").exists():
+            return out
+        with atomic_dir(out) as tmp, tarfile.open(sdist, "r:gz") as tar:
+            members = []
+            for member in tar.getmembers():
+                parts = Path(member.name).parts
+                # <top>/vllm/...: only the Python package (the patches' -p1 paths start at vllm/).
+                if len(parts) >= 2 and parts[1] == "vllm" and (member.isfile() or member.isdir()):
+                    member.name = str(Path(*parts[1:]))
+                    members.append(member)
+            if not members:
+                raise PatchCheckFailed(f"{sdist.name} has no vllm/ package", "check the pinned sdist")
+            tar.extractall(tmp, members=members, filter="data")
+    return out
+
+
+@contextlib.contextmanager
+def scratch_tree(version: str, sha256: str, *, progress: bool = False) -> Iterator[Path]:
+    """A throw-away copy of the pristine tree (hard links; the apply script replaces files by rename)."""
+    pristine = pristine_source(version, sha256, progress=progress)
+    root = Path(tempfile.mkdtemp(prefix=f"vllm-{version}-", dir=cache_dir() / "vllm-src"))
+    try:
+        shutil.copytree(pristine / "vllm", root / "vllm", copy_function=os.link)
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run_apply_script(
+    root: Path, *, version: str, check_only: bool, series: Path | None = None
+) -> tuple[int, dict[str, Any], str]:
+    """Run containers/vllm/apply_patches.py on root; (exit code, JSON report, stderr)."""
+    argv = [sys.executable, str(apply_script()), "--root", str(root), "--vllm-version", version, "--json"]
+    argv += ["--series", str(series or series_path())]
+    if check_only:
+        argv.append("--check")
+    done = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=600)
+    if done.returncode not in (0, 1):
+        tail = " ".join(done.stderr.strip().splitlines()[-2:])
+        raise PatchCheckFailed(f"apply_patches.py failed: {tail}", "fix the series file or patches")
+    return done.returncode, json.loads(done.stdout), done.stderr
+
+
+def resolve_pin(version: str, sha256: str | None) -> str:
+    series = load_series()
+    pinned = series.vllm_sdists.get(version)
+    if sha256 is not None:
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise BadInput(f"--sha256 {sha256!r} is not a sha256 hex digest", "pass 64 lowercase hex digits")
+        if pinned and pinned != sha256:
+            raise BadInput(
+                f"--sha256 disagrees with the pin for vLLM {version} in {series_path()}",
+                "drop --sha256, or update the pin deliberately",
+            )
+        return sha256
+    if pinned is None:
+        known = ", ".join(sorted(series.vllm_sdists)) or "none"
+        raise BadInput(
+            f"vLLM {version} is not pinned in {series_path()} (pinned: {known})",
+            f"add its sdist sha256 under vllm_sdists, or pass --sha256 for a one-off check of {version}",
+        )
+    return pinned
+
+
+def check_series(version: str, *, sha256: str | None = None, progress: bool = False) -> dict[str, Any]:
+    """Apply the series for real in a scratch tree of vLLM `version`; the apply script's report."""
+    pin = resolve_pin(version, sha256)
+    with scratch_tree(version, pin, progress=progress) as root:
+        code, report, _ = run_apply_script(root, version=version, check_only=False)
+    report["sdist_sha256"] = pin
+    report["series"] = str(series_path())
+    report["changed"] = False
+    report["ok"] = code == 0 and bool(report.get("ok"))
+    report.pop("root", None)  # the scratch tree is gone
+    return report
+
+
+def patched_tree(version: str, dest: Path, *, sha256: str | None = None) -> dict[str, Any]:
+    """Write vLLM `version`'s `vllm/` package with the series applied to dest (for tests and review)."""
+    pin = resolve_pin(version, sha256)
+    pristine = pristine_source(version, pin)
+    if dest.exists():
+        raise BadInput(f"{dest} already exists", "pick a new directory")
+    with atomic_dir(dest) as tmp:
+        shutil.copytree(pristine / "vllm", tmp / "vllm", copy_function=os.link)
+        code, report, stderr = run_apply_script(tmp, version=version, check_only=False)
+        if code != 0:
+            raise PatchCheckFailed(
+                f"the series does not apply to vLLM {version}: {stderr.strip()}", "see the check"
+            )
+    return report
