@@ -45,6 +45,7 @@ class PatchEntry(BaseModel):
     upstream: str
     touches: list[str] = Field(default_factory=list)
     smoke_imports: list[str] = Field(default_factory=list)
+    smoke_symbols: list[str] = Field(default_factory=list)
     file_upstream: str | None = None
     function: str | None = None
     evidence: list[str] = Field(default_factory=list)
