@@ -1,0 +1,330 @@
+"""Safetensors at the byte level: read headers, write headers, splice raw tensor bytes between files.
+
+Nothing here loads tensors: a header is at most a few MiB of JSON, and tensor bytes move between files
+with copy_file_range(2) (in-kernel, no user-space buffer), so memory stays flat whatever the size.
+
+Format (https://github.com/huggingface/safetensors): 8-byte little-endian header length N, N bytes of
+UTF-8 JSON (space padded), then the data buffer. Each tensor entry has dtype, shape and data_offsets
+[begin, end) relative to the start of the data buffer; "__metadata__" is an optional str->str map.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import math
+import os
+import struct
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gh200.errors import BadInput
+
+# Bits per element for every dtype the safetensors format defines (sub-byte types pack densely).
+DTYPE_BITS: dict[str, int] = {
+    "BOOL": 8,
+    "U8": 8,
+    "I8": 8,
+    "F8_E5M2": 8,
+    "F8_E4M3": 8,
+    "F8_E4M3FNUZ": 8,
+    "F8_E5M2FNUZ": 8,
+    "F8_E8M0": 8,
+    "F4": 4,
+    "F6_E2M3": 6,
+    "F6_E3M2": 6,
+    "I16": 16,
+    "U16": 16,
+    "F16": 16,
+    "BF16": 16,
+    "I32": 32,
+    "U32": 32,
+    "F32": 32,
+    "C64": 64,
+    "F64": 64,
+    "I64": 64,
+    "U64": 64,
+}
+
+# The reference implementation refuses headers above 100 MB; so do we, before allocating anything.
+MAX_HEADER_BYTES = 100_000_000
+_HEADER_ALIGN = 8
+_COPY_CHUNK = 64 * 1024 * 1024
+
+
+class CorruptSafetensors(BadInput):
+    """A file that is not a well-formed safetensors file (truncated, bad header, overlapping data)."""
+
+
+def tensor_nbytes(dtype: str, shape: Sequence[int]) -> int:
+    bits = DTYPE_BITS.get(dtype)
+    if bits is None:
+        raise ValueError(f"unknown safetensors dtype {dtype!r}")
+    return (math.prod(shape) * bits + 7) // 8
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One tensor as its header describes it; begin/end are relative to the data buffer."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.begin
+
+
+@dataclass
+class SafetensorsHeader:
+    """A parsed header. `raw` is the header JSON exactly as stored (for cheap content identity)."""
+
+    path: Path
+    header_len: int
+    tensors: dict[str, TensorEntry]
+    metadata: dict[str, str] = field(default_factory=dict)
+    file_size: int = 0
+    raw: bytes = b""
+
+    @property
+    def data_start(self) -> int:
+        return 8 + self.header_len
+
+    @property
+    def data_bytes(self) -> int:
+        return sum(entry.nbytes for entry in self.tensors.values())
+
+    def digest(self) -> str:
+        """sha256 of the stored header bytes plus the file size: identity without reading tensor data."""
+        h = hashlib.sha256(self.raw)
+        h.update(str(self.file_size).encode())
+        return h.hexdigest()
+
+
+def parse_header(
+    raw: bytes, where: str, file_size: int | None = None
+) -> tuple[dict[str, TensorEntry], dict[str, str]]:
+    """Parse and validate header JSON. `file_size` (data buffer size known) enables the bounds checks."""
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptSafetensors(
+            f"{where}: safetensors header is not valid JSON ({exc})", "re-download or re-create the file"
+        ) from exc
+    if not isinstance(obj, dict):
+        raise CorruptSafetensors(f"{where}: safetensors header is not a JSON object", "re-download the file")
+    metadata_obj = obj.pop("__metadata__", None) or {}
+    if not isinstance(metadata_obj, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata_obj.items()
+    ):
+        raise CorruptSafetensors(f"{where}: __metadata__ must map strings to strings", "re-create the file")
+    tensors: dict[str, TensorEntry] = {}
+    for name, info in obj.items():
+        try:
+            dtype = info["dtype"]
+            shape = tuple(int(d) for d in info["shape"])
+            begin, end = (int(x) for x in info["data_offsets"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptSafetensors(
+                f"{where}: tensor {name} has a malformed header entry", "re-download the file"
+            ) from exc
+        if dtype not in DTYPE_BITS:
+            raise CorruptSafetensors(
+                f"{where}: tensor {name} has unknown dtype {dtype}", "re-download the file"
+            )
+        if any(d < 0 for d in shape) or begin < 0 or end < begin:
+            raise CorruptSafetensors(
+                f"{where}: tensor {name} has negative shape or offsets", "re-download the file"
+            )
+        if end - begin != tensor_nbytes(dtype, shape):
+            raise CorruptSafetensors(
+                f"{where}: tensor {name} spans {end - begin} bytes but {dtype}{list(shape)} needs "
+                f"{tensor_nbytes(dtype, shape)}",
+                "re-download the file",
+            )
+        tensors[name] = TensorEntry(name, dtype, shape, begin, end)
+    # The data buffer must be covered exactly, without holes or overlaps (the reference rule).
+    cursor = 0
+    for entry in sorted(tensors.values(), key=lambda e: (e.begin, e.end)):
+        if entry.begin != cursor:
+            raise CorruptSafetensors(
+                f"{where}: tensor {entry.name} starts at {entry.begin}, expected {cursor} (hole or overlap)",
+                "re-download the file",
+            )
+        cursor = entry.end
+    if file_size is not None and cursor != file_size:
+        raise CorruptSafetensors(
+            f"{where}: data buffer is {file_size} bytes but the header describes {cursor}"
+            + (" (truncated)" if file_size < cursor else ""),
+            "re-download the file",
+        )
+    return tensors, {str(k): str(v) for k, v in metadata_obj.items()}
+
+
+def read_header(path: Path) -> SafetensorsHeader:
+    """Read and validate the header of a local safetensors file (reads the header bytes only)."""
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                raise CorruptSafetensors(
+                    f"{path}: shorter than 8 bytes, not a safetensors file", "re-download it"
+                )
+            (header_len,) = struct.unpack("<Q", prefix)
+            if header_len > MAX_HEADER_BYTES or 8 + header_len > size:
+                raise CorruptSafetensors(
+                    f"{path}: header length {header_len} does not fit the file ({size} bytes)",
+                    "re-download it",
+                )
+            raw = handle.read(header_len)
+    except FileNotFoundError as exc:
+        raise BadInput(f"{path}: no such file", "check the path") from exc
+    except IsADirectoryError as exc:
+        raise BadInput(f"{path}: is a directory, expected a safetensors file", "check the path") from exc
+    tensors, metadata = parse_header(raw, str(path), size - 8 - header_len)
+    return SafetensorsHeader(path, header_len, tensors, metadata, size, raw)
+
+
+@dataclass(frozen=True)
+class NewTensor:
+    """A tensor to place in a file being written: its bytes come from `source` at `offset` (absolute)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+    source: Path | None = None
+    offset: int = 0
+
+
+def build_header(tensors: Sequence[NewTensor], metadata: dict[str, str] | None = None) -> bytes:
+    """Header bytes (length prefix + space-padded JSON) for tensors laid out in the given order."""
+    obj: dict[str, object] = {}
+    if metadata:
+        obj["__metadata__"] = dict(sorted(metadata.items()))
+    cursor = 0
+    for tensor in tensors:
+        obj[tensor.name] = {
+            "dtype": tensor.dtype,
+            "shape": list(tensor.shape),
+            "data_offsets": [cursor, cursor + tensor.nbytes],
+        }
+        cursor += tensor.nbytes
+    text = json.dumps(obj, separators=(",", ":")).encode("utf-8")
+    # Pad so that the data buffer starts 8-byte aligned, as the reference writer does.
+    pad = (-(8 + len(text))) % _HEADER_ALIGN
+    text += b" " * pad
+    return struct.pack("<Q", len(text)) + text
+
+
+def _copy_range(src_fd: int, dst_fd: int, offset: int, count: int, on_bytes: Callable[[int], None]) -> None:
+    """Copy `count` bytes from src_fd at `offset` to dst_fd's current position, in the kernel if possible."""
+    remaining = count
+    pos = offset
+    while remaining > 0:
+        want = min(remaining, _COPY_CHUNK)
+        try:
+            done = os.copy_file_range(src_fd, dst_fd, want, pos)
+        except OSError as exc:
+            # Kernels or filesystems without cross-file copy_file_range: fall back to sendfile/read.
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
+                raise
+            _copy_range_userspace(src_fd, dst_fd, pos, remaining, on_bytes)
+            return
+        if done == 0:
+            raise CorruptSafetensors(
+                f"source ended early while copying at offset {pos}", "re-download the source"
+            )
+        pos += done
+        remaining -= done
+        on_bytes(done)
+
+
+def _copy_range_userspace(
+    src_fd: int, dst_fd: int, offset: int, count: int, on_bytes: Callable[[int], None]
+) -> None:
+    buffer = bytearray(8 * 1024 * 1024)
+    view = memoryview(buffer)
+    pos = offset
+    remaining = count
+    while remaining > 0:
+        want = min(remaining, len(buffer))
+        got = os.preadv(src_fd, [view[:want]], pos)
+        if got == 0:
+            raise CorruptSafetensors(
+                f"source ended early while copying at offset {pos}", "re-download the source"
+            )
+        written = 0
+        while written < got:
+            written += os.write(dst_fd, view[written:got])
+        pos += got
+        remaining -= got
+        on_bytes(got)
+
+
+def write_spliced(
+    out: Path,
+    tensors: Sequence[NewTensor],
+    metadata: dict[str, str] | None = None,
+    on_bytes: Callable[[int], None] = lambda _: None,
+    fsync: bool = True,
+) -> int:
+    """Write a safetensors file whose tensor bytes are byte ranges of other files. Returns its size."""
+    header = build_header(tensors, metadata)
+    fds: dict[Path, int] = {}
+    try:
+        with open(out, "wb") as handle:
+            handle.write(header)
+            handle.flush()
+            dst = handle.fileno()
+            for tensor in tensors:
+                if tensor.nbytes == 0:
+                    continue
+                if tensor.source is None:
+                    raise ValueError(f"{tensor.name}: no source for a non-empty tensor")
+                src = fds.get(tensor.source)
+                if src is None:
+                    src = fds[tensor.source] = os.open(tensor.source, os.O_RDONLY)
+                _copy_range(src, dst, tensor.offset, tensor.nbytes, on_bytes)
+            if fsync:
+                os.fsync(dst)
+            return os.fstat(dst).st_size
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
+def write_file(
+    out: Path,
+    tensors: Sequence[tuple[str, str, Sequence[int]]],
+    data: Callable[[str, int], Iterable[bytes]],
+    metadata: dict[str, str] | None = None,
+) -> int:
+    """Write a safetensors file whose tensor bytes come from `data(name, nbytes)` chunks (test data, bench).
+
+    Tensors are laid out in the order given. Returns the file size.
+    """
+    specs = [
+        NewTensor(name, dtype, tuple(shape), tensor_nbytes(dtype, shape)) for name, dtype, shape in tensors
+    ]
+    with open(out, "wb") as handle:
+        handle.write(build_header(specs, metadata))
+        for spec in specs:
+            written = 0
+            for chunk in data(spec.name, spec.nbytes):
+                handle.write(chunk)
+                written += len(chunk)
+            if written != spec.nbytes:
+                raise ValueError(f"{spec.name}: data gave {written} bytes, expected {spec.nbytes}")
+        return handle.tell()
+
+
+def iter_safetensors(directory: Path) -> Iterator[Path]:
+    """The *.safetensors files directly inside a model directory, in name order."""
+    yield from sorted(p for p in directory.glob("*.safetensors") if p.is_file())
