@@ -1,0 +1,454 @@
+"""graft: AWQ base + FP8 MTP layer, on tiny checkpoints in the real layouts."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import safetensors
+from ckpt_testlib import copy_tree, run_cli
+
+from gh200.checkpoints import graft as graft_mod
+from gh200.checkpoints.checks import GraftCheckFailed
+from gh200.checkpoints.graft import RECORD_NAME, GraftOutputExists, graft
+from gh200.checkpoints.safetensors_io import read_header
+from gh200.checkpoints.testdata import FP8_QUANT, Dims, glm_config, layer_specs, seeded_fill, write_repo
+from gh200.checkpoints.verify import verify_dir
+from gh200.errors import BadInput
+
+DIMS = Dims()
+L = DIMS.mtp_layer
+MTP = f"model.layers.{L}."
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def tensors_of(root: Path) -> dict[str, tuple[str, list[int], bytes]]:
+    out: dict[str, tuple[str, list[int], bytes]] = {}
+    for shard in sorted(root.glob("*.safetensors")):
+        for name, info in safetensors.deserialize(shard.read_bytes()):
+            out[name] = (info["dtype"], list(info["shape"]), bytes(info["data"]))
+    return out
+
+
+def no_partials(parent: Path, name: str) -> bool:
+    return not list(parent.glob(f".{name}.partial-*")) and not list(parent.glob(f".{name}.old-*"))
+
+
+def variant(
+    root: Path,
+    *,
+    drop: tuple[str, ...] = (),
+    reshape: dict[str, tuple[int, ...]] | None = None,
+    retype: dict[str, str] | None = None,
+    add: tuple[tuple[str, str, tuple[int, ...]], ...] = (),
+    config: Callable[[dict[str, Any]], None] | None = None,
+    dims: Dims = DIMS,
+) -> Path:
+    """A delta repo with one thing wrong."""
+    specs = []
+    for name, dtype, shape in layer_specs(dims, dims.mtp_layer, "fp8"):
+        if name in drop:
+            continue
+        specs.append((name, (retype or {}).get(name, dtype), (reshape or {}).get(name, shape)))
+    specs += list(add)
+    cfg = glm_config(dims, dict(FP8_QUANT))
+    if config:
+        config(cfg)
+    return write_repo(root, [specs], cfg, seeded_fill())
+
+
+def test_graft_from_delta_or_full_fp8_gives_the_same_model(tiny: dict[str, Path], tmp_path: Path) -> None:
+    a = graft(tiny["base"], tiny["delta"], tmp_path / "a")
+    b = graft(tiny["base"], tiny["fp8"], tmp_path / "b")
+    ta, tb = tree(tmp_path / "a"), tree(tmp_path / "b")
+    assert ta.keys() == tb.keys()
+    for rel in ta:
+        if rel != RECORD_NAME:  # the record names the inputs' digest, which differs
+            assert ta[rel] == tb[rel], rel
+    assert a.plan.digest != b.plan.digest
+    assert a.as_dict()["mtp_tensors"] == len(layer_specs(DIMS, L, "fp8")) == 57
+
+
+def test_mtp_tensors_are_the_fp8_artifacts_bytes(tiny: dict[str, Path], tmp_path: Path) -> None:
+    graft(tiny["base"], tiny["fp8"], tmp_path / "out")
+    source = {n: t for n, t in tensors_of(tiny["fp8"]).items() if n.startswith(MTP)}
+    shard = tmp_path / "out" / f"model-mtp-layer{L}.safetensors"
+    grafted = {
+        name: (i["dtype"], list(i["shape"]), bytes(i["data"]))
+        for name, i in safetensors.deserialize(shard.read_bytes())
+    }
+    assert grafted == source
+    # The source's layer-L tensors really were spread over two shards that hold other layers too.
+    wm = json.loads((tiny["fp8"] / "model.safetensors.index.json").read_text())["weight_map"]
+    holders = {s for n, s in wm.items() if n.startswith(MTP)}
+    assert len(holders) == 2
+    assert all(any(not n.startswith(MTP) for n, s in wm.items() if s == h) for h in holders)
+
+
+def test_base_is_hard_linked_and_untouched(tiny: dict[str, Path], tmp_path: Path) -> None:
+    base = copy_tree(tiny["base"], tmp_path / "base")
+    before = {rel: hashlib.sha256(data).hexdigest() for rel, data in tree(base).items()}
+    result = graft(base, tiny["delta"], tmp_path / "out").as_dict()
+    assert result["base_bytes_copied"] == 0
+    assert result["base_files_copied"] == 0
+    for shard in base.glob("*.safetensors"):
+        assert (tmp_path / "out" / shard.name).stat().st_ino == shard.stat().st_ino
+        assert shard.stat().st_nlink == 2
+    assert result["base_bytes_linked"] == sum(
+        p.stat().st_size
+        for p in base.iterdir()
+        if p.name not in ("config.json", "model.safetensors.index.json")
+    )
+    assert {rel: hashlib.sha256(data).hexdigest() for rel, data in tree(base).items()} == before
+
+
+def test_index_config_and_carried_files(tiny: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    graft(tiny["base"], tiny["delta"], out)
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    base_index = json.loads((tiny["base"] / "model.safetensors.index.json").read_text())
+    wm = index["weight_map"]
+    mtp_names = {n for n, _, _ in layer_specs(DIMS, L, "fp8")}
+    assert {n for n, s in wm.items() if s == f"model-mtp-layer{L}.safetensors"} == mtp_names
+    assert {n: s for n, s in wm.items() if n not in mtp_names} == base_index["weight_map"]
+    on_disk = tensors_of(out)
+    assert set(on_disk) == set(wm)
+    assert index["metadata"]["total_size"] == sum(len(t[2]) for t in on_disk.values())
+    config = json.loads((out / "config.json").read_text())
+    base_config = json.loads((tiny["base"] / "config.json").read_text())
+    assert config["mtp_quantization_config"] == FP8_QUANT
+    assert config["num_nextn_predict_layers"] == 1
+    assert config["quantization_config"] == base_config["quantization_config"]
+    assert {k: v for k, v in config.items() if k != "mtp_quantization_config"} == base_config
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja"):
+        assert (out / name).read_bytes() == (tiny["base"] / name).read_bytes()
+    assert oct((out).stat().st_mode & 0o777) != "0o700"
+    report = verify_dir(out)
+    assert report.ok, report.problems
+    assert report.grafted
+
+
+def test_rerun_is_unchanged_and_output_is_deterministic(tiny: dict[str, Path], tmp_path: Path) -> None:
+    first = graft(tiny["base"], tiny["delta"], tmp_path / "out")
+    assert first.changed
+    shard = tmp_path / "out" / f"model-mtp-layer{L}.safetensors"
+    stamp = shard.stat().st_mtime_ns
+    again = graft(tiny["base"], tiny["delta"], tmp_path / "out")
+    assert not again.changed
+    assert again.as_dict()["status"] == "unchanged"
+    assert shard.stat().st_mtime_ns == stamp
+    graft(tiny["base"], tiny["delta"], tmp_path / "twin")
+    assert tree(tmp_path / "out") == tree(tmp_path / "twin")
+
+
+def test_a_damaged_out_is_not_reported_unchanged(tiny: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    graft(tiny["base"], tiny["delta"], out)
+    (out / f"model-mtp-layer{L}.safetensors").unlink()
+    with pytest.raises(GraftOutputExists):
+        graft(tiny["base"], tiny["delta"], out)
+    assert graft(tiny["base"], tiny["delta"], out, force=True).changed
+    assert verify_dir(out).ok
+
+
+def test_out_from_other_inputs_needs_force(tiny: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    graft(tiny["base"], tiny["delta"], out)
+    with pytest.raises(GraftOutputExists, match="other inputs"):
+        graft(tiny["base_stub"], tiny["delta"], out)
+    replaced = graft(tiny["base_stub"], tiny["delta"], out, force=True)
+    assert replaced.changed
+    assert no_partials(tmp_path, "out")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(GraftOutputExists, match="not a graft"):
+        graft(tiny["base"], tiny["delta"], tmp_path / "plain")
+
+
+def test_base_entries_for_the_mtp_layer_are_dropped(tiny: dict[str, Path], tmp_path: Path) -> None:
+    result = graft(tiny["base_stub"], tiny["delta"], tmp_path / "out").as_dict()
+    assert result["dropped_base_entries"] == 2
+    assert any("still holds 2 layer-3+ tensors" in w for w in result["warnings"])
+    wm = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())["weight_map"]
+    assert wm[f"{MTP}enorm.weight"] == f"model-mtp-layer{L}.safetensors"
+    report = verify_dir(tmp_path / "out")
+    assert report.ok, report.problems
+    assert any("not in the weight_map" in w for w in report.warnings)
+
+
+def _e(i: int, proj: str) -> str:
+    return f"{MTP}mlp.experts.{i}.{proj}.weight"
+
+
+BAD_SOURCES: list[tuple[str, dict[str, Any], str]] = [
+    ("missing expert", {"drop": (_e(2, "up_proj"), _e(2, "up_proj") + "_scale_inv")}, _e(2, "up_proj")),
+    ("missing eh_proj", {"drop": (f"{MTP}eh_proj.weight",)}, f"{MTP}eh_proj.weight"),
+    ("missing scale", {"drop": (_e(1, "down_proj") + "_scale_inv",)}, _e(1, "down_proj") + "_scale_inv"),
+    (
+        "scale shape",
+        {"reshape": {_e(0, "gate_proj") + "_scale_inv": (1, 1)}},
+        _e(0, "gate_proj") + "_scale_inv",
+    ),
+    (
+        "scale dtype",
+        {"retype": {_e(0, "gate_proj") + "_scale_inv": "I32"}},
+        _e(0, "gate_proj") + "_scale_inv",
+    ),
+    ("hidden size of a tensor", {"reshape": {f"{MTP}enorm.weight": (192,)}}, f"{MTP}enorm.weight"),
+    (
+        "expert shape",
+        {"reshape": {_e(3, "down_proj"): (160, 96), _e(3, "down_proj") + "_scale_inv": (2, 1)}},
+        _e(3, "down_proj"),
+    ),
+    (
+        "extra expert",
+        {"add": ((_e(4, "gate_proj"), "BF16", (64, 160)),)},
+        _e(4, "gate_proj"),
+    ),
+    (
+        "vocab of shared_head",
+        {"add": ((f"{MTP}shared_head.head.weight", "BF16", (321, 160)),)},
+        "shared_head.head.weight",
+    ),
+    ("router experts", {"reshape": {f"{MTP}mlp.gate.weight": (5, 160)}}, f"{MTP}mlp.gate.weight"),
+    (
+        "packed int4 source",
+        {"add": ((f"{MTP}mlp.experts.0.gate_proj.weight_packed", "I32", (64, 20)),)},
+        "int-packed",
+    ),
+    (
+        "architectures",
+        {"config": lambda c: c.update(architectures=["DeepseekV3ForCausalLM"])},
+        "architectures differ",
+    ),
+    ("config hidden size", {"config": lambda c: c.update(hidden_size=192)}, "hidden_size differs"),
+    ("config experts", {"config": lambda c: c.update(n_routed_experts=8)}, "n_routed_experts differs"),
+    ("config vocab", {"config": lambda c: c.update(vocab_size=999)}, "vocab_size differs"),
+    ("not fp8", {"config": lambda c: c.pop("quantization_config")}, "no FP8 quantization_config"),
+    (
+        "block size",
+        {"config": lambda c: c["quantization_config"].update(weight_block_size=[128])},
+        "weight_block_size",
+    ),
+    (
+        "no MTP layer",
+        {"config": lambda c: c.update(num_hidden_layers=3), "dims": Dims(num_hidden_layers=2)},
+        f"no tensors of layer {L}",
+    ),
+    ("config layers", {"config": lambda c: c.update(num_hidden_layers=4)}, "num_hidden_layers differs"),
+]
+
+
+@pytest.mark.parametrize(("label", "change", "needle"), BAD_SOURCES, ids=[b[0] for b in BAD_SOURCES])
+def test_bad_mtp_source_is_refused_before_writing(
+    tiny: dict[str, Path], tmp_path: Path, label: str, change: dict[str, Any], needle: str
+) -> None:
+    source = variant(tmp_path / "src", **change)
+    out = tmp_path / "out"
+    with pytest.raises(GraftCheckFailed) as err:
+        graft(tiny["base"], source, out)
+    assert needle in err.value.message, err.value.message
+    assert err.value.exit_code == 2
+    assert "\n" not in err.value.one_line()
+    assert not out.exists()
+    assert no_partials(tmp_path, "out")
+
+
+def test_bad_input_through_the_cli_is_one_line_exit_2(tiny: dict[str, Path], tmp_path: Path) -> None:
+    source = variant(tmp_path / "src", drop=(_e(2, "up_proj"),))
+    res = run_cli(
+        "models",
+        "graft",
+        "--base",
+        str(tiny["base"]),
+        "--mtp-from",
+        str(source),
+        "--out",
+        str(tmp_path / "o"),
+        "--json",
+    )
+    assert res.returncode == 2, res.stderr
+    assert res.stdout == ""
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    assert _e(2, "up_proj") in lines[0] and "(fix: " in lines[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_graft_json(tiny: dict[str, Path], tmp_path: Path) -> None:
+    res = run_cli(
+        "models",
+        "graft",
+        "--base",
+        str(tiny["base"]),
+        "--mtp-from",
+        str(tiny["fp8"]),
+        "--out",
+        str(tmp_path / "o"),
+        "--json",
+    )
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert data["changed"] is True and data["status"] == "grafted"
+    assert data["suffix_counts"]["mlp.experts.*.gate_proj.weight"] == DIMS.n_routed_experts
+    assert data["suffix_counts"]["mlp.experts.*.gate_proj.weight_scale_inv"] == DIMS.n_routed_experts
+    assert data["base_bytes_copied"] == 0
+    again = json.loads(
+        run_cli(
+            "models",
+            "graft",
+            "--base",
+            str(tiny["base"]),
+            "--mtp-from",
+            str(tiny["fp8"]),
+            "--out",
+            str(tmp_path / "o"),
+            "--json",
+        ).stdout
+    )
+    assert again["changed"] is False and again["status"] == "unchanged"
+
+
+def test_delta_without_config_takes_mtp_config(tiny: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(BadInput, match=r"missing config\.json"):
+        graft(tiny["base"], tiny["delta_noconfig"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    result = graft(
+        tiny["base"], tiny["delta_noconfig"], tmp_path / "out", mtp_config=tiny["fp8"] / "config.json"
+    )
+    assert result.changed
+    with_config = graft(tiny["base"], tiny["delta"], tmp_path / "ref")
+    assert tree(tmp_path / "out").keys() == tree(tmp_path / "ref").keys()
+    assert (tmp_path / "out" / "config.json").read_bytes() == (tmp_path / "ref" / "config.json").read_bytes()
+    assert with_config.changed
+
+
+def test_out_inside_an_input_is_refused(tiny: dict[str, Path], tmp_path: Path) -> None:
+    base = copy_tree(tiny["base"], tmp_path / "base")
+    with pytest.raises(BadInput, match="inside --base"):
+        graft(base, tiny["delta"], base / "grafted")
+    assert not (base / "grafted").exists()
+
+
+def test_missing_inputs_are_bad_input(tiny: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(BadInput, match="no such directory"):
+        graft(tmp_path / "nope", tiny["delta"], tmp_path / "out")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "config.json").write_text("{}")
+    with pytest.raises(BadInput, match="no safetensors weights"):
+        graft(tiny["base"], empty, tmp_path / "out")
+    broken = copy_tree(tiny["base"], tmp_path / "broken")
+    (broken / "model-00002-of-00004.safetensors").unlink()
+    with pytest.raises(BadInput, match=r"model-00002-of-00004\.safetensors named in"):
+        graft(broken, tiny["delta"], tmp_path / "out")
+    truncated = copy_tree(tiny["delta"], tmp_path / "truncated")
+    shard = truncated / "model-00001-of-00001.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-10])
+    with pytest.raises(BadInput, match="truncated"):
+        graft(tiny["base"], truncated, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_across_filesystems_the_base_is_copied_with_a_warning(
+    tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_link(src: Any, dst: Any, **_: Any) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(graft_mod.os, "link", no_link)
+    result = graft(tiny["base"], tiny["delta"], tmp_path / "out").as_dict()
+    monkeypatch.undo()
+    assert result["base_files_linked"] == 0
+    assert result["base_bytes_copied"] == sum(
+        p.stat().st_size
+        for p in tiny["base"].iterdir()
+        if p.name not in ("config.json", "model.safetensors.index.json")
+    )
+    assert any("cannot hard-link" in w for w in result["warnings"])
+    graft(tiny["base"], tiny["delta"], tmp_path / "linked")
+    assert tree(tmp_path / "out") == tree(tmp_path / "linked")
+
+
+_CHILD = r"""
+import os, sys, time
+from pathlib import Path
+import gh200.checkpoints.graft as g
+import gh200.checkpoints.safetensors_io as io
+point, marker, base, src, out = sys.argv[1:6]
+
+def pause():
+    Path(marker).write_text(point)
+    time.sleep(120)
+
+def after(n, fn):
+    count = [0]
+    def wrapped(*a, **k):
+        count[0] += 1
+        if count[0] == n:
+            pause()
+        return fn(*a, **k)
+    return wrapped
+
+if point == "link":
+    g._link_or_copy = after(3, g._link_or_copy)
+elif point == "splice":
+    io._copy_range = after(20, io._copy_range)
+elif point == "rename":
+    real = os.rename
+    def rename(a, b, *x, **k):
+        if ".partial-" in str(a):
+            pause()
+        return real(a, b, *x, **k)
+    os.rename = rename
+g.graft(Path(base), Path(src), Path(out))
+"""
+
+
+@pytest.mark.parametrize("point", ["link", "splice", "rename"])
+def test_killed_mid_graft_leaves_no_out_and_a_rerun_succeeds(
+    tiny: dict[str, Path], tmp_path: Path, point: str
+) -> None:
+    out = tmp_path / "out"
+    marker = tmp_path / "marker"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, point, str(marker), str(tiny["base"]), str(tiny["fp8"]), str(out)]
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert child.poll() is None, "graft ended before reaching the kill point"
+            assert time.monotonic() < deadline, "graft never reached the kill point"
+            time.sleep(0.02)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait(30)
+    assert child.returncode == -signal.SIGKILL
+    assert not out.exists()
+    assert list(tmp_path.glob(".out.partial-*")), "the kill should have caught a partial directory"
+    result = graft(tiny["base"], tiny["fp8"], out)
+    assert result.changed
+    assert no_partials(tmp_path, "out")
+    graft(tiny["base"], tiny["fp8"], tmp_path / "clean")
+    assert tree(out) == tree(tmp_path / "clean")
+    assert verify_dir(out).ok
+
+
+def test_header_only_reads_of_the_mtp_source(tiny: dict[str, Path], tmp_path: Path) -> None:
+    """The new shard's header is written fresh; its tensors sit in name order (experts 0..N)."""
+    graft(tiny["base"], tiny["fp8"], tmp_path / "out")
+    names = list(read_header(tmp_path / "out" / f"model-mtp-layer{L}.safetensors").tensors)
+    experts = [n for n in names if ".experts." in n and n.endswith("gate_proj.weight")]
+    assert experts == [_e(i, "gate_proj") for i in range(DIMS.n_routed_experts)]
