@@ -62,7 +62,8 @@ _register()
 def main() -> None:
     """Entry point: expected failures become one line and an exit code, never a traceback."""
     try:
-        app(standalone_mode=False)
+        # Without standalone mode, click returns the code of a `typer.Exit(N)` instead of exiting.
+        code = app(standalone_mode=False)
     except Gh200Error as err:
         console.print(f"[bold red]error:[/] {err.one_line()}", highlight=False, soft_wrap=True)
         sys.exit(err.exit_code)
@@ -74,13 +75,18 @@ def main() -> None:
     except KeyboardInterrupt:
         console.print("[bold red]interrupted[/]")
         sys.exit(130)
-    except Exception as exc:  # click usage errors arrive as ClickException subclasses
+    except Exception as exc:
+        # Usage errors: typer >= 0.26 raises its vendored click's exceptions (typer._click), which
+        # are not click's own ClickException; both carry show() and exit_code.
         import click
+        from typer.exceptions import TyperException
 
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(2)
+        show = getattr(exc, "show", None)
+        if isinstance(exc, TyperException | click.exceptions.ClickException) and callable(show):
+            show()
+            sys.exit(int(getattr(exc, "exit_code", 2)))
         raise
+    sys.exit(code if isinstance(code, int) and not isinstance(code, bool) else 0)
 
 
 if __name__ == "__main__":
