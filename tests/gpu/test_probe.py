@@ -65,9 +65,15 @@ def test_gpu_pairs(doc: dict[str, Any]) -> None:
     assert pairs == {(a, b) for a in range(n) for b in range(n) if a != b}
     if n > 1:
         assert "staged" in doc["paths"]
+    by_method: dict[tuple[int, int], dict[str, float]] = {}
     for m in doc["measurements"]:
         if m["kind"] == "d2d":
             assert m["gbps"] > 1
+            by_method.setdefault((m["src_gpu"], m["dst_gpu"]), {})[m["method"]] = m["gbps"]
+    for pair, methods in by_method.items():
+        assert {"host_staged", "host_pipelined"} <= set(methods), pair
+        # Overlapping the down and up legs must beat doing them one after the other.
+        assert methods["host_pipelined"] > 1.3 * methods["host_staged"], (pair, methods)
 
 
 def test_topology_roundtrip_feeds_the_ruler(doc: dict[str, Any], tmp_path: Path) -> None:

@@ -100,6 +100,21 @@ def test_recorded_h200_probe_reads_back() -> None:
     assert "| 0 | NVIDIA H200 | 139.8 GiB | 0 | 4,800 | 0.894 |" in report
 
 
+def test_recorded_two_gpu_probe_reads_back() -> None:
+    # Two H200s joined by NVLink (NV18) on one NUMA node: peer and host-staged paths both measured.
+    doc = topology.read_topology(DATA / "topology-h200x2.json")
+    recomputed = topology.summarise_paths(doc["gpus"], [m for m in doc["measurements"] if "gbps" in m])
+    assert recomputed == doc["paths"]
+    assert doc["peer_access"] == [[True, True], [True, True]]
+    methods = {m["method"] for m in doc["measurements"] if m["kind"] == "d2d"}
+    assert methods == {"peer", "host_staged", "host_pipelined"}
+    # staged = best non-peer method per pair: the pipelined staging, not the serial one.
+    assert "host_pipelined" in doc["paths"]["staged"]["note"]
+    assert doc["paths"]["staged"]["low_gbps"] > 40 and doc["paths"]["peer"]["low_gbps"] > 300
+    rows = dict(topology.post_table_rows(doc))
+    assert rows["GPU to GPU copy staged through host"] == "about 49-50 GB/s"
+
+
 def good_doc() -> dict[str, Any]:
     gpus, ms = gh200_like()
     return {

@@ -35,6 +35,8 @@ from gh200.errors import BadInput, OperationFailed
 from gh200.ruler import topology
 
 GIB = 2**30
+# Chunk of the pipelined host staging: large enough for full-speed DMA, small enough to overlap.
+STAGING_CHUNK = 64 * 2**20
 NODE_ROOT = Path("/sys/devices/system/node")
 PCI_ROOT = Path("/sys/bus/pci/devices")
 
@@ -228,6 +230,40 @@ def _time_wall(torch: Any, devices: list[int], op: Callable[[], None], reps: int
 def _copier(dst: Any, src: Any, non_blocking: bool = False) -> Callable[[], None]:
     def op() -> None:
         dst.copy_(src, non_blocking=non_blocking)
+
+    return op
+
+
+def _pipelined_stager(
+    torch: Any, src: Any, dst: Any, buffers: tuple[Any, Any], *, src_gpu: int, dst_gpu: int
+) -> Callable[[], None]:
+    """GPU to GPU through two pinned chunk buffers: chunk k goes down while chunk k-1 goes up."""
+    down = torch.cuda.Stream(device=src_gpu)
+    up = torch.cuda.Stream(device=dst_gpu)
+    chunk = buffers[0].numel()
+    total = src.numel()
+    # Per buffer, the event of its last upload: a buffer is refilled only once that has finished,
+    # across calls too (warm-up calls follow each other without a synchronisation).
+    freed: list[Any] = [None, None]
+
+    def op() -> None:
+        down.wait_stream(torch.cuda.current_stream(src_gpu))
+        up.wait_stream(torch.cuda.current_stream(dst_gpu))
+        for k, offset in enumerate(range(0, total, chunk)):
+            n = min(chunk, total - offset)
+            host = buffers[k % 2][:n]
+            with torch.cuda.stream(down):
+                if freed[k % 2] is not None:
+                    down.wait_event(freed[k % 2])
+                host.copy_(src[offset : offset + n], non_blocking=True)
+                landed = torch.cuda.Event()
+                landed.record(down)
+            with torch.cuda.stream(up):
+                up.wait_event(landed)
+                dst[offset : offset + n].copy_(host, non_blocking=True)
+                done = torch.cuda.Event()
+                done.record(up)
+                freed[k % 2] = done
 
     return op
 
@@ -434,19 +470,35 @@ def run_probe(
                 say(f"GPU {src_gpu} -> GPU {dst_gpu} (peer)")
                 times = _time_wall(torch, [src_gpu, dst_gpu], _copier(dst, src), reps, warmup)
                 record({"kind": "d2d", "method": "peer", **pair}, times, size_bytes)
-            # Always also stage through a pinned buffer on the source GPU's node: that is the post's
+            # Always also stage through pinned memory on the source GPU's node: that is the post's
             # Hopper-to-Hopper path, and what traffic takes when peer access is off (NCCL_P2P_DISABLE).
+            # Two ways: the whole buffer down then up (serial), and in chunks through two buffers so
+            # that the device-to-host and host-to-device legs overlap (pipelined, as NCCL does).
             src_node = next((n for n in probe_nodes if n and n["id"] == gpu_docs[a]["numa_node"]), None)
-            with bound_to(src_node, policy), pinned_host_buffer(torch, size_bytes) as (host, _how):
+            chunk = min(size_bytes, STAGING_CHUNK)
+            with (
+                bound_to(src_node, policy),
+                pinned_host_buffer(torch, size_bytes) as (host, _how),
+                pinned_host_buffer(torch, chunk) as (ping, _ping_how),
+                pinned_host_buffer(torch, chunk) as (pong, _pong_how),
+            ):
 
-                def staged(s: Any = src, d: Any = dst, h: Any = host, sg: int = src_gpu) -> None:
+                def serial(s: Any = src, d: Any = dst, h: Any = host, sg: int = src_gpu) -> None:
                     h.copy_(s, non_blocking=True)
                     torch.cuda.synchronize(sg)
                     d.copy_(h, non_blocking=True)
 
-                say(f"GPU {src_gpu} -> GPU {dst_gpu} (staged through host)")
-                times = _time_wall(torch, [src_gpu, dst_gpu], staged, reps, warmup)
+                say(f"GPU {src_gpu} -> GPU {dst_gpu} (staged through host, serial)")
+                times = _time_wall(torch, [src_gpu, dst_gpu], serial, reps, warmup)
                 record({"kind": "d2d", "method": "host_staged", **pair}, times, size_bytes)
+                say(f"GPU {src_gpu} -> GPU {dst_gpu} (staged through host, pipelined)")
+                pipelined = _pipelined_stager(torch, src, dst, (ping, pong), src_gpu=src_gpu, dst_gpu=dst_gpu)
+                times = _time_wall(torch, [src_gpu, dst_gpu], pipelined, reps, warmup)
+                record(
+                    {"kind": "d2d", "method": "host_pipelined", "chunk_bytes": chunk, **pair},
+                    times,
+                    size_bytes,
+                )
             if peer_matrix[a][b]:
                 continue
             # Without peer access the runtime's own device-to-device copy is staged by the driver.

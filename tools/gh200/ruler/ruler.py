@@ -315,7 +315,7 @@ def band_text(band: tuple[float, float]) -> str:
 VERDICTS = {
     "local_streaming": (
         "near the serialised local ceiling: the system behaves as if the active experts are streamed "
-        "over local C2C (host memory to the local GPU); placement looks right"
+        "over local C2C (the local host-memory-to-GPU path); placement looks right"
     ),
     "partial_overlap": (
         "above the serialised ceiling but below the ideal pipeline: partial pipeline overlap across "
