@@ -146,14 +146,20 @@ def render_cmd(
     as_json: bool = JSON_OPT,
 ) -> None:
     """Exactly what will run. Deterministic."""
-    item = loader.load_any(name)
-    members = [loader.load_profile(n) for n in item.profiles] if isinstance(item, Stack) else [item]
+    # Validate the file that was named (a path or a name in profiles/); stack members live beside it.
+    path = loader.profile_path(name)
+    item = loader.load_any(path)
+    problems = validate(path)
+    if problems:
+        raise ProfileError(problems[0].one_line().rsplit(" (fix: ", 1)[0], problems[0].fix)
+    members = (
+        [loader.load_profile(path.parent / f"{n}.yaml") for n in item.profiles]
+        if isinstance(item, Stack)
+        else [item]
+    )
     stack = item.name if isinstance(item, Stack) else None
-    for member in members:
-        problems = validate(member.name)
-        if problems:
-            raise ProfileError(problems[0].one_line().rsplit(" (fix: ", 1)[0], problems[0].fix)
-        if locked:
+    if locked:
+        for member in members:
             locks.require_locked(member)
     if as_ == RenderAs.compose:
         text = render.compose(members, stack)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,26 @@ from gh200.profiles.schema import HostSpec, Profile, Stack
 
 MAX_EXTENDS_DEPTH = 8
 HOSTS_SUBDIR = "hosts"
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,99}")
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader whose value errors carry a position, like every other YAML error.
+
+    PyYAML raises bare ValueError/TypeError/KeyError for scalars it resolves but cannot build
+    (`2026-13-01` as a date, `!!int abc`, `!!bool maybe`), without saying where.
+    """
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as err:
+            value = f" {node.value!r}" if isinstance(node, yaml.ScalarNode) else ""
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read value{value} as {node.tag.rsplit(':', 1)[-1]}", node.start_mark
+            ) from err
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -25,14 +46,18 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError as err:
         raise ProfileError(f"{path}: not UTF-8 text", "save the profile as UTF-8 YAML") from err
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader: no arbitrary objects
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or "invalid YAML"
-        raise ProfileError(f"{path}:{where}: {problem}", "fix the YAML syntax") from err
+        constructing = isinstance(err, yaml.constructor.ConstructorError)
+        fix = "quote the value" if constructing else "fix the YAML syntax"
+        raise ProfileError(f"{path}:{where}: {problem}", fix) from err
     except RecursionError as err:
         raise ProfileError(f"{path}: YAML nested too deeply", "flatten the document") from err
+    if data is None:
+        raise ProfileError(f"{path}: the file is empty", "write the profile's fields (see profiles/)")
     if not isinstance(data, dict):
         raise ProfileError(
             f"{path}: top level is {type(data).__name__}, not a mapping", "write key: value pairs"
@@ -78,8 +103,10 @@ def resolve_raw(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     parent = data.pop("extends", None)
     if parent is None:
         return data
-    if not isinstance(parent, str):
-        raise ProfileError(f"{path}: extends must be a profile name", "write extends: <profile-name>")
+    if not isinstance(parent, str) or not NAME_RE.fullmatch(parent):
+        raise ProfileError(
+            f"{path}: extends must be a profile name, not {parent!r:.60}", "write extends: <profile-name>"
+        )
     if len(_seen) >= MAX_EXTENDS_DEPTH or path.resolve() in _seen:
         chain = " -> ".join(p.stem for p in (*_seen, path.resolve()))
         raise ProfileError(f"{path}: extends loops or nests too deep ({chain})", "break the extends cycle")
@@ -95,7 +122,7 @@ def resolve_raw(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 def _format_validation(path: Path, err: ValidationError) -> str:
     first = err.errors()[0]
     field = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    message = first["msg"]
+    message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown field"
     elif first["type"] == "missing":
@@ -141,11 +168,19 @@ def load_stack(name_or_path: str | Path, directory: Path | None = None) -> Stack
 
 
 def load_host(name: str, directory: Path | None = None) -> HostSpec:
-    root = (directory or profiles_dir()) / HOSTS_SUBDIR
-    path = root / f"{name}.yaml"
-    if not path.exists():
-        known = ", ".join(sorted(p.stem for p in root.glob("*.yaml"))) or "none"
-        raise ProfileError(f"no host description {name!r} in {root}", f"set host: to one of: {known}")
+    """Host description `name` from <directory>/hosts/, else from the bundle's profiles/hosts/.
+
+    A profile kept outside profiles/ (a user's own file, the test suite's) still runs on the
+    bundle's hosts unless its directory describes its own.
+    """
+    roots = list(dict.fromkeys(d / HOSTS_SUBDIR for d in (directory or profiles_dir(), profiles_dir())))
+    path = next((r / f"{name}.yaml" for r in roots if (r / f"{name}.yaml").is_file()), None)
+    if path is None:
+        known = sorted({p.stem for r in roots for p in r.glob("*.yaml")})
+        where = " or ".join(str(r) for r in roots)
+        raise ProfileError(
+            f"no host description {name!r} in {where}", f"set host: to one of: {', '.join(known) or 'none'}"
+        )
     raw = _read_yaml(path)
     try:
         return HostSpec.model_validate(raw)

@@ -75,7 +75,8 @@ def vllm_argv(profile: Profile) -> list[str]:
     ranks = sorted(profile.placement.ranks, key=lambda r: r.rank)
     if s.numa_bind and ranks:
         argv += ["--numa-bind", "--numa-bind-nodes", *[str(r.numa_node) for r in ranks]]
-        if any(r.cpus for r in ranks):
+        # One list per rank or none: vLLM refuses an empty entry (validation reports partial lists).
+        if all(r.cpus for r in ranks):
             argv += ["--numa-bind-cpus", *[r.cpus or "" for r in ranks]]
     if s.block_size is not None:
         argv += ["--block-size", str(s.block_size)]
@@ -153,7 +154,7 @@ def env(profile: Profile) -> dict[str, str]:
 
 def _cpuset(profile: Profile) -> tuple[str | None, str | None]:
     from gh200.profiles.loader import load_host
-    from gh200.profiles.validate import parse_cpu_list
+    from gh200.profiles.schema import parse_cpu_list
 
     node_cpus = {n.id: n.cpus for n in load_host(profile.host).numa_nodes}
     cpus: set[int] = set()
@@ -196,7 +197,7 @@ def labels(profile: Profile, stack: str | None = None) -> dict[str, str]:
         f"{LABEL_PREFIX}.image": image.pinned_ref if image.state == "locked" else image.ref,
         f"{LABEL_PREFIX}.image-recipe": profile.image.recipe or "",
         f"{LABEL_PREFIX}.model": profile.model.repo,
-        f"{LABEL_PREFIX}.model-revision": pins[0].value or f"{profile.model.revision} (unlocked)",
+        f"{LABEL_PREFIX}.model-revision": pins[0].value or f"{profile.model.revision} ({pins[0].state})",
         f"{LABEL_PREFIX}.bundle-version": __version__,
     }
     if stack:

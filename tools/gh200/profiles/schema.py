@@ -7,15 +7,40 @@ Unknown keys are errors (a typo must not silently drop a setting).
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 Engine = Literal["vllm", "ik_llama", "llama_cpp"]
 Metric = Literal["output_tok_s", "total_tok_s", "prompt_tok_s", "tpot_ms", "acceptance"]
 
 KV_CACHE_DTYPES = ("auto", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_inc", "fp8_ds_mla", "f16", "q8_0")
 SHAPE_RE = re.compile(r"^(\d+):(\d+)$")
+# Names become file names (<name>.yaml, hosts/<host>.yaml): keep them short and path-free.
+NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,99}$"
+HOST_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+CPU_ITEM_RE = re.compile(r"(\d{1,9})(?:-(\d{1,9}))?", re.ASCII)
+MAX_CPU_ID = 65535  # beyond any Linux host; stops "0-999999999" from allocating a billion ids
+
+
+def parse_cpu_list(spec: str) -> set[int]:
+    """numactl / cpuset syntax: '0-3,8,10-11'. ValueError names what is wrong."""
+    cpus: set[int] = set()
+    for raw in spec.split(","):
+        part = raw.strip()
+        if not part:
+            raise ValueError(f"empty item in CPU list {spec!r}")
+        match = CPU_ITEM_RE.fullmatch(part)
+        if not match:
+            raise ValueError(f"{part!r} in CPU list {spec!r} is not N or N-M")
+        first = int(match.group(1))
+        last = int(match.group(2) or first)
+        if last > MAX_CPU_ID:
+            raise ValueError(f"CPU {last} in {spec!r} is beyond any host (max {MAX_CPU_ID})")
+        if last < first:
+            raise ValueError(f"range {part!r} runs backwards")
+        cpus.update(range(first, last + 1))
+    return cpus
 
 
 class Strict(BaseModel):
@@ -127,6 +152,12 @@ class EngineSettings(Strict):
         return value
 
 
+def _cpu_list(value: str | None) -> str | None:
+    if value is not None:
+        parse_cpu_list(value)
+    return value
+
+
 class RankPlacement(Strict):
     rank: int = Field(ge=0)
     gpu: int = Field(ge=0)
@@ -189,11 +220,11 @@ def parse_shape(shape: str) -> tuple[int, int]:
 
 class Profile(Strict):
     schema_version: Literal[1] = Field(default=1, alias="schema")
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    name: str = Field(pattern=NAME_PATTERN)
     description: str
     source: str = Field(description="where the settings come from (post and section)")
     engine: Engine
-    host: str = "dual-gh200"
+    host: str = Field(default="dual-gh200", pattern=HOST_PATTERN)
     image: ImageSpec
     model: ModelSpec
     settings: EngineSettings = Field(default_factory=EngineSettings)
@@ -222,11 +253,11 @@ class Stack(Strict):
 
     schema_version: Literal[1] = Field(default=1, alias="schema")
     kind: Literal["stack"]
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    name: str = Field(pattern=NAME_PATTERN)
     description: str
     source: str
-    host: str = "dual-gh200"
-    profiles: list[str] = Field(min_length=2)
+    host: str = Field(default="dual-gh200", pattern=HOST_PATTERN)
+    profiles: list[Annotated[str, StringConstraints(pattern=NAME_PATTERN)]] = Field(min_length=2)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -242,6 +273,8 @@ class HostNumaNode(Strict):
     id: int = Field(ge=0)
     cpus: str
     memory_gib: float = Field(gt=0)
+
+    _cpus = field_validator("cpus")(_cpu_list)
 
 
 class HostSpec(Strict):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from gh200.errors import ProfileError
 from gh200.profiles.loader import load_host, load_profile, profile_path
-from gh200.profiles.schema import HostSpec, Profile, Stack
+from gh200.profiles.schema import HostSpec, Profile, Stack, parse_cpu_list
+
+__all__ = ["Problem", "check_profile", "check_stack", "parse_cpu_list", "validate", "validate_or_raise"]
 
 
 @dataclass(frozen=True)
@@ -21,40 +24,36 @@ class Problem:
         return f"{self.where}: {self.field}: {self.message} (fix: {self.fix})"
 
 
-def parse_cpu_list(spec: str) -> set[int]:
-    """numactl / cpuset syntax: '0-3,8,10-11'."""
-    cpus: set[int] = set()
-    for raw in spec.split(","):
-        part = raw.strip()
-        if not part:
-            raise ValueError(f"empty item in CPU list {spec!r}")
-        if "-" in part:
-            lo, hi = part.split("-", 1)
-            first, last = int(lo), int(hi)
-            if last < first:
-                raise ValueError(f"range {part!r} runs backwards")
-            cpus.update(range(first, last + 1))
-        else:
-            cpus.add(int(part))
-    return cpus
-
-
 def _cpus_of(profile: Profile, host: HostSpec) -> set[int]:
-    """CPUs the profile's container may use (what a stack partner must not touch)."""
+    """CPUs the profile's container may use (what a stack partner must not touch).
+
+    A list that does not parse counts as none here: the member's own check reports it.
+    """
     nodes = {n.id: n for n in host.numa_nodes}
-    cpus: set[int] = set()
+    specs: list[str] = []
     for rank in profile.placement.ranks:
         if rank.cpus:
-            cpus |= parse_cpu_list(rank.cpus)
+            specs.append(rank.cpus)
         elif rank.numa_node in nodes:
-            cpus |= parse_cpu_list(nodes[rank.numa_node].cpus)
+            specs.append(nodes[rank.numa_node].cpus)
     cpu = profile.placement.cpu
     if cpu:
         if cpu.cpus:
-            cpus |= parse_cpu_list(cpu.cpus)
+            specs.append(cpu.cpus)
         elif cpu.numa_node is not None and cpu.numa_node in nodes:
-            cpus |= parse_cpu_list(nodes[cpu.numa_node].cpus)
+            specs.append(nodes[cpu.numa_node].cpus)
+    cpus: set[int] = set()
+    for spec in specs:
+        with contextlib.suppress(ValueError):
+            cpus |= parse_cpu_list(spec)
     return cpus
+
+
+def _host_cpus(host: HostSpec) -> set[int]:
+    have: set[int] = set()
+    for node in host.numa_nodes:
+        have |= parse_cpu_list(node.cpus)
+    return have
 
 
 def check_profile(profile: Profile, host: HostSpec, where: str) -> list[Problem]:
@@ -117,9 +116,22 @@ def check_profile(profile: Profile, host: HostSpec, where: str) -> list[Problem]
             )
         if rank.cpus:
             try:
-                parse_cpu_list(rank.cpus)
+                missing = parse_cpu_list(rank.cpus) - _host_cpus(host)
             except ValueError as err:
                 add(f"placement.ranks[{rank.rank}].cpus", str(err), "write a CPU list like 0-15,32")
+            else:
+                if missing:
+                    add(
+                        f"placement.ranks[{rank.rank}].cpus",
+                        f"CPUs {sorted(missing)[:4]} do not exist on host {host.name}",
+                        "use CPUs the host description lists",
+                    )
+    if s.numa_bind and any(r.cpus for r in ranks) and not all(r.cpus for r in ranks):
+        add(
+            "placement.ranks",
+            "CPU lists on some ranks only; vLLM's --numa-bind-cpus takes one list per rank",
+            "set cpus on every rank or none",
+        )
     cpu = profile.placement.cpu
     if cpu is not None and cpu.numa_node is not None and cpu.numa_node not in nodes:
         add(
@@ -130,9 +142,7 @@ def check_profile(profile: Profile, host: HostSpec, where: str) -> list[Problem]
     if cpu is not None and cpu.cpus:
         try:
             wanted = parse_cpu_list(cpu.cpus)
-            have: set[int] = set()
-            for node in host.numa_nodes:
-                have |= parse_cpu_list(node.cpus)
+            have = _host_cpus(host)
             if not wanted <= have:
                 add(
                     "placement.cpu.cpus",
@@ -265,6 +275,28 @@ def check_stack(stack: Stack, members: list[Profile], host: HostSpec, where: str
     return problems
 
 
+def _host_for(item: Profile | Stack, path: Path) -> HostSpec:
+    """The item's host description; a missing one is reported against the profile's file."""
+    try:
+        return load_host(item.host, path.parent)
+    except ProfileError as err:
+        raise ProfileError(f"{path}: host: {err.message}", err.fix) from err
+
+
+def _name_problem(item: Profile | Stack, path: Path) -> list[Problem]:
+    # `render NAME`, stacks and extends find a profile by its file name.
+    if item.name == path.stem:
+        return []
+    return [
+        Problem(
+            str(path),
+            "name",
+            f"name {item.name!r} differs from the file name {path.name!r}",
+            f"set name: {path.stem} (or rename the file to {item.name}.yaml)",
+        )
+    ]
+
+
 def validate(name_or_path: str | Path, directory: Path | None = None) -> list[Problem]:
     """Load and check one profile or stack; schema errors raise, semantic problems are returned."""
     from gh200.profiles.loader import load_any
@@ -272,14 +304,23 @@ def validate(name_or_path: str | Path, directory: Path | None = None) -> list[Pr
     path = profile_path(name_or_path, directory)
     loaded = load_any(path)
     root = path.parent
-    host = load_host(loaded.host, root)
+    host = _host_for(loaded, path)
+    problems = _name_problem(loaded, path)
     if isinstance(loaded, Stack):
-        members = [load_profile(root / f"{name}.yaml") for name in loaded.profiles]
-        problems = check_stack(loaded, members, host, str(path))
-        for member in members:
-            problems += check_profile(member, load_host(member.host, root), str(root / f"{member.name}.yaml"))
+        paths = [root / f"{name}.yaml" for name in loaded.profiles]
+        missing = [p.stem for p in paths if not p.is_file()]
+        if missing:
+            known = ", ".join(sorted(p.stem for p in root.glob("*.yaml"))) or "none"
+            raise ProfileError(
+                f"{path}: profiles: {', '.join(missing)} not found in {root}", f"use profiles from: {known}"
+            )
+        members = [load_profile(p) for p in paths]
+        problems += check_stack(loaded, members, host, str(path))
+        for member, member_path in zip(members, paths, strict=True):
+            problems += _name_problem(member, member_path)
+            problems += check_profile(member, _host_for(member, member_path), str(member_path))
         return problems
-    return check_profile(loaded, host, str(path))
+    return problems + check_profile(loaded, host, str(path))
 
 
 def validate_or_raise(name_or_path: str | Path, directory: Path | None = None) -> None:
