@@ -59,6 +59,14 @@ def _strip_prefix(name: str) -> str:
     return name
 
 
+def _no_newline(hunk: Hunk, tag: str) -> None:
+    """Handle a "\\ No newline at end of file" marker: the line just read has no newline."""
+    blocks = {"-": [hunk.old], "+": [hunk.new]}.get(tag, [hunk.old, hunk.new])
+    for block in blocks:
+        if block and block[-1].endswith("\n"):
+            block[-1] = block[-1][:-1]
+
+
 def parse_patch(text: str, source: str) -> list[FilePatch]:
     """A unified diff (-p1) as files and hunks; lines keep their newlines."""
     files: list[FilePatch] = []
@@ -84,13 +92,11 @@ def parse_patch(text: str, source: str) -> list[FilePatch]:
             hunk = Hunk(int(match.group(1)), line.strip())
             i += 1
             seen_old = seen_new = 0
+            last = " "
             while i < len(lines) and (seen_old < old_len or seen_new < new_len):
                 body = lines[i]
                 if body.startswith("\\"):
-                    # "\ No newline at end of file": the previous line has no newline.
-                    for block in (hunk.old, hunk.new):
-                        if block and block[-1].endswith("\n"):
-                            block[-1] = block[-1][:-1]
+                    _no_newline(hunk, last)
                     i += 1
                     continue
                 tag, content = body[:1], body[1:]
@@ -109,13 +115,12 @@ def parse_patch(text: str, source: str) -> list[FilePatch]:
                     seen_new += 1
                 else:
                     raise SeriesError(f"{source}: malformed hunk line {body!r} in {hunk.header}")
+                last = tag
                 i += 1
             if seen_old != old_len or seen_new != new_len:
                 raise SeriesError(f"{source}: hunk {hunk.header} is truncated")
             if i < len(lines) and lines[i].startswith("\\"):
-                for block in (hunk.old, hunk.new):
-                    if block and block[-1].endswith("\n"):
-                        block[-1] = block[-1][:-1]
+                _no_newline(hunk, last)
                 i += 1
             current.hunks.append(hunk)
             continue
@@ -243,6 +248,8 @@ def load_series(path: Path) -> dict[str, Any]:
         import yaml
     except ImportError as err:  # pragma: no cover - both targets ship PyYAML
         raise SeriesError("PyYAML is needed to read the series file") from err
+    if not path.is_file():
+        raise SeriesError(f"series file {path} does not exist")
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     if not isinstance(data, dict) or not isinstance(data.get("patches"), list):
         raise SeriesError(f"{path}: expected a mapping with a `patches` list")

@@ -1,6 +1,9 @@
 """Read profiles/images.lock (written by `gh200 lock` on a connected host).
 
-Format: a YAML mapping lock_key -> {ref: "repo:tag", digest: "sha256:..." or null}.
+Format (the lead's gh200.profiles.locks writes it): `schema: 1` and `images:`, a mapping
+lock_key -> {ref: "repo:tag", digest: "sha256:..." or null, resolved_at: ...}. A bare top-level
+mapping of lock keys is read too. Only lookups by key or ref are needed here, so this reader is
+small and separate from the profile-centred one.
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ def read_images_lock(path: Path | None = None) -> dict[str, LockedImage]:
         raise LockError(
             f"{path} is not valid YAML: {err}", "re-run `gh200 lock` on a connected host"
         ) from err
+    if isinstance(data, dict) and "images" in data:
+        data = data["images"] or {}
     if not isinstance(data, dict):
         raise LockError(f"{path} is not a mapping of lock keys", "re-run `gh200 lock` on a connected host")
     out: dict[str, LockedImage] = {}
