@@ -1,0 +1,113 @@
+"""Broken profiles through the real CLI: exit 2, one line per problem naming file, field and fix.
+
+Each file in broken/ starts with `# BROKEN: what is wrong` and `# expect: text` lines that the
+error must contain (`# expect-lines: N` when one file has N problems). Files named ok-* are the
+valid partners that broken files extend or stack with; they must validate clean, so that a
+stack's error comes from the combination and not from a member.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from profiles_testlib import BROKEN, run_gh200
+
+
+@dataclass(frozen=True)
+class Case:
+    path: Path
+    what: str
+    expects: list[str]
+    lines: int
+
+
+def _case(path: Path) -> Case:
+    header = path.read_bytes().decode("utf-8", errors="replace").splitlines()
+    what = ""
+    expects: list[str] = []
+    lines = 1
+    for line in header:
+        if not line.startswith("#"):
+            break
+        key, _, value = line.lstrip("# ").partition(": ")
+        if key == "BROKEN":
+            what = value
+        elif key == "expect":
+            expects.append(value)
+        elif key == "expect-lines":
+            lines = int(value)
+    return Case(path, what, expects, lines)
+
+
+BROKEN_CASES = [_case(p) for p in sorted(BROKEN.glob("*.yaml")) if not p.name.startswith("ok-")]
+PARTNERS = sorted(BROKEN.glob("ok-*.yaml"))
+
+
+def test_the_suite_is_big_enough_and_documented() -> None:
+    assert len(BROKEN_CASES) >= 20
+    for case in BROKEN_CASES:
+        assert case.what, f"{case.path.name}: no '# BROKEN:' line saying what is wrong"
+        assert case.expects, f"{case.path.name}: no '# expect:' line"
+
+
+@pytest.fixture(scope="module")
+def all_at_once() -> dict[str, dict[str, object]]:
+    """One CLI call validates every broken file (--json); keyed by file name."""
+    run = run_gh200(["profiles", "validate", "--json", *[str(c.path) for c in BROKEN_CASES]])
+    assert run.code == 2, f"exit {run.code}: {run.stderr}"
+    assert "Traceback" not in run.stderr, run.stderr
+    report = json.loads(run.stdout)
+    assert report["ok"] is False
+    return {Path(r["target"]).name: r for r in report["results"]}
+
+
+@pytest.mark.parametrize("case", BROKEN_CASES, ids=lambda c: c.path.stem)
+def test_broken_profile_gets_one_line_per_problem(
+    all_at_once: dict[str, dict[str, object]], case: Case
+) -> None:
+    result = all_at_once[case.path.name]
+    problems = result["problems"]
+    assert isinstance(problems, list)
+    assert result["ok"] is False
+    assert len(problems) == case.lines, f"{case.path.name} ({case.what}): {problems}"
+    for line in problems:
+        assert "\n" not in line
+        assert str(BROKEN) in line, f"the line does not name the file: {line}"
+        message, sep, fix = line.rpartition(" (fix: ")
+        assert sep and message and fix.rstrip(")").strip(), f"no fix in: {line}"
+        assert "Traceback" not in line and "Error(" not in line, line
+    joined = " | ".join(problems)
+    for expected in case.expects:
+        assert expected in joined, f"{case.path.name}: {expected!r} not in {joined}"
+
+
+def test_partners_validate_clean() -> None:
+    run = run_gh200(["profiles", "validate", "--json", *[str(p) for p in PARTNERS]])
+    assert run.code == 0, run.stdout + run.stderr
+    assert all(r["ok"] for r in json.loads(run.stdout)["results"])
+
+
+@pytest.mark.parametrize(
+    "stem", ["bad-yaml-syntax", "tp2-one-rank", "stack-member-bad-cpus", "not-utf8", "unknown-host"]
+)
+def test_single_file_in_plain_text(stem: str) -> None:
+    """Without --json: exit 2, nothing on stdout, one `error` line per problem on stderr."""
+    path = BROKEN / f"{stem}.yaml"
+    run = run_gh200(["profiles", "validate", str(path)])
+    assert run.code == 2
+    assert run.stdout == ""
+    lines = run.stderr.splitlines()
+    assert len(lines) == 1, run.stderr
+    assert lines[0].startswith("error ")
+    assert str(BROKEN) in lines[0] and "(fix: " in lines[0]
+
+
+def test_render_refuses_a_broken_profile_by_path() -> None:
+    """render runs the same checks: a broken profile never reaches argv."""
+    run = run_gh200(["profiles", "render", str(BROKEN / "rank-numa-mismatch.yaml")])
+    assert run.code == 2
+    assert run.stdout == ""
+    assert run.stderr.count("\n") == 1 and "placement.ranks[1].numa_node" in run.stderr
