@@ -247,7 +247,8 @@ def _stream_build(
     tail: list[str] = []
     error: str | None = None
     with progress_bar(progress) as bar, open(log_path, "w") as log:
-        task = bar.add_task(f"build {plan.recipe.name}", total=None)
+        # A number, not None: the shared progress columns format the total as a number.
+        task = bar.add_task(f"build {plan.recipe.name}", total=1)
         try:
             stream = client.api.build(
                 path=str(ctx),
@@ -297,8 +298,8 @@ def _existing_tag(client: docker.DockerClient, tag: str) -> bool:
 
 
 def _failure_summary(tail: list[str], error: str | None) -> str:
-    """The lines a reader needs: our scripts' `error:` lines first, else the last few lines."""
-    ours = [line.strip() for line in tail if "error:" in line.lower() or "FAILED" in line]
+    """The lines a reader needs: lines that start with `error:` (our scripts' style), else the last few."""
+    ours = [line.strip() for line in tail if line.strip().lower().startswith("error:")]
     picked = ours[-3:] if ours else [line.strip() for line in tail[-4:]]
     if error and all(error.strip() not in p for p in picked):
         picked.append(error.strip())
