@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +27,20 @@ TOKEN_FILE_OPT = typer.Option(
 
 
 class _Bar:
-    """Adapts on_phase/on_bytes/on_progress callbacks to one rich task per phase."""
+    """Adapts on_phase/on_bytes/on_progress callbacks to one rich task per phase.
 
-    def __init__(self, bar: Any) -> None:
-        self.bar = bar
+    The display starts with the first phase, so that an early error prints alone on its line.
+    """
+
+    def __init__(self, stack: ExitStack, enabled: bool) -> None:
+        self.stack = stack
+        self.enabled = enabled
+        self.bar: Any = None
         self.task: Any = None
 
     def phase(self, name: str, total: int) -> None:
+        if self.bar is None:
+            self.bar = self.stack.enter_context(progress(enabled=self.enabled, transfer=True))
         self.task = self.bar.add_task(name, total=total)
 
     def advance(self, n: int) -> None:
@@ -47,8 +54,8 @@ class _Bar:
 
 @contextmanager
 def _bar(as_json: bool) -> Iterator[_Bar]:
-    with progress(enabled=not as_json, transfer=True) as bar:
-        yield _Bar(bar)
+    with ExitStack() as stack:
+        yield _Bar(stack, not as_json)
 
 
 def _gib(n: int | None) -> str:

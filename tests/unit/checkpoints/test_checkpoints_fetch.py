@@ -1,0 +1,381 @@
+"""fetch (and remote inspect) with the real huggingface_hub client against a local stand-in hub.
+
+No hub is reachable here; `ckpt_hubserver` answers the routes huggingface_hub 2.x calls (model_info
+with file metadata, the tree listing, HEAD/GET on /resolve with ETag, X-Repo-Commit, X-Linked-*,
+Range) on 127.0.0.1, and the client is pointed at it with HF_ENDPOINT.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from ckpt_hubserver import HubServer
+from ckpt_testlib import GH200, run_cli
+
+from gh200.checkpoints import fetch as fetch_mod
+from gh200.checkpoints import hub
+from gh200.checkpoints.fetch import CorruptDownload, NotEnoughDisk, fetch
+from gh200.checkpoints.inspect import inspect_checkpoint
+from gh200.checkpoints.profile_fetch import fetch_profile
+from gh200.checkpoints.verify import MANIFEST_NAME, verify_dir
+from gh200.errors import BadInput, LockError
+from gh200.paths import profiles_dir
+
+BASE_REPO = "cyankiwi/GLM-5.2-AWQ-INT4"
+DELTA_REPO = "dnhkng/GLM-5.2-AWQ-INT4-FP8-MTP-delta"
+FP8_REPO = "zai-org/GLM-5.2-FP8"
+C1 = "1" * 40
+C2 = "2" * 40
+C3 = "3" * 40
+SHARD2 = "model-00002-of-00004.safetensors"
+
+
+@pytest.fixture
+def endpoint(hub_server: HubServer, monkeypatch: pytest.MonkeyPatch) -> HubServer:
+    monkeypatch.setenv("HF_ENDPOINT", hub_server.url)
+    return hub_server
+
+
+def ref(repo: str = BASE_REPO, commit: str = C1) -> hub.RepoRef:
+    return hub.parse_ref(f"{repo}@{commit}")
+
+
+def files_of(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != MANIFEST_NAME
+    }
+
+
+def test_fetch_checks_hashes_writes_manifest_and_reruns_unchanged(
+    endpoint: HubServer, tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    endpoint.add_dir(BASE_REPO, C1, tiny["base"])
+    dest = tmp_path / "models" / "base"
+    result = fetch(ref(), None, dest).as_dict()
+    assert result["changed"] is True and result["files"] == 10
+    assert files_of(dest) == files_of(tiny["base"])
+    manifest = json.loads((dest / MANIFEST_NAME).read_text())
+    assert manifest["repo"] == BASE_REPO and manifest["revision"] == C1
+    for rel, info in manifest["files"].items():
+        assert info["sha256"] == hashlib.sha256((tiny["base"] / rel).read_bytes()).hexdigest()
+        assert info["lfs"] == rel.endswith(".safetensors")
+    assert not (dest / ".cache").exists()
+    assert not list(dest.parent.glob(".*.partial"))
+    gets = dict(endpoint.gets)
+    again = fetch(ref(), None, dest).as_dict()
+    assert again["changed"] is False and again["status"] == "unchanged"
+    assert dict(endpoint.gets) == gets  # nothing downloaded again
+    report = verify_dir(dest)
+    assert report.ok, report.problems
+    assert report.files_hashed == 10
+
+
+def test_default_store_is_gh200_models(endpoint: HubServer, tiny: dict[str, Path], tmp_path: Path) -> None:
+    endpoint.add_dir(DELTA_REPO, C2, tiny["delta"])
+    result = fetch(ref(DELTA_REPO, C2))
+    assert result.path == tmp_path / "models" / "dnhkng--GLM-5.2-AWQ-INT4-FP8-MTP-delta"
+
+
+def test_only_the_chosen_files_are_fetched(endpoint: HubServer, tmp_path: Path) -> None:
+    files = {
+        "UD-IQ2_XXS/GLM-5.2-UD-IQ2_XXS-00001-of-00002.gguf": b"a" * 3000,
+        "UD-IQ2_XXS/GLM-5.2-UD-IQ2_XXS-00002-of-00002.gguf": b"b" * 2000,
+        "Q4_K_M/GLM-5.2-Q4_K_M-00001-of-00001.gguf": b"c" * 5000,
+        "README.md": b"# GLM\n",
+    }
+    endpoint.add_repo("unsloth/GLM-5.2-GGUF", C1, files)
+    dest = tmp_path / "gguf"
+    result = fetch(ref("unsloth/GLM-5.2-GGUF"), ["UD-IQ2_XXS/*"], dest)
+    assert result.files == 2
+    assert sorted(str(p.relative_to(dest)) for p in dest.rglob("*.gguf")) == sorted(
+        k for k in files if k.startswith("UD-")
+    )
+    assert endpoint.gets["Q4_K_M/GLM-5.2-Q4_K_M-00001-of-00001.gguf"] == 0
+    with pytest.raises(BadInput, match="no file matches"):
+        fetch(ref("unsloth/GLM-5.2-GGUF"), ["IQ1_S/*"], tmp_path / "none")
+
+
+def test_free_disk_is_checked_before_downloading(
+    endpoint: HubServer, tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    endpoint.add_dir(BASE_REPO, C1, tiny["base"])
+    real = shutil.disk_usage
+
+    def small(path: Any) -> Any:
+        usage = real(path)
+        return type(usage)(usage.total, usage.total - 1024, 1024)
+
+    monkeypatch.setattr(fetch_mod.shutil, "disk_usage", small)
+    with pytest.raises(NotEnoughDisk, match=r"GiB still to download .* GiB free") as err:
+        fetch(ref(), None, tmp_path / "base")
+    assert err.value.exit_code == 1 and "GH200_MODELS" in (err.value.fix or "")
+    assert sum(endpoint.gets.values()) == 0
+    assert not (tmp_path / "base").exists()
+
+
+def test_a_corrupt_download_is_caught_removed_and_refetched(
+    endpoint: HubServer, tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    endpoint.add_dir(BASE_REPO, C1, tiny["base"])
+    endpoint.faults.corrupt.add(SHARD2)
+    dest = tmp_path / "base"
+    with pytest.raises(CorruptDownload, match=SHARD2):
+        fetch(ref(), None, dest)
+    assert not dest.exists()
+    partial = tmp_path / ".base.partial"
+    assert not (partial / SHARD2).exists()
+    assert (partial / "model-00001-of-00004.safetensors").exists()
+    endpoint.faults.corrupt.clear()
+    assert fetch(ref(), None, dest).changed
+    assert endpoint.gets[SHARD2] == 2
+    assert endpoint.gets["model-00001-of-00004.safetensors"] == 1
+    assert files_of(dest) == files_of(tiny["base"])
+
+
+def test_a_dropped_connection_resumes_with_a_range_request(endpoint: HubServer, tmp_path: Path) -> None:
+    # huggingface_hub hands bytes to the file in 10 MiB chunks: drop the connection past the first one.
+    blob = os.urandom(12 * 2**20)
+    endpoint.add_repo(DELTA_REPO, C2, {"model.safetensors": blob, "config.json": b"{}"})
+    endpoint.faults.drop_after["model.safetensors"] = 11 * 2**20
+    dest = tmp_path / "delta"
+    fetch(ref(DELTA_REPO, C2), None, dest)
+    resumed = [
+        int(rng.split("=")[1].rstrip("-")) for path, rng in endpoint.ranges if path == "model.safetensors"
+    ]
+    assert resumed and resumed[0] >= 10 * 2**20
+    assert endpoint.gets["model.safetensors"] == 2
+    assert (dest / "model.safetensors").read_bytes() == blob
+
+
+def test_a_killed_fetch_resumes_without_refetching_finished_files(
+    endpoint: HubServer, tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    endpoint.add_dir(BASE_REPO, C1, tiny["base"])
+    stall = endpoint.faults.stall[SHARD2] = threading.Event()
+    dest = tmp_path / "base"
+    env = dict(os.environ, HF_ENDPOINT=endpoint.url)
+    child = subprocess.Popen(
+        [GH200, "models", "fetch", f"{BASE_REPO}@{C1}", "--out", str(dest), "--workers", "1", "--json"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert endpoint.faults.stalled.wait(60), "the download never reached the stalled file"
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait(30)
+        stall.set()
+    assert not dest.exists()
+    partial = tmp_path / ".base.partial"
+    assert (partial / "model-00001-of-00004.safetensors").is_file()
+    assert not (partial / SHARD2).exists()
+    del endpoint.faults.stall[SHARD2]
+    result = fetch(ref(), None, dest)
+    assert result.changed
+    assert endpoint.gets["model-00001-of-00004.safetensors"] == 1  # finished before the kill: not again
+    assert endpoint.gets[SHARD2] == 2
+    assert endpoint.gets["model-00003-of-00004.safetensors"] == 1
+    assert result.bytes_downloaded < result.bytes_total
+    assert files_of(dest) == files_of(tiny["base"])
+    assert not list((dest).rglob("*.incomplete"))
+
+
+def test_token_from_env_or_file_is_sent_and_never_printed(
+    endpoint: HubServer, tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    secret = "hf_gh200TestSecretToken"
+    endpoint.add_dir(DELTA_REPO, C2, tiny["delta"], token=secret)
+    target = f"{DELTA_REPO}@{C2}"
+    denied = run_cli(
+        "models", "fetch", target, "--out", str(tmp_path / "a"), env={"HF_ENDPOINT": endpoint.url}
+    )
+    assert denied.returncode == 2, denied.stderr
+    assert denied.stderr.startswith("error: ") and "repository not found" in denied.stderr
+    assert "Traceback" not in denied.stderr
+    ok = run_cli(
+        "models",
+        "fetch",
+        target,
+        "--out",
+        str(tmp_path / "a"),
+        "--json",
+        env={"HF_ENDPOINT": endpoint.url, "HF_TOKEN": secret},
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["changed"] is True
+    token_file = tmp_path / "token"
+    token_file.write_text(secret + "\n")
+    via_file = run_cli(
+        "models",
+        "fetch",
+        target,
+        "--out",
+        str(tmp_path / "b"),
+        "--token-file",
+        str(token_file),
+        env={"HF_ENDPOINT": endpoint.url},
+    )
+    assert via_file.returncode == 0, via_file.stderr
+    assert f"Bearer {secret}" in endpoint.auth_seen
+    for res in (denied, ok, via_file):
+        assert secret not in res.stdout + res.stderr
+    for path in (tmp_path / "a").rglob("*"):
+        if path.is_file() and not path.name.endswith(".safetensors"):
+            assert secret not in path.read_text()
+
+
+def test_refs_must_be_pinned_and_exist(endpoint: HubServer, tiny: dict[str, Path], tmp_path: Path) -> None:
+    endpoint.add_dir(BASE_REPO, C1, tiny["base"])
+    with pytest.raises(BadInput, match="not a pinned commit sha"):
+        hub.parse_ref(f"{BASE_REPO}@main")
+    with pytest.raises(BadInput, match="OWNER/NAME@REVISION"):
+        hub.parse_ref(BASE_REPO)
+    with pytest.raises(hub.HubNotFound, match="revision not found"):
+        fetch(ref(BASE_REPO, C3), None, tmp_path / "x")
+    with pytest.raises(hub.HubNotFound, match="repository not found"):
+        fetch(ref("nobody/nothing", C1), None, tmp_path / "x")
+    res = run_cli("models", "fetch", f"{BASE_REPO}@main", env={"HF_ENDPOINT": endpoint.url})
+    assert res.returncode == 2 and "40 hex" in res.stderr
+
+
+def test_unreachable_hub_is_a_failed_operation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    server = HubServer()  # bound but never serving: take its port, then close it
+    url = server.url
+    server.httpd.server_close()
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    with pytest.raises(hub.HubError) as err:
+        fetch(ref(), None, tmp_path / "x")
+    assert err.value.exit_code == 1
+
+
+def test_existing_directories_are_respected(
+    endpoint: HubServer, tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    endpoint.add_dir(BASE_REPO, C1, tiny["base"])
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(BadInput, match="was not fetched from"):
+        fetch(ref(), None, mine)
+    assert (mine / "notes.txt").read_text() == "keep"
+    dest = tmp_path / "base"
+    fetch(ref(), None, dest)
+    # The hub moves on: a new commit changes one shard.
+    files = {str(p.relative_to(tiny["base"])): p.read_bytes() for p in tiny["base"].iterdir() if p.is_file()}
+    changed = bytearray(files[SHARD2])
+    changed[-1] ^= 0xFF
+    files[SHARD2] = bytes(changed)
+    endpoint.repos[BASE_REPO].files = files
+    endpoint.repos[BASE_REPO].commit = C2
+    with pytest.raises(BadInput, match=f"holds {BASE_REPO}@{C1}, not {C2}") as err:
+        fetch(ref(BASE_REPO, C2), None, dest)
+    assert "--force" in (err.value.fix or "")
+    before = dict(endpoint.gets)
+    result = fetch(ref(BASE_REPO, C2), None, dest, force=True)
+    assert result.changed
+    assert endpoint.gets[SHARD2] == before[SHARD2] + 1
+    assert endpoint.gets["model-00001-of-00004.safetensors"] == before["model-00001-of-00004.safetensors"]
+    assert (dest / SHARD2).read_bytes() == bytes(changed)
+    assert json.loads((dest / MANIFEST_NAME).read_text())["revision"] == C2
+
+
+def test_remote_inspect_reads_headers_only(endpoint: HubServer, tiny: dict[str, Path]) -> None:
+    endpoint.add_dir(FP8_REPO, C1, tiny["fp8"])
+    remote = inspect_checkpoint(f"{FP8_REPO}@{C1}")
+    local = inspect_checkpoint(tiny["fp8"])
+    assert remote.model_dump(exclude={"source", "revision"}) == local.model_dump(
+        exclude={"source", "revision"}
+    )
+    assert remote.revision == C1
+    assert sum(endpoint.gets[s] for s in endpoint.gets if s.endswith(".safetensors")) == 5
+    assert all(rng.startswith("bytes=0-") for _, rng in endpoint.ranges)
+    res = run_cli("models", "inspect", f"{FP8_REPO}@{C1}", "--json", env={"HF_ENDPOINT": endpoint.url})
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["mtp_bytes"] == local.mtp_bytes > 0
+
+
+def _profiles(tmp_path: Path, locks: dict[str, str], extra: dict[str, str] | None = None) -> Path:
+    root = tmp_path / "profiles"
+    shutil.copytree(profiles_dir(), root)
+    models = {
+        key: {"repo": key, "revision": "main", "sha": sha, "resolved_at": "2026-01-01T00:00:00Z"}
+        for key, sha in locks.items()
+    }
+    (root / "models.lock").write_text(yaml.safe_dump({"schema": 1, "models": models}))
+    for name, text in (extra or {}).items():
+        (root / f"{name}.yaml").write_text(text)
+    return root
+
+
+def test_fetch_profile_fetches_base_and_delta_and_grafts(
+    endpoint: HubServer, tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    endpoint.add_dir(BASE_REPO, C1, tiny["base"])
+    endpoint.add_dir(DELTA_REPO, C2, tiny["delta"])
+    profiles = _profiles(tmp_path, {BASE_REPO: C1, DELTA_REPO: C2})
+    store = tmp_path / "store"
+    result = fetch_profile("glm52-awq-mtp3", profiles_directory=profiles, store=store)
+    final = store / "cyankiwi--GLM-5.2-AWQ-INT4--mtp-graft"
+    assert result["model_dir"] == str(final)
+    assert result["changed"] is True and result["graft"]["status"] == "grafted"
+    assert [r["repo"] for r in result["fetched"]] == [BASE_REPO, DELTA_REPO]
+    assert verify_dir(final).ok
+    assert verify_dir(store / "cyankiwi--GLM-5.2-AWQ-INT4").ok
+    again = fetch_profile("glm52-awq-mtp3", profiles_directory=profiles, store=store)
+    assert again["changed"] is False and again["status"] == "unchanged"
+
+
+def test_fetch_profile_from_the_full_fp8_takes_only_the_mtp_shards(
+    endpoint: HubServer, tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    endpoint.add_dir(BASE_REPO, C1, tiny["base"])
+    endpoint.add_dir(FP8_REPO, C3, tiny["fp8"])
+    extra = {
+        "glm52-awq-mtp3-from-fp8": (
+            "schema: 1\nextends: glm52-awq-mtp3\nname: glm52-awq-mtp3-from-fp8\n"
+            "model:\n  graft:\n    mtp_from: zai-org/GLM-5.2-FP8\n    revision: main\n"
+            "    lock_key: zai-org/GLM-5.2-FP8\n    mtp_layers: 1\n"
+        )
+    }
+    profiles = _profiles(tmp_path, {BASE_REPO: C1, FP8_REPO: C3}, extra)
+    result = fetch_profile("glm52-awq-mtp3-from-fp8", profiles_directory=profiles, store=tmp_path / "store")
+    fetched = sorted(p.name for p in (tmp_path / "store" / "zai-org--GLM-5.2-FP8").glob("*.safetensors"))
+    assert fetched == ["model-00004-of-00005.safetensors", "model-00005-of-00005.safetensors"]
+    assert endpoint.gets["model-00001-of-00005.safetensors"] == 0
+    assert result["graft"]["mtp_tensors"] == 57
+    assert verify_dir(Path(result["model_dir"])).ok
+
+
+def test_fetch_profile_needs_a_lock(endpoint: HubServer, tmp_path: Path) -> None:
+    profiles = _profiles(tmp_path, {})
+    with pytest.raises(LockError, match=r"models\.lock"):
+        fetch_profile("glm52-awq", profiles_directory=profiles, store=tmp_path / "store")
+    with pytest.raises(BadInput, match="generated on this machine"):
+        fetch_profile("local-tiny", profiles_directory=profiles, store=tmp_path / "store")
+    res = run_cli("models", "fetch", "no-such-profile")
+    assert res.returncode == 2 and res.stderr.startswith("error: ")
+
+
+def test_progress_reaches_the_total(endpoint: HubServer, tiny: dict[str, Path], tmp_path: Path) -> None:
+    endpoint.add_dir(BASE_REPO, C1, tiny["base"])
+    phases: list[tuple[str, int]] = []
+    seen: list[int] = []
+    fetch(
+        ref(), None, tmp_path / "base", on_phase=lambda p, t: phases.append((p, t)), on_progress=seen.append
+    )
+    total = sum(p.stat().st_size for p in tiny["base"].iterdir())
+    assert phases == [("download", total), ("sha256", total)]
+    assert seen[-1] == total

@@ -1,0 +1,376 @@
+"""`gh200 models fetch`: a pinned revision of a hub repo into the model store, checked and resumable.
+
+Flow: the hub's file metadata (sizes, LFS sha256) at the pinned commit -> the files the profile needs ->
+free disk vs what is still missing -> huggingface_hub `snapshot_download` into a hidden sibling
+`.NAME.partial` (kept across interruptions: finished files are not fetched again) -> sha256 of every LFS
+file against the hub's metadata (git blob id for small files) -> `.gh200-manifest.json` -> rename to the
+final directory. `gh200 models verify DIR` re-checks the manifest offline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gh200.checkpoints import hub
+from gh200.checkpoints.verify import MANIFEST_FORMAT, MANIFEST_NAME, git_blob_sha1, hash_workers, sha256_file
+from gh200.errors import BadInput, OperationFailed
+from gh200.fsutil import atomic_write_text
+
+# Room left free beyond the download itself (filesystem metadata, the manifest, other writers).
+DISK_MARGIN_BYTES = 1 << 30
+DEFAULT_PATTERNS = ("*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken", "*.py")
+
+
+class NotEnoughDisk(OperationFailed):
+    """The model store's filesystem lacks room for what remains to be downloaded."""
+
+
+class CorruptDownload(OperationFailed):
+    """A downloaded file's sha256 (or git blob id) differs from the hub's metadata."""
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    path: str
+    size: int
+    sha256: str | None
+    blob_id: str | None
+
+    @property
+    def lfs(self) -> bool:
+        return self.sha256 is not None
+
+
+@dataclass
+class FetchResult:
+    ref: hub.RepoRef
+    path: Path
+    changed: bool
+    files: int
+    bytes_total: int
+    bytes_downloaded: int
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "changed": self.changed,
+            "status": "fetched" if self.changed else "unchanged",
+            "repo": self.ref.repo,
+            "revision": self.ref.revision,
+            "path": str(self.path),
+            "files": self.files,
+            "bytes": self.bytes_total,
+            "bytes_downloaded": self.bytes_downloaded,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def remote_files(ref: hub.RepoRef, token: str | None) -> list[RemoteFile]:
+    """Every file of the repo at the revision, with size and LFS sha256 (hub metadata, no download)."""
+    with hub.hub_errors(str(ref), token):
+        info = hub.api(token).model_info(ref.repo, revision=ref.revision, files_metadata=True)
+    if info.sha and info.sha != ref.revision:
+        raise BadInput(
+            f"{ref}: hub resolved the revision to {info.sha}",
+            "pin the full commit sha from profiles/models.lock",
+        )
+    files = []
+    for s in info.siblings or []:
+        lfs = s.lfs
+        files.append(
+            RemoteFile(
+                s.rfilename,
+                int(s.size if s.size is not None else (lfs.size if lfs else 0)),
+                lfs.sha256 if lfs else None,
+                s.blob_id,
+            )
+        )
+    return files
+
+
+def select(files: Sequence[RemoteFile], patterns: Sequence[str]) -> list[RemoteFile]:
+    from huggingface_hub.utils._paths import filter_repo_objects
+
+    chosen = list(filter_repo_objects(files, allow_patterns=list(patterns), key=lambda f: f.path))
+    return sorted(chosen, key=lambda f: f.path)
+
+
+def _existing_ancestor(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path("/")
+
+
+def _hf_meta_dir(partial: Path) -> Path:
+    return partial / ".cache" / "huggingface" / "download"
+
+
+def _complete_locally(partial: Path, f: RemoteFile) -> bool:
+    path = partial / f.path
+    return path.is_file() and path.stat().st_size == f.size
+
+
+def _bytes_on_disk(partial: Path, files: Sequence[RemoteFile]) -> int:
+    done = 0
+    for f in files:
+        with contextlib.suppress(OSError):
+            done += (partial / f.path).stat().st_size
+    meta = _hf_meta_dir(partial)
+    if meta.exists():
+        for tmp in meta.rglob("*.incomplete"):
+            with contextlib.suppress(OSError):
+                done += tmp.stat().st_size
+    return done
+
+
+def _clean_stale(partial: Path) -> None:
+    """A killed download leaves its process-unique `*.incomplete` file behind: drop those."""
+    meta = _hf_meta_dir(partial)
+    if meta.exists():
+        for tmp in meta.rglob("*.incomplete"):
+            tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _quiet_hf() -> Iterator[None]:
+    """Our rich progress replaces huggingface_hub's tqdm bars and its warnings on stderr."""
+    from huggingface_hub.utils.tqdm import (
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+    )
+
+    was = are_progress_bars_disabled()
+    disable_progress_bars()
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        if not was:
+            enable_progress_bars()
+
+
+def _read_manifest(dest: Path) -> dict[str, Any] | None:
+    try:
+        manifest = json.loads((dest / MANIFEST_NAME).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def _already_there(dest: Path, ref: hub.RepoRef, wanted: Sequence[RemoteFile]) -> bool:
+    manifest = _read_manifest(dest)
+    if not manifest or manifest.get("repo") != ref.repo or manifest.get("revision") != ref.revision:
+        return False
+    listed = manifest.get("files") or {}
+    for f in wanted:
+        info = listed.get(f.path)
+        if not info or info.get("size") != f.size or (f.sha256 and info.get("sha256") != f.sha256):
+            return False
+        path = dest / f.path
+        if not path.is_file() or path.stat().st_size != f.size:
+            return False
+    return True
+
+
+def fetch(
+    ref: hub.RepoRef,
+    patterns: Sequence[str] | None = None,
+    dest: Path | None = None,
+    *,
+    token: str | None = None,
+    max_workers: int = 4,
+    force: bool = False,
+    on_phase: Callable[[str, int], None] = lambda _p, _t: None,
+    on_progress: Callable[[int], None] = lambda _n: None,
+) -> FetchResult:
+    """Fetch `ref` (files matching `patterns`) into `dest` (default: the model store's directory)."""
+    from gh200.checkpoints.local import model_dir
+
+    start = time.monotonic()
+    patterns = list(patterns or DEFAULT_PATTERNS)
+    dest = (dest or model_dir(ref.repo)).absolute()
+    files = remote_files(ref, token)
+    wanted = select(files, patterns)
+    if not wanted:
+        raise BadInput(f"{ref}: no file matches {patterns}", "check the profile's model.files patterns")
+    total = sum(f.size for f in wanted)
+    if _already_there(dest, ref, wanted):
+        return FetchResult(ref, dest, False, len(wanted), total, 0, time.monotonic() - start)
+
+    partial = dest.with_name(f".{dest.name}.partial")
+    if dest.exists():
+        manifest = _read_manifest(dest)
+        if manifest is None or manifest.get("repo") != ref.repo:
+            raise BadInput(
+                f"{dest} exists and was not fetched from {ref.repo}", "remove it or choose another --out"
+            )
+        if manifest.get("revision") != ref.revision and not force:
+            raise BadInput(
+                f"{dest} holds {ref.repo}@{manifest.get('revision')}, not {ref.revision}",
+                "pass --force to replace it (unchanged files are kept), or choose another --out",
+            )
+        if partial.exists():
+            raise BadInput(
+                f"{dest} and {partial} both exist", f"remove {partial} (an interrupted fetch) and re-run"
+            )
+        # Another revision or other patterns: carry on from its files (huggingface_hub keeps those
+        # whose sha256 still matches and downloads the rest).
+        os.rename(dest, partial)
+    partial.mkdir(parents=True, exist_ok=True)
+    _clean_stale(partial)
+    missing = [f for f in wanted if not _complete_locally(partial, f)]
+    need = sum(f.size for f in missing)
+    free = shutil.disk_usage(_existing_ancestor(partial)).free
+    if need + DISK_MARGIN_BYTES > free:
+        raise NotEnoughDisk(
+            f"{partial.parent}: {need / 2**30:.1f} GiB still to download (+1 GiB margin), "
+            f"{free / 2**30:.1f} GiB free",
+            "free space, or set GH200_MODELS (or --out) to a larger filesystem",
+        )
+    before = total - need
+    on_phase("download", total)
+    on_progress(before)
+    # Always asked, even when every file looks complete by size: huggingface_hub skips files whose
+    # recorded commit or sha256 matches and fetches the rest (a same-size file of another revision).
+    _download(
+        ref, partial=partial, wanted=wanted, token=token, max_workers=max_workers, on_progress=on_progress
+    )
+    on_progress(total)
+    on_phase("sha256", total)
+    manifest_files = _check_files(partial, wanted, on_progress)
+    _prune(partial, wanted)
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "repo": ref.repo,
+        "revision": ref.revision,
+        "patterns": patterns,
+        "files": manifest_files,
+    }
+    atomic_write_text(
+        partial / MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=True) + "\n", mode=0o644
+    )
+    shutil.rmtree(partial / ".cache", ignore_errors=True)
+    os.rename(partial, dest)
+    return FetchResult(ref, dest, True, len(wanted), total, need, time.monotonic() - start)
+
+
+def _prune(partial: Path, wanted: Sequence[RemoteFile]) -> None:
+    """Leave exactly the wanted files (an earlier fetch of other patterns or revision may have more)."""
+    keep = {f.path for f in wanted} | {MANIFEST_NAME}
+    for path in sorted(partial.rglob("*"), reverse=True):
+        rel = path.relative_to(partial)
+        if rel.parts[0] == ".cache":
+            continue
+        if path.is_file() and str(rel) not in keep:
+            path.unlink()
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+
+
+def _download(
+    ref: hub.RepoRef,
+    *,
+    partial: Path,
+    wanted: Sequence[RemoteFile],
+    token: str | None,
+    max_workers: int,
+    on_progress: Callable[[int], None],
+) -> None:
+    from huggingface_hub import snapshot_download
+
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.wait(0.3):
+            on_progress(_bytes_on_disk(partial, wanted))
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        with _quiet_hf(), hub.hub_errors(str(ref), token):
+            snapshot_download(
+                ref.repo,
+                revision=ref.revision,
+                local_dir=str(partial),
+                # Exact names, not the patterns: the selection was made (and sized) above.
+                allow_patterns=[f.path for f in wanted],
+                token=token,
+                endpoint=hub.endpoint(),
+                max_workers=max_workers,
+            )
+    except OSError as exc:
+        if isinstance(exc, OperationFailed | BadInput):
+            raise
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise hub.HubError(
+            f"{ref}: download failed ({hub.scrub(first_line, token)})",
+            "re-run the same command: finished files are kept and not fetched again",
+        ) from exc
+    finally:
+        stop.set()
+        poller.join()
+
+
+def _check_files(
+    partial: Path, wanted: Sequence[RemoteFile], on_progress: Callable[[int], None]
+) -> dict[str, dict[str, Any]]:
+    """sha256 of every file; LFS files against the hub's sha256, small files against their blob id."""
+    lock = threading.Lock()
+    done = [0]
+
+    def advance(n: int) -> None:
+        with lock:
+            done[0] += n
+            on_progress(done[0])
+
+    def one(f: RemoteFile) -> tuple[RemoteFile, str, str | None]:
+        path = partial / f.path
+        digest = sha256_file(path, advance)
+        blob = None if f.lfs else git_blob_sha1(path)
+        return f, digest, blob
+
+    out: dict[str, dict[str, Any]] = {}
+    bad: list[str] = []
+    with ThreadPoolExecutor(max_workers=hash_workers()) as pool:
+        for f, digest, blob in pool.map(one, wanted):
+            path = partial / f.path
+            size = path.stat().st_size
+            wrong = (
+                size != f.size
+                or (f.sha256 is not None and digest != f.sha256)
+                or (blob is not None and f.blob_id is not None and blob != f.blob_id)
+            )
+            if wrong:
+                # Remove the file and huggingface_hub's record of it, so that a re-run downloads it again.
+                path.unlink(missing_ok=True)
+                (_hf_meta_dir(partial) / f"{f.path}.metadata").unlink(missing_ok=True)
+                want = f.sha256 or f.blob_id or "?"
+                got = digest if f.sha256 else (blob or "?")
+                bad.append(f"{f.path} (hub {want[:12]}…, got {got[:12]}…, {size} of {f.size} bytes)")
+                continue
+            entry: dict[str, Any] = {"size": size, "sha256": digest, "lfs": f.lfs}
+            if f.blob_id:
+                entry["git_oid"] = f.blob_id
+            out[f.path] = entry
+    if bad:
+        raise CorruptDownload(
+            f"{len(bad)} downloaded file(s) differ from the hub's metadata and were removed: {bad[0]}",
+            "re-run the same fetch to download them again",
+        )
+    return dict(sorted(out.items()))
