@@ -31,7 +31,7 @@ class _Loader(yaml.SafeLoader):
             return super().construct_object(node, deep)
         except yaml.YAMLError:
             raise
-        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as err:
+        except (ValueError, TypeError, LookupError, AttributeError, ArithmeticError) as err:
             value = f" {node.value!r}" if isinstance(node, yaml.ScalarNode) else ""
             raise yaml.constructor.ConstructorError(
                 None, None, f"cannot read value{value} as {node.tag.rsplit(':', 1)[-1]}", node.start_mark
