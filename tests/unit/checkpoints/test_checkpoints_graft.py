@@ -452,3 +452,14 @@ def test_header_only_reads_of_the_mtp_source(tiny: dict[str, Path], tmp_path: Pa
     names = list(read_header(tmp_path / "out" / f"model-mtp-layer{L}.safetensors").tensors)
     experts = [n for n in names if ".experts." in n and n.endswith("gate_proj.weight")]
     assert experts == [_e(i, "gate_proj") for i in range(DIMS.n_routed_experts)]
+
+
+def test_bench_graft_runs_at_tiny_scale(tmp_path: Path) -> None:
+    """The benchmark's own plumbing (the real run is `make bench-graft`, at >= 4 GiB)."""
+    from gh200.checkpoints.bench_graft import bench
+
+    report = bench(tmp_path, runs=1, dims=DIMS)
+    assert report["base_bytes_copied"] == 0
+    assert report["mtp_tensors"] == 57
+    assert report["peak_rss_bytes"] > 0 and report["cp_mtp_s"] > 0 and report["graft_s"] > 0
+    assert set(report["targets"]) == {"ratio<=1.5", "base_bytes_copied==0", "peak_rss<=256MiB"}

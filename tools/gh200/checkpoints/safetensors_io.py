@@ -54,6 +54,9 @@ _HEADER_ALIGN = 8
 _COPY_CHUNK = 64 * 1024 * 1024
 
 
+Chunk = bytes | memoryview
+
+
 class CorruptSafetensors(BadInput):
     """A file that is not a well-formed safetensors file (truncated, bad header, overlapping data)."""
 
@@ -303,7 +306,7 @@ def write_spliced(
 def write_file(
     out: Path,
     tensors: Sequence[tuple[str, str, Sequence[int]]],
-    data: Callable[[str, int], Iterable[bytes]],
+    data: Callable[[str, int], Iterable[Chunk]],
     metadata: dict[str, str] | None = None,
 ) -> int:
     """Write a safetensors file whose tensor bytes come from `data(name, nbytes)` chunks (test data, bench).

@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from gh200.checkpoints.safetensors_io import tensor_nbytes, write_file
+from gh200.checkpoints.safetensors_io import Chunk, tensor_nbytes, write_file
 
 Spec = tuple[str, str, tuple[int, ...]]
-Fill = Callable[[str, int], Iterable[bytes]]
+Fill = Callable[[str, int], Iterable[Chunk]]
 
 ARCH = "GlmMoeDsaForCausalLM"
 FP8_QUANT = {
@@ -289,7 +289,7 @@ def seeded_fill(seed: int = 0) -> Fill:
     `weight_shape` tensors hold the real logical [out, in] values, as compressed-tensors writes them.
     """
 
-    def fill(name: str, nbytes: int) -> Iterator[bytes]:
+    def fill(name: str, nbytes: int) -> Iterator[Chunk]:
         rng = np.random.default_rng(zlib.crc32(name.encode()) ^ seed)
         yield rng.integers(0, 256, size=nbytes, dtype=np.uint8).tobytes()
 
@@ -300,13 +300,13 @@ def block_fill(block_bytes: int = 8 * 1024 * 1024) -> Fill:
     """Fast fill for GiB-sized checkpoints: one random block repeated (no tensor-sized RAM)."""
     import os
 
-    block = os.urandom(block_bytes)
+    block = memoryview(os.urandom(block_bytes))
 
-    def fill(_: str, nbytes: int) -> Iterator[bytes]:
+    def fill(_: str, nbytes: int) -> Iterator[Chunk]:
         left = nbytes
         while left > 0:
             take = min(left, len(block))
-            yield block[:take]
+            yield block[:take]  # a view: no copy of the block per chunk
             left -= take
 
     return fill
@@ -321,7 +321,7 @@ def _with_weight_shapes(specs: Sequence[Spec], fill: Fill) -> Fill:
     for module, logical in by_module.items():
         shapes[f"{module}.weight_shape"] = np.asarray(logical, dtype="<i4").tobytes()
 
-    def wrapped(name: str, nbytes: int) -> Iterable[bytes]:
+    def wrapped(name: str, nbytes: int) -> Iterable[Chunk]:
         if name in shapes:
             return [shapes[name]]
         return fill(name, nbytes)
