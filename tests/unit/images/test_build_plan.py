@@ -134,3 +134,14 @@ def test_strip_tag() -> None:
     assert strip_tag("localhost:5000/a/b:t") == "localhost:5000/a/b"
     assert strip_tag("a/b@sha256:00") == "a/b"
     assert strip_tag("ubuntu") == "ubuntu"
+
+
+def test_arm64_only_recipe_on_an_x86_engine(bundle: Path, fake_client: Any) -> None:
+    fake_client.version = lambda: {"Os": "linux", "Arch": "amd64"}
+    with pytest.raises(BadInput, match=r"builds for linux/arm64, this engine runs linux/amd64"):
+        plan_build(fake_client, "vllm", unlocked=True)
+    explicit = plan_build(fake_client, "vllm", unlocked=True, platform="linux/arm64")
+    assert explicit.labels[f"{LABEL}.platform"] == "linux/arm64"
+    # On an arm64 engine, no --platform and --platform linux/arm64 name the same image.
+    fake_client.version = lambda: {"Os": "linux", "Arch": "arm64"}
+    assert plan_build(fake_client, "vllm", unlocked=True).tag == explicit.tag

@@ -117,6 +117,16 @@ def sdist_path(package: str, version: str, *, progress: bool = False) -> Path:
     return fetch_sdist(SdistPin(package, version, sha), progress=progress)
 
 
+def engine_platform(client: docker.DockerClient) -> str | None:
+    """The engine's native platform (linux/amd64, linux/arm64), or None if it does not say."""
+    try:
+        info = client.version()
+    except (DockerException, AttributeError):
+        return None
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(str(info.get("Arch", "")), str(info.get("Arch", "")))
+    return f"{info.get('Os', 'linux')}/{arch}" if arch else None
+
+
 def _image_id(client: docker.DockerClient, ref: str) -> str | None:
     try:
         return str(client.images.get(ref).id)
@@ -125,9 +135,14 @@ def _image_id(client: docker.DockerClient, ref: str) -> str | None:
 
 
 def resolve_base(
-    client: docker.DockerClient, recipe: Recipe, *, unlocked: bool, base: str | None = None
+    client: docker.DockerClient,
+    recipe: Recipe,
+    *,
+    unlocked: bool,
+    base: str | None = None,
+    create_local: bool = True,
 ) -> BaseChoice:
-    """What the recipe is built FROM, and whether that is pinned."""
+    """What the recipe is built FROM, and whether that is pinned (create_local: build our own base)."""
     if base is not None:
         # An explicit base (tests' stand-ins, a user's own mirror): pinned if local or by digest.
         local_id = _image_id(client, base)
@@ -140,7 +155,7 @@ def resolve_base(
         return BaseChoice(base, f"unlocked:{base}", False)
     spec = recipe.base
     if spec.local:
-        if spec.local == BASE_IMAGE:
+        if spec.local == BASE_IMAGE and create_local:
             ensure_base_image(client)
         local_id = _image_id(client, spec.local)
         if not local_id:
@@ -167,6 +182,7 @@ def plan_build(
     unlocked: bool = False,
     base: str | None = None,
     build_args: dict[str, str] | None = None,
+    create_local: bool = True,
 ) -> BuildPlan:
     recipe = load_recipe(name)
     if platform is not None and not PLATFORM.match(platform):
@@ -175,7 +191,14 @@ def plan_build(
         raise BadInput(
             f"recipe {name} does not build for {platform}", f"use one of: {', '.join(recipe.platforms)}"
         )
-    chosen = resolve_base(client, recipe, unlocked=unlocked, base=base)
+    native = engine_platform(client)
+    if platform is None and base is None and native is not None and native not in recipe.platforms:
+        # e.g. the arm64-only vLLM image on an x86 host: say so rather than fail mid-build.
+        raise BadInput(
+            f"recipe {name} builds for {', '.join(recipe.platforms)}, this engine runs {native}",
+            f"on the workstation: gh200 images build {name} --platform {recipe.platforms[0]}",
+        )
+    chosen = resolve_base(client, recipe, unlocked=unlocked, base=base, create_local=create_local)
     args = dict(recipe.build_args)
     labels = {
         f"{LABEL}.recipe": recipe.name,
@@ -208,8 +231,11 @@ def plan_build(
         labels[f"{LABEL}.patch-series"] = tree_hash(recipe.directory / recipe.patch_series)
     args.update(build_args or {})
     args[recipe.base.arg] = chosen.ref
-    recipe_hash = content_hash(recipe, base_identity=chosen.identity, platform=platform, build_args=args)
+    # The effective platform: `--platform linux/arm64` on an arm64 host names the same image as none.
+    effective = platform or native or ""
+    recipe_hash = content_hash(recipe, base_identity=chosen.identity, platform=effective, build_args=args)
     labels[f"{LABEL}.recipe-hash"] = recipe_hash
+    labels[f"{LABEL}.platform"] = effective
     tag = f"{recipe.image}:{recipe_hash[:16]}"
     return BuildPlan(recipe, tag, recipe_hash, chosen, platform, args, labels, sdists)
 
@@ -370,7 +396,10 @@ def list_images(client: docker.DockerClient) -> list[dict[str, Any]]:
         current: str | None
         note = ""
         try:
-            plan = plan_build(client, name, unlocked=True)
+            # No base is built and no platform refused just to list: compare what exists.
+            native = engine_platform(client)
+            platform = None if native in recipe.platforms else recipe.platforms[0]
+            plan = plan_build(client, name, unlocked=True, platform=platform, create_local=False)
             current = plan.recipe_hash
             if not plan.base.pinned:
                 note = "base not pinned in images.lock"
@@ -379,6 +408,8 @@ def list_images(client: docker.DockerClient) -> list[dict[str, Any]]:
         images = client.images.list(filters={"label": f"{LABEL}.recipe={name}"})
         built = []
         for image in images:
+            if not image.tags:
+                continue  # an older build whose tag moved on: layers kept for the cache only
             labels = image.labels or {}
             built.append(
                 {

@@ -16,20 +16,36 @@ def _size(n: int) -> str:
 
 
 @images_app.command("build")
-def build_cmd(
+def build_cmd(  # noqa: PLR0917 - typer maps each option to a parameter
     name: str = typer.Argument(..., help="Recipe: a directory of containers/ with a recipe.yaml."),
     platform: str | None = typer.Option(None, "--platform", help="linux/amd64 or linux/arm64."),
     unlocked: bool = typer.Option(False, "--unlocked", help="Allow a base or source not pinned by digest."),
     force: bool = typer.Option(False, "--force", help="Rebuild even if an image of this recipe hash exists."),
+    build_arg: list[str] = typer.Option(
+        [], "--build-arg", help="KEY=VALUE over the recipe's build args, e.g. SMOKE=compile (repeatable)."
+    ),
     json_out: bool = typer.Option(False, "--json", help="One JSON result on stdout, no progress."),
 ) -> None:
     """Build an image, tagged by its recipe's content hash (an unchanged recipe is not rebuilt)."""
     from gh200.engine import connect
+    from gh200.errors import BadInput
     from gh200.images.build import build_image
 
+    overrides: dict[str, str] = {}
+    for item in build_arg:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise BadInput(f"--build-arg {item!r} is not KEY=VALUE", "write e.g. --build-arg SMOKE=compile")
+        overrides[key] = value
     client = connect()
     result = build_image(
-        client, name, platform=platform, unlocked=unlocked, progress=not json_out, force=force
+        client,
+        name,
+        platform=platform,
+        unlocked=unlocked,
+        progress=not json_out,
+        force=force,
+        build_args=overrides,
     )
     if json_out:
         emit_json(result.as_json())
@@ -49,17 +65,19 @@ def list_cmd(json_out: bool = typer.Option(False, "--json", help="One JSON resul
         emit_json({"images": rows})
         return
     table = Table(title="gh200 images")
-    for column in ("recipe", "current tag", "built images", "up to date", "note"):
+    for column in ("recipe", "image", "current tag", "built tags", "up to date", "note"):
         table.add_column(column)
     for row in rows:
+        # Tags differ only after the colon: show that part, the image column names the repository.
         built = "\n".join(
-            f"{', '.join(b['tags']) or b['id']} {_size(b['size_bytes'])}"
-            + (" (current)" if b["matches_recipe"] else " (stale)")
+            f"{', '.join(t.rsplit(':', 1)[-1] for t in b['tags'])} {_size(b['size_bytes'])}"
+            + (" current" if b["matches_recipe"] else " stale")
             for b in row["built"]
         )
         table.add_row(
             row["name"],
-            row["current_tag"] or "-",
+            row["image"],
+            (row["current_tag"] or "-").rsplit(":", 1)[-1],
             built or "-",
             "yes" if row["up_to_date"] else "no",
             row["note"],
