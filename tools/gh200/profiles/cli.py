@@ -214,7 +214,9 @@ def lock_cmd(
         for pin in result.resolved:
             console.print(f"[green]locked[/] {pin.kind} {pin.ref} -> {pin.value}")
         for ref, error in result.failed:
-            console.print(f"[red]failed[/] {ref}: {error}", highlight=False)
+            # Resolver messages usually name the ref already; one line each, never wrapped.
+            line = error if ref in error else f"{ref}: {error}"
+            console.print(f"[red]failed[/] {line}", highlight=False, soft_wrap=True)
     if result.failed:
         raise typer.Exit(1)
 

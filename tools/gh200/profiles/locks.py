@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import yaml
 
-from gh200.errors import LockError, OperationFailed
+from gh200.errors import Gh200Error, LockError, OperationFailed
 from gh200.fsutil import atomic_write_text
 from gh200.paths import profiles_dir
 from gh200.profiles.schema import Profile
@@ -58,7 +58,8 @@ def _load(path: Path, section: str) -> dict[str, dict[str, Any]]:
     entries = data.get(section, {}) if isinstance(data, dict) else None
     if not isinstance(entries, dict):
         raise LockError(f"{path}: no '{section}' mapping", "restore it from git or re-run `gh200 lock`")
-    return entries
+    # An entry that is not a mapping pins nothing: it reads as unlocked and `gh200 lock` replaces it.
+    return {key: value for key, value in entries.items() if isinstance(value, dict)}
 
 
 def _is_local_image(ref: str) -> bool:
@@ -76,7 +77,7 @@ def image_pin(profile: Profile, directory: Path | None = None) -> Pin:
         return Pin("image", spec.lock_key, spec.ref, None, "local")
     entry = _load(root / IMAGES_LOCK, "images").get(spec.lock_key) or {}
     digest = entry.get("digest")
-    if isinstance(digest, str) and DIGEST_RE.match(digest) and entry.get("ref") == spec.ref:
+    if isinstance(digest, str) and DIGEST_RE.fullmatch(digest) and entry.get("ref") == spec.ref:
         return Pin("image", spec.lock_key, spec.ref, digest, "locked")
     return Pin("image", spec.lock_key, spec.ref, None, "unlocked")
 
@@ -95,7 +96,7 @@ def model_pins(profile: Profile, directory: Path | None = None) -> list[Pin]:
             continue
         entry = entries.get(key) or {}
         sha = entry.get("sha")
-        ok = isinstance(sha, str) and SHA_RE.match(sha) and entry.get("repo") == repo
+        ok = isinstance(sha, str) and SHA_RE.fullmatch(sha) and entry.get("repo") == repo
         ok = ok and entry.get("revision") == revision
         pins.append(Pin("model", key, repo, sha if ok else None, "locked" if ok else "unlocked"))
     return pins
@@ -141,27 +142,30 @@ def resolve_image_digest(ref: str) -> str:
             f"cannot resolve {ref}: {str(err).splitlines()[0][:200]}", "check registry access"
         ) from err
     digest = str(data.id)
-    if not DIGEST_RE.match(digest):
+    if not DIGEST_RE.fullmatch(digest):
         raise OperationFailed(f"registry answered {digest!r} for {ref}, not a sha256 digest")
     return digest
 
 
 def resolve_model_sha(repo: str, revision: str) -> str:
     """Commit sha of a revision on the Hugging Face hub (HF_ENDPOINT and HF_TOKEN honoured)."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
+    # The checkpoints job's hub helpers: HF_ENDPOINT read at call time, the token, and every
+    # hub/transport failure (not found, HTTP, connection refused) as a one-line error.
+    from gh200.checkpoints.hub import api, hub_errors, resolve_token
 
-    try:
-        info = HfApi().model_info(repo, revision=revision)
-    except (HfHubHTTPError, OSError) as err:
-        raise OperationFailed(
-            f"cannot resolve {repo}@{revision}: {str(err).splitlines()[0][:200]}",
-            "check hub access and HF_TOKEN",
-        ) from err
+    token = resolve_token()
+    with hub_errors(f"{repo}@{revision}", token):
+        info = api(token).model_info(repo, revision=revision)
     sha = str(info.sha)
-    if not SHA_RE.match(sha):
+    if not SHA_RE.fullmatch(sha):
         raise OperationFailed(f"hub answered {sha!r} for {repo}@{revision}, not a commit sha")
     return sha
+
+
+def _checked(value: object, pattern: re.Pattern[str], what: str, kind: str) -> str:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise OperationFailed(f"resolver answered {value!r:.80} for {what}, not {kind}", "not written")
+    return value
 
 
 @dataclass(frozen=True)
@@ -177,7 +181,11 @@ def write_locks(
     image_resolver: ImageResolver = resolve_image_digest,
     model_resolver: ModelResolver = resolve_model_sha,
 ) -> LockResult:
-    """Resolve every pin of `profiles`; write what resolved, keep the rest as it was."""
+    """Resolve every pin of `profiles`; write what resolved, keep the rest as it was.
+
+    A resolver's answer is written only when it is a well-formed digest (images) or commit sha
+    (models); anything else is reported as a failure for that pin, never written.
+    """
     root = directory or profiles_dir()
     images = _load(root / IMAGES_LOCK, "images")
     models = _load(root / MODELS_LOCK, "models")
@@ -191,12 +199,12 @@ def write_locks(
         if not _is_local_image(spec.ref) and "image:" + spec.lock_key not in seen:
             seen.add("image:" + spec.lock_key)
             try:
-                digest = image_resolver(spec.ref)
+                digest = _checked(image_resolver(spec.ref), DIGEST_RE, spec.ref, "a sha256 digest")
                 old = images.get(spec.lock_key, {})
                 if old.get("digest") != digest or old.get("ref") != spec.ref:
                     images[spec.lock_key] = {"ref": spec.ref, "digest": digest, "resolved_at": now}
                 resolved.append(Pin("image", spec.lock_key, spec.ref, digest, "locked"))
-            except OperationFailed as err:
+            except Gh200Error as err:
                 failed.append((spec.ref, err.message))
         wanted = [(profile.model.lock_key, profile.model.repo, profile.model.revision)]
         if profile.model.graft:
@@ -207,12 +215,12 @@ def write_locks(
                 continue
             seen.add("model:" + key)
             try:
-                sha = model_resolver(repo, revision)
+                sha = _checked(model_resolver(repo, revision), SHA_RE, f"{repo}@{revision}", "a commit sha")
                 old = models.get(key, {})
                 if old.get("sha") != sha or old.get("repo") != repo or old.get("revision") != revision:
                     models[key] = {"repo": repo, "revision": revision, "sha": sha, "resolved_at": now}
                 resolved.append(Pin("model", key, repo, sha, "locked"))
-            except OperationFailed as err:
+            except Gh200Error as err:
                 failed.append((f"{repo}@{revision}", err.message))
     after = (yaml.safe_dump(images, sort_keys=True), yaml.safe_dump(models, sort_keys=True))
     changed = before != after
