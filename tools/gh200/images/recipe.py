@@ -18,8 +18,8 @@ from gh200.errors import BadInput
 from gh200.paths import containers_dir
 
 RECIPE_FILE = "recipe.yaml"
-# Not part of a recipe's content: editor and interpreter droppings.
-IGNORED = {"__pycache__", ".pytest_cache", ".mypy_cache"}
+# Not part of a recipe's content: interpreter droppings, and the notes (no Containerfile copies them).
+IGNORED = {"__pycache__", ".pytest_cache", ".mypy_cache", "README.md"}
 
 
 class UnknownRecipe(BadInput):
