@@ -8,6 +8,7 @@ from enum import StrEnum
 from pathlib import Path
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from gh200.errors import BadInput, Gh200Error, ProfileError
@@ -60,9 +61,13 @@ def list_cmd(as_json: bool = JSON_OPT) -> None:
     if as_json:
         emit_json({"profiles": items, "changed": False})
         return
-    table = Table(title=f"profiles in {profiles_dir()}")
-    for column in ("name", "engine", "model", "expected", "lock"):
-        table.add_column(column)
+    table = Table(title=f"profiles in {profiles_dir()}", title_justify="left")
+    # Names are what people copy into the next command: never wrapped or cut.
+    table.add_column("name", no_wrap=True)
+    table.add_column("engine", no_wrap=True)
+    table.add_column("model", overflow="fold")
+    table.add_column("expected", overflow="fold")
+    table.add_column("lock", no_wrap=True)
     for item in items:
         if item["kind"] == "stack":
             table.add_row(str(item["name"]), "stack", " + ".join(item["profiles"]), "", "")  # type: ignore[arg-type]
@@ -74,7 +79,10 @@ def list_cmd(as_json: bool = JSON_OPT) -> None:
                 str(item["headline"] or ""),
                 str(item["lock"]),
             )
-    stdout_console.print(table)
+    # A pipe gets rich's 80 columns by default, which wraps every row; the table is only as wide
+    # as its content, so give it room there. A terminal keeps its own width.
+    out = stdout_console if stdout_console.is_terminal else Console(width=max(stdout_console.width, 160))
+    out.print(table)
 
 
 @profiles_app.command("show")
@@ -99,8 +107,12 @@ def show_cmd(name: str, as_json: bool = JSON_OPT) -> None:
         return
     import yaml
 
+    # soft_wrap: rich would otherwise break long lines at the console width, corrupting the YAML.
     stdout_console.print(
-        yaml.safe_dump(next(iter(data.values())), sort_keys=False), highlight=False, markup=False
+        yaml.safe_dump(next(iter(data.values())), sort_keys=False),
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
     )
     if isinstance(item, Profile):
         for pin in locks.all_pins(item):
