@@ -265,8 +265,15 @@ def load_series(path: Path) -> dict[str, Any]:
     return data
 
 
-def run(series_path: Path, root: Path, *, version: str | None, check_only: bool) -> dict[str, Any]:
-    """Apply (or dry-run) the series for `version` under root; a report of every entry."""
+def run(
+    series_path: Path, root: Path, *, version: str | None, check_only: bool, every: bool = False
+) -> dict[str, Any]:
+    """Apply (or dry-run) the series for `version` under root; a report of every entry.
+
+    every=False (image builds): entries not listed for `version` are skipped, and a series that
+    lists no carried patch for it fails, so a base with another vLLM cannot slip through unpatched.
+    every=True (`gh200 patches check`): every entry is tried, listed or not, to see where it stands.
+    """
     series = load_series(series_path)
     version = version or vllm_version(root)
     if version is None:
@@ -285,7 +292,8 @@ def run(series_path: Path, root: Path, *, version: str | None, check_only: bool)
             "vllm": entry.get("vllm") or [],
         }
         report["patches"].append(row)
-        if version not in row["vllm"]:
+        row["listed"] = version in row["vllm"]
+        if not row["listed"] and not every:
             row["result"], row["detail"] = (
                 "not-for-version",
                 f"listed for {', '.join(row['vllm']) or 'no version'}",
@@ -322,10 +330,20 @@ def run(series_path: Path, root: Path, *, version: str | None, check_only: bool)
             pending.append((root / r.path, r.path))
             touched.append(r.path)
     report["touched"] = sorted(set(touched))
+    carried_listed = [
+        e for e in series["patches"] if e["status"] == "carried" and version in (e.get("vllm") or [])
+    ]
+    if not every and not carried_listed:
+        report["series_error"] = (
+            f"the series lists no patch for vLLM {version}: check it with "
+            f"`gh200 patches check --vllm {version}` and list the version in series.yaml"
+        )
     report["ok"] = all(
         p.get("result") in ("applies", "already-applied", "upstream", "not-for-version")
         for p in report["patches"]
     )
+    if report.get("series_error"):
+        report["ok"] = False
     if not check_only and report["ok"]:
         for path, rel in pending:
             try:
@@ -348,6 +366,8 @@ def _print_human(report: dict[str, Any]) -> None:
             )
         if row.get("result") == "missing":
             print(f"error: upstream fix {row['id']} is missing: {row['detail']}", file=sys.stderr)
+    if report.get("series_error"):
+        print(f"error: {report['series_error']}", file=sys.stderr)
     if report.get("compile_error"):
         print(f"error: byte-compiling a patched file failed: {report['compile_error']}", file=sys.stderr)
     for rel in report.get("touched", []):
@@ -372,11 +392,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--vllm-version", help="override the version read from vllm/_version.py")
     parser.add_argument("--check", action="store_true", help="dry run: report, change nothing")
+    parser.add_argument(
+        "--every", action="store_true", help="try every entry, listed for this version or not"
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     args = parser.parse_args(argv)
     try:
         root = (args.root or default_root()).resolve()
-        report = run(args.series, root, version=args.vllm_version, check_only=args.check)
+        report = run(args.series, root, version=args.vllm_version, check_only=args.check, every=args.every)
     except SeriesError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

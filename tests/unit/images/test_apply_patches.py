@@ -113,11 +113,21 @@ def test_cli_exit_codes_and_messages(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert json.loads(capsys.readouterr().out)["touched"] == ["vllm/mod.py"]
 
 
-def test_version_filter(tmp_path: Path) -> None:
+def test_a_vllm_the_series_does_not_list_fails_the_build(tmp_path: Path) -> None:
     root = _tree(tmp_path)
     report = ap.run(_series(tmp_path), root, version="0.34.0", check_only=False)
     assert report["patches"][0]["result"] == "not-for-version"
+    assert report["ok"] is False
+    assert "lists no patch for vLLM 0.34.0" in report["series_error"]
     assert (root / "vllm" / "mod.py").read_text() == ORIGINAL
+
+
+def test_every_tries_unlisted_entries(tmp_path: Path) -> None:
+    root = _tree(tmp_path)
+    report = ap.run(_series(tmp_path), root, version="0.34.0", check_only=True, every=True)
+    row = report["patches"][0]
+    assert (row["result"], row["listed"]) == ("applies", False)
+    assert report["ok"] is True
 
 
 def test_upstream_evidence_is_looked_up_inside_the_function(tmp_path: Path) -> None:

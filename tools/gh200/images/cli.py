@@ -101,12 +101,15 @@ def check_cmd(
         emit_json(report)
     else:
         table = Table(title=f"vLLM {vllm} patch series")
-        for column in ("patch", "status", "result", "detail"):
+        for column in ("patch", "status", f"for {vllm}", "result", "detail"):
             table.add_column(column)
         colours = {"applies": "green", "upstream": "cyan", "already-applied": "yellow"}
         for row in report["patches"]:
             colour = colours.get(row["result"], "red" if row["result"] in ("conflict", "missing") else "dim")
-            table.add_row(row["id"], row["status"], f"[{colour}]{row['result']}[/]", row.get("detail", ""))
+            listed = "listed" if row.get("listed") else "not listed"
+            table.add_row(
+                row["id"], row["status"], listed, f"[{colour}]{row['result']}[/]", row.get("detail", "")
+            )
         console.print(table)
     if not report["ok"]:
         raise typer.Exit(1)

@@ -142,13 +142,18 @@ def scratch_tree(version: str, sha256: str, *, progress: bool = False) -> Iterat
 
 
 def run_apply_script(
-    root: Path, *, version: str, check_only: bool, series: Path | None = None
+    root: Path, *, version: str, check_only: bool, series: Path | None = None, every: bool = True
 ) -> tuple[int, dict[str, Any], str]:
-    """Run containers/vllm/apply_patches.py on root; (exit code, JSON report, stderr)."""
+    """Run containers/vllm/apply_patches.py on root; (exit code, JSON report, stderr).
+
+    every: try each entry whether or not the series lists it for `version` (the check's question is
+    where the series stands on that vLLM; image builds use the listing instead)."""
     argv = [sys.executable, str(apply_script()), "--root", str(root), "--vllm-version", version, "--json"]
     argv += ["--series", str(series or series_path())]
     if check_only:
         argv.append("--check")
+    if every:
+        argv.append("--every")
     done = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=600)
     if done.returncode not in (0, 1):
         tail = " ".join(done.stderr.strip().splitlines()[-2:])
@@ -198,7 +203,7 @@ def patched_tree(version: str, dest: Path, *, sha256: str | None = None) -> dict
         raise BadInput(f"{dest} already exists", "pick a new directory")
     with atomic_dir(dest) as tmp:
         shutil.copytree(pristine / "vllm", tmp / "vllm", copy_function=os.link)
-        code, report, stderr = run_apply_script(tmp, version=version, check_only=False)
+        code, report, stderr = run_apply_script(tmp, version=version, check_only=False, every=False)
         if code != 0:
             raise PatchCheckFailed(
                 f"the series does not apply to vLLM {version}: {stderr.strip()}", "see the check"
