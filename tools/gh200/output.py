@@ -13,11 +13,14 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    ProgressColumn,
     SpinnerColumn,
+    Task,
     TextColumn,
     TimeElapsedColumn,
     TransferSpeedColumn,
 )
+from rich.text import Text
 
 # Progress and tables go to stderr so that stdout stays clean for the result (and for --json).
 console = Console(stderr=True)
@@ -46,6 +49,15 @@ class _NullProgress:
         return None
 
 
+class _CountColumn(ProgressColumn):
+    """done/total, or just done while the total is unknown."""
+
+    def render(self, task: Task) -> Text:
+        if task.total is None:
+            return Text(f"{task.completed:.0f}")
+        return Text(f"{task.completed:.0f}/{task.total:.0f}")
+
+
 @contextlib.contextmanager
 def progress(enabled: bool = True, transfer: bool = False) -> Iterator[Any]:
     """A rich progress display on stderr, or a silent stand-in when `enabled` is False."""
@@ -56,7 +68,7 @@ def progress(enabled: bool = True, transfer: bool = False) -> Iterator[Any]:
     if transfer:
         columns += [DownloadColumn(), TransferSpeedColumn()]
     else:
-        columns += [TextColumn("{task.completed:.0f}/{task.total:.0f}")]
+        columns += [_CountColumn()]
     columns.append(TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as bar:
         yield bar
