@@ -3,19 +3,38 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from profiles_testlib import GH200, PROFILES, Run, run_gh200
+from profiles_testlib import PROFILES, Run
 
 
-@pytest.fixture(scope="session")
-def gh200() -> Callable[..., Run]:
-    """The installed console script, run as a user would (subprocess, real exit code)."""
-    if not GH200.exists():
-        pytest.fail(f"{GH200} is missing: run `make setup` (uv sync) first")
-    return run_gh200
+@pytest.fixture()
+def gh200(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Callable[..., Run]:
+    """`gh200 ARGS` in this process, through the console script's own main(): the same argument
+    parsing, error lines and exit codes, without paying the interpreter start-up per call.
+    The suite still runs the installed script as a subprocess where that is the point
+    (profiles_testlib.run_gh200)."""
+    from gh200.cli import main
+
+    def run(args: list[str], env: dict[str, str] | None = None) -> Run:
+        with monkeypatch.context() as patch:
+            for key, value in (env or {}).items():
+                patch.setenv(key, value)
+            patch.delenv("COLUMNS", raising=False)
+            patch.setattr(sys, "argv", ["gh200", *args])
+            capsys.readouterr()
+            try:
+                main()
+                code = 0
+            except SystemExit as done:
+                code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+            out, err = capsys.readouterr()
+        return Run(code, out, err)
+
+    return run
 
 
 @pytest.fixture()

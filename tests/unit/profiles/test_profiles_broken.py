@@ -9,11 +9,12 @@ stack's error comes from the combination and not from a member.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from profiles_testlib import BROKEN, run_gh200
+from profiles_testlib import BROKEN, Run, run_gh200
 
 
 @dataclass(frozen=True)
@@ -90,24 +91,37 @@ def test_partners_validate_clean() -> None:
     assert all(r["ok"] for r in json.loads(run.stdout)["results"])
 
 
-@pytest.mark.parametrize(
-    "stem", ["bad-yaml-syntax", "tp2-one-rank", "stack-member-bad-cpus", "not-utf8", "unknown-host"]
-)
-def test_single_file_in_plain_text(stem: str) -> None:
+def _plain_text_lines(run: Run) -> list[str]:
     """Without --json: exit 2, nothing on stdout, one `error` line per problem on stderr."""
-    path = BROKEN / f"{stem}.yaml"
-    run = run_gh200(["profiles", "validate", str(path)])
     assert run.code == 2
     assert run.stdout == ""
-    lines = run.stderr.splitlines()
-    assert len(lines) == 1, run.stderr
+    assert "Traceback" not in run.stderr
+    return run.stderr.splitlines()
+
+
+def test_single_file_in_plain_text_subprocess() -> None:
+    path = BROKEN / "tp2-one-rank.yaml"
+    lines = _plain_text_lines(run_gh200(["profiles", "validate", str(path)]))
+    assert lines == [
+        f"error {path}: settings.tensor_parallel_size: tensor parallel 2 but 1 rank(s) placed "
+        "(fix: place one GPU per rank under placement.ranks, or change tensor_parallel_size)"
+    ]
+
+
+@pytest.mark.parametrize(
+    "stem", ["bad-yaml-syntax", "stack-member-bad-cpus", "not-utf8", "unknown-host", "huge-cpu-range"]
+)
+def test_single_file_in_plain_text(gh200: Callable[..., Run], stem: str) -> None:
+    path = BROKEN / f"{stem}.yaml"
+    lines = _plain_text_lines(gh200(["profiles", "validate", str(path)]))
+    assert len(lines) == 1, lines
     assert lines[0].startswith("error ")
     assert str(BROKEN) in lines[0] and "(fix: " in lines[0]
 
 
-def test_render_refuses_a_broken_profile_by_path() -> None:
+def test_render_refuses_a_broken_profile_by_path(gh200: Callable[..., Run]) -> None:
     """render runs the same checks: a broken profile never reaches argv."""
-    run = run_gh200(["profiles", "render", str(BROKEN / "rank-numa-mismatch.yaml")])
+    run = gh200(["profiles", "render", str(BROKEN / "rank-numa-mismatch.yaml")])
     assert run.code == 2
     assert run.stdout == ""
     assert run.stderr.count("\n") == 1 and "placement.ranks[1].numa_node" in run.stderr

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
-from profiles_testlib import PROFILES, REPO, run_gh200
+from profiles_testlib import PROFILES, REPO, Run, run_gh200
 
 from gh200.errors import LockError, OperationFailed
 from gh200.profiles import container_spec, load_profile
@@ -346,8 +346,11 @@ port: 18090
 
 
 @pytest.fixture()
-def hub_bundle(tmp_path: Path) -> Callable[..., Any]:
-    """A bundle (GH200_HOME) holding hub-tiny plus the hosts; returns a gh200 runner bound to it."""
+def hub_bundle(
+    tmp_path: Path, gh200: Callable[..., Run], monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., Any]:
+    """A bundle (GH200_HOME) holding hub-tiny plus the hosts; returns a gh200 runner bound to it
+    (in-process through main(); `subprocess=True` runs the installed script)."""
     bundle = tmp_path / "bundle"
     shutil.copytree(PROFILES / "hosts", bundle / "profiles" / "hosts")
     (bundle / "profiles" / "hub-tiny.yaml").write_text(HUB_PROFILE)
@@ -357,9 +360,13 @@ def hub_bundle(tmp_path: Path) -> Callable[..., Any]:
         "HF_HOME": str(tmp_path / "hf-home"),
     }
 
-    def run(*args: str, **extra: str) -> Any:
-        scrubbed = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "GH200_HF_TOKEN_FILE")}
-        return run_gh200(list(args), {**scrubbed, **env, **extra})
+    for var in ("HF_TOKEN", "GH200_HF_TOKEN_FILE", "HF_ENDPOINT", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+
+    def run(*args: str, subprocess: bool = False, **extra: str) -> Any:
+        if subprocess:
+            return run_gh200(list(args), {**os.environ, **env, **extra})
+        return gh200(list(args), {**env, **extra})
 
     run.bundle = bundle  # type: ignore[attr-defined]
     return run
@@ -409,7 +416,7 @@ def test_gh200_lock_reports_a_missing_repo_and_keeps_the_lock(
 
 def test_gh200_lock_with_the_hub_unreachable(hub_bundle: Callable[..., Any]) -> None:
     """A closed port on 127.0.0.1: one failure line per pin, exit 1, no traceback."""
-    run = hub_bundle("lock", "hub-tiny", HF_ENDPOINT="http://127.0.0.1:9")
+    run = hub_bundle("lock", "hub-tiny", subprocess=True, HF_ENDPOINT="http://127.0.0.1:9")
     assert run.code == 1
     assert "Traceback" not in run.stderr
     lines = run.stderr.splitlines()
