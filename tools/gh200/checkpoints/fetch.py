@@ -208,7 +208,10 @@ def fetch(
     files = remote_files(ref, token)
     wanted = select(files, patterns)
     if not wanted:
-        raise BadInput(f"{ref}: no file matches {patterns}", "check the profile's model.files patterns")
+        raise BadInput(
+            f"{ref}: no file matches {patterns}",
+            "check the profile's model.files, or pass --include PATTERN (e.g. 'UD-IQ2_XXS/*')",
+        )
     total = sum(f.size for f in wanted)
     if _already_there(dest, ref, wanted):
         return FetchResult(ref, dest, False, len(wanted), total, 0, time.monotonic() - start)

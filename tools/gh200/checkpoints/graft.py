@@ -56,7 +56,8 @@ class GraftPlan:
     stale_shards: dict[str, int]
     carried: list[tuple[str, int]]
     config_bytes: bytes
-    index_bytes: bytes
+    weight_map: dict[str, str]
+    index_metadata: dict[str, Any]
     mtp_quantization_config: dict[str, Any]
     digest: str
     warnings: list[str] = field(default_factory=list)
@@ -65,11 +66,11 @@ class GraftPlan:
     def mtp_bytes(self) -> int:
         return sum(t.nbytes for t in self.mtp_tensors)
 
-    def record(self, mtp_size: int) -> dict[str, Any]:
+    def record(self, mtp_size: int, index_size: int) -> dict[str, Any]:
         outputs = {rel: size for rel, size in self.carried}
         outputs[self.mtp_shard] = mtp_size
         outputs[CONFIG_NAME] = len(self.config_bytes)
-        outputs[INDEX_NAME] = len(self.index_bytes)
+        outputs[INDEX_NAME] = index_size
         return {
             "format": GRAFT_FORMAT,
             "input_digest": self.digest,
@@ -222,7 +223,8 @@ def plan_graft(
         raise GraftCheckFailed(
             f"base already has a file named {mtp_shard}", "use a base without a grafted layer"
         )
-    base_map = dict(base.weight_map)
+    # The base's own map, edited in place: a 750B model's index has ~250k entries, copies add up.
+    base_map = base.weight_map if base.index is not None else {}
     dropped = sorted((n for n in base_map if _at_or_after(n, first)), key=natural_key)
     stale: dict[str, int] = {}
     for name in dropped:
@@ -235,23 +237,22 @@ def plan_graft(
     digest = hashlib.sha256()
     digest.update(json.dumps({"format": GRAFT_FORMAT, "block": block, "layers": layers}).encode())
     digest.update(_sha(base.config_bytes).encode())
-    digest.update(_sha(base.index_bytes or b"").encode())
+    digest.update((base.index_sha256 or "").encode())
     digest.update(_sha(source_cfg_bytes).encode())
     total_size = 0
     carried: list[tuple[str, int]] = []
-    in_map: dict[str, set[str]] | None = None
-    if base.index is not None:
-        in_map = {}
-        for name, shard in base_map.items():
-            in_map.setdefault(shard, set()).add(name)
+    # How many entries the index assigns to each shard: every one must be found in that shard's header.
+    per_shard: dict[str, int] = {}
+    for shard in base_map.values():
+        per_shard[shard] = per_shard.get(shard, 0) + 1
     for rel in carried_rel:
         path = base.root / rel
         if rel.suffix == ".safetensors" and len(rel.parts) == 1:
             header = read_header(path)
             ident = header.digest()
-            listed = in_map.get(rel.name, set()) if in_map is not None else set()
+            found = 0
             for name, entry in header.tensors.items():
-                if in_map is None:
+                if base.index is None:
                     if _at_or_after(name, first):
                         raise GraftCheckFailed(
                             f"base shard {rel} holds {name} and the base has no index to drop it from",
@@ -259,14 +260,20 @@ def plan_graft(
                         )
                     base_map[name] = rel.name
                     total_size += entry.nbytes
-                elif name in listed:
+                elif base_map.get(name) == rel.name:
+                    found += 1
                     total_size += entry.nbytes
-            for name in sorted(listed - header.tensors.keys(), key=natural_key)[:1]:
+            if base.index is not None and found != per_shard.get(rel.name, 0):
+                missing = min(
+                    (n for n, s in base_map.items() if s == rel.name and n not in header.tensors),
+                    key=natural_key,
+                )
                 raise GraftCheckFailed(
-                    f"base index lists {name} in {rel}, but that shard has no such tensor",
+                    f"base index lists {missing} in {rel}, but that shard has no such tensor",
                     "re-fetch the base",
                 )
             size = header.file_size
+            del header
         else:
             size = path.stat().st_size
             ident = _file_sha(path)
@@ -280,11 +287,6 @@ def plan_graft(
 
     metadata = dict((base.index or {}).get("metadata") or {})
     metadata["total_size"] = total_size
-    index = {
-        "metadata": metadata,
-        "weight_map": dict(sorted(base_map.items(), key=lambda kv: natural_key(kv[0]))),
-    }
-    index_bytes = (json.dumps(index, indent=2) + "\n").encode()
     config = dict(bcfg.raw)
     config["num_nextn_predict_layers"] = count
     config["mtp_quantization_config"] = qc
@@ -300,7 +302,8 @@ def plan_graft(
         stale_shards=stale,
         carried=carried,
         config_bytes=config_bytes,
-        index_bytes=index_bytes,
+        weight_map=base_map,
+        index_metadata=metadata,
         mtp_quantization_config=qc,
         digest=digest.hexdigest(),
         warnings=warnings,
@@ -328,12 +331,22 @@ def _intact(out: Path, record: dict[str, Any]) -> bool:
     return True
 
 
+def _write_index(path: Path, weight_map: dict[str, str], metadata: dict[str, Any]) -> int:
+    """The merged index, keys sorted (as transformers writes them), streamed rather than built in memory."""
+    index = {"metadata": metadata, "weight_map": dict(sorted(weight_map.items()))}
+    with open(path, "w") as handle:
+        json.dump(index, handle, indent=2)
+        handle.write("\n")
+        return handle.tell()
+
+
 @dataclass
 class _Transfer:
     linked_files: int = 0
     linked_bytes: int = 0
     copied_files: int = 0
     copied_bytes: int = 0
+    small_files: int = 0
     warned: bool = False
 
 
@@ -385,6 +398,7 @@ class GraftResult:
             "base_bytes_linked": self.transfer.linked_bytes,
             "base_files_copied": self.transfer.copied_files,
             "base_bytes_copied": self.transfer.copied_bytes,
+            "small_files_copied": self.transfer.small_files,
             "warnings": self.plan.warnings,
             "seconds": round(self.seconds, 3),
         }
@@ -433,14 +447,21 @@ def graft(
             tmp.chmod(0o777 & ~umask)
             on_phase("link base", len(plan.carried))
             for rel, _size in plan.carried:
-                _link_or_copy(plan.base.root / rel, tmp / rel, transfer, plan.warnings)
+                src, dst = plan.base.root / rel, tmp / rel
+                if rel.endswith(".safetensors"):
+                    _link_or_copy(src, dst, transfer, plan.warnings)
+                else:
+                    # Small files are copied: an in-place edit of OUT's tokenizer must not alter the base.
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(src, dst)
+                    transfer.small_files += 1
             on_phase("splice MTP layer", plan.mtp_bytes)
             mtp_size = write_spliced(
                 tmp / plan.mtp_shard, plan.mtp_tensors, {"format": "pt"}, on_bytes, fsync
             )
-            (tmp / INDEX_NAME).write_bytes(plan.index_bytes)
+            index_size = _write_index(tmp / INDEX_NAME, plan.weight_map, plan.index_metadata)
             (tmp / CONFIG_NAME).write_bytes(plan.config_bytes)
-            record_bytes = (json.dumps(plan.record(mtp_size), indent=2) + "\n").encode()
+            record_bytes = (json.dumps(plan.record(mtp_size, index_size), indent=2) + "\n").encode()
             (tmp / RECORD_NAME).write_bytes(record_bytes)
             if fsync:
                 for name in (INDEX_NAME, CONFIG_NAME, RECORD_NAME):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,13 +36,18 @@ def model_dir(repo: str, store: Path | None = None) -> Path:
     return (store or model_store()) / repo.replace("/", "--")
 
 
+def _interned(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # An index maps ~250k tensor names to ~100 shard names: share those strings (tens of MB saved).
+    return {k: sys.intern(v) if isinstance(v, str) else v for k, v in pairs}
+
+
 def _load_json(path: Path, what: str) -> tuple[dict[str, Any], bytes]:
     try:
         data = path.read_bytes()
     except FileNotFoundError as exc:
         raise NotACheckpoint(f"{path}: missing {what}", "point at a complete model directory") from exc
     try:
-        obj = json.loads(data)
+        obj = json.loads(data, object_pairs_hook=_interned)
     except json.JSONDecodeError as exc:
         raise NotACheckpoint(
             f"{path}: {what} is not valid JSON ({exc.msg} at line {exc.lineno})", "re-fetch it"
@@ -56,7 +63,7 @@ class LocalCheckpoint:
     config: ModelConfig | None
     config_bytes: bytes | None
     index: dict[str, Any] | None
-    index_bytes: bytes | None
+    index_sha256: str | None  # the index file itself is not kept: it can be tens of MB
     shards: list[str]
 
     @property
@@ -88,9 +95,11 @@ def open_checkpoint(root: Path, *, require_config: bool = True, partial_ok: bool
         raw, config_bytes = _load_json(root / CONFIG_NAME, CONFIG_NAME)
         config = ModelConfig.from_dict(raw)
     index: dict[str, Any] | None = None
-    index_bytes: bytes | None = None
+    index_sha256: str | None = None
     if (root / INDEX_NAME).exists():
         index, index_bytes = _load_json(root / INDEX_NAME, INDEX_NAME)
+        index_sha256 = hashlib.sha256(index_bytes).hexdigest()
+        del index_bytes
         wm = index.get("weight_map")
         if not isinstance(wm, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in wm.items()
@@ -116,4 +125,4 @@ def open_checkpoint(root: Path, *, require_config: bool = True, partial_ok: bool
         raise NotACheckpoint(
             f"{root}: no safetensors weights", "point at a model directory with *.safetensors files"
         )
-    return LocalCheckpoint(root, config, config_bytes, index, index_bytes, shards)
+    return LocalCheckpoint(root, config, config_bytes, index, index_sha256, shards)
