@@ -6,7 +6,9 @@ through HF_ENDPOINT. It answers the routes huggingface_hub 2.x calls (read from 
 - GET  /api/models/{repo}/tree/{rev}?recursive=...     list_repo_tree, used by snapshot_download
 - HEAD /{repo}/resolve/{rev}/{path}                    get_hf_file_metadata: X-Repo-Commit, ETag,
                                                        X-Linked-Etag / X-Linked-Size for LFS files
-- GET  /{repo}/resolve/{rev}/{path}                    the bytes, with Range (206 + Content-Range)
+- GET  /{repo}/resolve/{rev}/{path}                    the bytes, with Range (206 + Content-Range);
+                                                       LFS files: 302 to /blobs/{sha256} on a second
+                                                       origin (the CDN), which serves them without auth
 Errors carry X-Error-Code (RepoNotFound, RevisionNotFound, EntryNotFound) as the hub's do, so the
 client raises its typed errors. Faults can be injected per file: corrupt bytes, a dropped connection
 part-way (the client resumes with Range), or a stall (the test kills the client mid-download).
@@ -51,15 +53,10 @@ class Faults:
     stalled: threading.Event = field(default_factory=threading.Event)
 
 
-class HubServer:
-    def __init__(self) -> None:
-        self.repos: dict[str, Repo] = {}
-        self.faults = Faults()
-        self.gets: Counter[str] = Counter()
-        self.ranges: list[tuple[str, str]] = []
-        self.auth_seen: list[str | None] = []
-        self._lock = threading.Lock()
-        handler = self._handler()
+class _Cdn:
+    """A second origin (another port) standing in for the hub's storage host."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(
@@ -71,15 +68,42 @@ class HubServer:
         host, port = self.httpd.server_address[:2]
         return f"http://{host!s}:{port}"
 
+
+class HubServer:
+    def __init__(self, cdn: bool = True) -> None:
+        self.repos: dict[str, Repo] = {}
+        self.blobs: dict[str, tuple[str, str]] = {}
+        self.cdn_auth_seen: list[str | None] = []
+        self.faults = Faults()
+        self.gets: Counter[str] = Counter()
+        self.ranges: list[tuple[str, str]] = []
+        self.auth_seen: list[str | None] = []
+        self._lock = threading.Lock()
+        handler = self._handler()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self.cdn: _Cdn | None = _Cdn(self._handler(cdn=True)) if cdn else None
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host!s}:{port}"
+
     def start(self) -> HubServer:
         self.thread.start()
+        if self.cdn is not None:
+            self.cdn.thread.start()
         return self
 
     def stop(self) -> None:
         for event in self.faults.stall.values():
             event.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        for httpd in (self.httpd, *((self.cdn.httpd,) if self.cdn else ())):
+            httpd.shutdown()
+            httpd.server_close()
 
     def add_repo(self, name: str, commit: str, files: dict[str, bytes], token: str | None = None) -> Repo:
         repo = Repo(commit, files, {"main": commit}, token)
@@ -90,7 +114,7 @@ class HubServer:
         files = {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
         return self.add_repo(name, commit, files, token)
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
+    def _handler(self, cdn: bool = False) -> type[BaseHTTPRequestHandler]:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -148,8 +172,11 @@ class HubServer:
                 if m and self.command == "GET":
                     return self._tree(m.group(1), m.group(2))
                 m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
-                if m:
+                if m and not cdn:
                     return self._resolve(m.group(1), m.group(2), m.group(3))
+                m = re.fullmatch(r"/blobs/([0-9a-f]{64})", path)
+                if m and cdn:
+                    return self._blob(m.group(1))
                 self._error(404, None, "no such route")
                 return None
 
@@ -212,7 +239,26 @@ class HubServer:
                 if data is None:
                     self._error(404, "EntryNotFound", f"{path} does not exist on {rev}")
                     return
+                if repo.is_lfs(path) and server.cdn is not None:
+                    # As the hub does: LFS files redirect to a storage host of another origin. The file's
+                    # metadata rides on the redirect; the client then GETs the CDN without the token.
+                    sha = hashlib.sha256(data).hexdigest()
+                    server.blobs[sha] = (name, path)
+                    self.send_response(302)
+                    self.send_header("Location", f"{server.cdn.url}/blobs/{sha}")
+                    self.send_header("X-Repo-Commit", commit)
+                    self.send_header("ETag", f'"{git_blob_id(data)}"')
+                    self.send_header("X-Linked-Etag", f'"{sha}"')
+                    self.send_header("X-Linked-Size", str(len(data)))
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 etag = hashlib.sha256(data).hexdigest() if repo.is_lfs(path) else git_blob_id(data)
+                lfs = repo.is_lfs(path)
+                self._send_bytes(path, data, {"X-Repo-Commit": commit, "ETag": f'"{etag}"'}, lfs)
+
+            def _send_bytes(self, path: str, data: bytes, headers: dict[str, str], lfs: bool) -> None:
+                """Serve bytes with Range support and the injected faults."""
                 if self.command == "GET":
                     with server._lock:
                         server.gets[path] += 1
@@ -231,10 +277,9 @@ class HubServer:
                             server.ranges.append((path, rng))
                 body = data[start : end + 1]
                 self.send_response(status)
-                self.send_header("X-Repo-Commit", commit)
-                self.send_header("ETag", f'"{etag}"')
-                if repo.is_lfs(path):
-                    self.send_header("X-Linked-Etag", f'"{etag}"')
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                if lfs:
                     self.send_header("X-Linked-Size", str(len(data)))
                 self.send_header("Accept-Ranges", "bytes")
                 self.send_header("Content-Length", str(len(body)))
@@ -259,5 +304,16 @@ class HubServer:
                     self.close_connection = True
                     return
                 self.wfile.write(body)
+
+            def _blob(self, sha: str) -> None:
+                """The CDN side: content-addressed, no token, no repo headers."""
+                server.cdn_auth_seen.append(self.headers.get("authorization"))
+                found = server.blobs.get(sha)
+                repo = server.repos.get(found[0]) if found else None
+                data = repo.files.get(found[1]) if (repo and found) else None
+                if found is None or data is None:
+                    self._error(404, None, "no such blob")
+                    return
+                self._send_bytes(found[1], data, {"ETag": f'"{sha}"'}, False)
 
         return Handler

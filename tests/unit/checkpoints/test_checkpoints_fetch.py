@@ -230,6 +230,8 @@ def test_token_from_env_or_file_is_sent_and_never_printed(
     )
     assert via_file.returncode == 0, via_file.stderr
     assert f"Bearer {secret}" in endpoint.auth_seen
+    # LFS bytes came from the CDN origin, which never saw the token (as on the real hub).
+    assert endpoint.cdn_auth_seen and all(a is None for a in endpoint.cdn_auth_seen)
     for res in (denied, ok, via_file):
         assert secret not in res.stdout + res.stderr
     for path in (tmp_path / "a").rglob("*"):

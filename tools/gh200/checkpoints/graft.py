@@ -435,6 +435,9 @@ def graft(
             raise GraftOutputExists(
                 f"{out} exists and {why}", "remove it, choose another --out, or pass --force"
             )
+    for stale in out.parent.glob(f".{out.name}.old-*"):
+        # Left by a --force run killed between its two renames; OUT was rebuilt or is rebuilt now.
+        shutil.rmtree(stale, ignore_errors=True)
     old: Path | None = None
     if out.exists():
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
