@@ -369,6 +369,8 @@ def test_fetch_profile_needs_a_lock(endpoint: HubServer, tmp_path: Path) -> None
         fetch_profile("local-tiny", profiles_directory=profiles, store=tmp_path / "store")
     res = run_cli("models", "fetch", "no-such-profile")
     assert res.returncode == 2 and res.stderr.startswith("error: ")
+    res = run_cli("models", "fetch", "glm52-awq", "--include", "*.json")
+    assert res.returncode == 2 and "--include/--out apply to OWNER/NAME@COMMIT" in res.stderr
 
 
 def test_progress_reaches_the_total(endpoint: HubServer, tiny: dict[str, Path], tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
+from gh200.errors import BadInput
 from gh200.output import console, emit_json, progress
 
 models_app = typer.Typer(
@@ -113,6 +114,11 @@ def fetch_cmd(
                 on_progress=bar.set,
             ).as_dict()
         else:
+            if include or out is not None:
+                raise BadInput(
+                    f"--include/--out apply to OWNER/NAME@COMMIT, not to the profile {target}",
+                    "a profile's files come from its model.files; its directory from $GH200_MODELS",
+                )
             result = fetch_profile(
                 target,
                 token=token,
