@@ -1,0 +1,689 @@
+"""Run, roll out, roll back, inspect and stop profile containers with the Docker SDK.
+
+Every container carries the profile's labels (profile, hash, image, model revision, stack) plus
+what deploy itself needs later (port, GPUs, health URLs), and is found by those labels only.
+
+Roll-out on one workstation: deploying a profile stops whichever gh200 containers hold its GPUs
+or its port (two big profiles do not fit at once), starts the new one, waits for readiness and runs
+a short smoke. Any failure removes the new container and restarts the previous ones, checking that
+they are healthy again (roll-back).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+import httpx
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+
+from gh200.errors import BadInput, OperationFailed
+from gh200.output import console
+from gh200.output import progress as progress_bar
+from gh200.paths import bundle_root
+from gh200.profiles import container_spec, load_any, load_profile, profile_hash
+from gh200.profiles.render import model_host_dir
+from gh200.profiles.schema import Profile, Stack
+
+L = "io.gh200"
+L_PROFILE = f"{L}.profile"
+L_HASH = f"{L}.profile-hash"
+L_STACK = f"{L}.stack"
+L_IMAGE_TAG = f"{L}.image-tag"
+L_ENGINE = f"{L}.engine"
+L_PORT = f"{L}.port"
+L_BIND = f"{L}.bind"
+L_GPUS = f"{L}.gpus"
+L_HEALTH = f"{L}.health-url"
+L_MODELS = f"{L}.models-url"
+L_SERVED = f"{L}.served-name"
+L_TIMEOUT = f"{L}.health-timeout"
+L_KEY_FILE = f"{L}.api-key-file"
+LOG_TAIL_LINES = 40
+STOP_TIMEOUT_S = 30
+TINY_MODEL_REPO = "local/tiny-llama-spm"
+
+
+class DeployFailed(OperationFailed):
+    """The new profile did not come up (and was removed); `rolled_back` names what was restored."""
+
+
+class PortTaken(OperationFailed):
+    """The profile's port is held by something that is not a gh200 container."""
+
+
+class ApiKeyFileInsecure(BadInput):
+    """The API key file is readable or writable by others."""
+
+
+class ModelMissing(BadInput):
+    """The profile's model directory is not in the model store."""
+
+
+@dataclass
+class Target:
+    profile: Profile
+    spec: dict[str, Any]
+    stack: str | None
+
+    @property
+    def name(self) -> str:
+        return self.profile.name
+
+    @property
+    def hash(self) -> str:
+        return str(self.spec["labels"][L_HASH])
+
+
+@dataclass
+class DeployResult:
+    changed: bool
+    targets: list[dict[str, Any]]
+    stopped: list[str] = field(default_factory=list)
+    stack: str | None = None
+    smoke: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "changed": self.changed,
+            "stack": self.stack,
+            "profiles": self.targets,
+            "replaced": self.stopped,
+            "smoke": self.smoke,
+        }
+
+
+# --- inputs ------------------------------------------------------------------------------------------
+
+
+def load_targets(name_or_path: str | Profile) -> tuple[list[Profile], str | None]:
+    """A profile, or every profile of a stack (with the stack's name)."""
+    if isinstance(name_or_path, Profile):
+        return [name_or_path], None
+    loaded = load_any(name_or_path)
+    if isinstance(loaded, Stack):
+        return [load_profile(p) for p in loaded.profiles], loaded.name
+    return [loaded], None
+
+
+def api_key_path(profile: Profile) -> Path | None:
+    if not profile.api_key_file:
+        return None
+    path = Path(profile.api_key_file).expanduser()
+    return path if path.is_absolute() else bundle_root() / path
+
+
+def read_api_key(path: Path) -> str:
+    """The key in a file only its owner can read (mode 0600 or stricter). Never logged."""
+    try:
+        info = path.stat()
+    except OSError as err:
+        raise BadInput(
+            f"API key file {path} cannot be read ({err.strerror})", "create it with mode 0600"
+        ) from err
+    if not stat.S_ISREG(info.st_mode):
+        raise BadInput(f"API key file {path} is not a regular file", "point api_key_file at a file")
+    if info.st_mode & 0o077:
+        raise ApiKeyFileInsecure(
+            f"API key file {path} has mode {stat.S_IMODE(info.st_mode):04o}; others may read it",
+            f"chmod 600 {path}",
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise BadInput(f"API key file {path} cannot be read", "write the key as one line of text") from err
+    key = next((line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")), "")
+    if not key:
+        raise BadInput(f"API key file {path} holds no key", "write the key on its first line")
+    return key
+
+
+def api_key_for(profile: Profile) -> str | None:
+    path = api_key_path(profile)
+    return read_api_key(path) if path else None
+
+
+def _local_url(url: str) -> str:
+    """Health URLs of a profile bound to all addresses are probed on loopback."""
+    return url.replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")
+
+
+def base_url(profile: Profile) -> str:
+    host = profile.bind_address
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{profile.port}"
+
+
+def engine_kind(engine: str) -> str:
+    """The bench client's name for a profile engine's HTTP API."""
+    return "vllm" if engine == "vllm" else "llama_cpp"
+
+
+# --- images and models -----------------------------------------------------------------------------
+
+
+def resolve_image(
+    client: docker.DockerClient, profile: Profile, *, progress: bool = True, unlocked: bool = False
+) -> str:
+    """The local tag to run: the recipe's image (built if its content changed) or the pinned base."""
+    spec = container_spec(profile)
+    if profile.image.recipe:
+        from gh200.images.build import ensure_image
+
+        return ensure_image(client, profile.image.recipe, progress=progress, unlocked=unlocked)
+    ref = str(spec["image"]["base"])
+    try:
+        client.images.get(ref)
+        return ref
+    except ImageNotFound:
+        pass
+    try:
+        client.images.pull(ref)
+    except DockerException as err:
+        raise OperationFailed(
+            f"image {ref} is not here and pulling it failed: {str(err)[:200]}",
+            "pull it on a connected host (`gh200 lock` pins its digest) or load it with `docker load`",
+        ) from err
+    return ref
+
+
+def ensure_model(profile: Profile) -> Path:
+    """The model directory; the tiny demo model is generated here, others must have been fetched."""
+    directory = model_host_dir(profile)
+    if profile.model.repo == TINY_MODEL_REPO:
+        from gh200.deploy.tinymodel import ensure_tiny_model
+
+        return ensure_tiny_model(profile).directory
+    if not directory.is_dir():
+        raise ModelMissing(
+            f"model directory {directory} for {profile.name} does not exist",
+            f"run `gh200 models fetch {profile.name}` (or set GH200_MODELS to the model store)",
+        )
+    return directory
+
+
+# --- containers -------------------------------------------------------------------------------------
+
+
+def gh200_containers(client: docker.DockerClient, **labels: str) -> list[Any]:
+    """Every gh200 container (running or not) carrying the given labels, found by label."""
+    filters = [L_PROFILE] + [f"{L}.{key.replace('_', '-')}={value}" for key, value in labels.items()]
+    try:
+        return list(client.containers.list(all=True, filters={"label": filters}))
+    except DockerException as err:
+        raise OperationFailed(f"listing containers failed: {err}", "check the container engine") from err
+
+
+def _labels(container: Any) -> dict[str, str]:
+    return dict(container.labels or {})
+
+
+def _gpus(labels: dict[str, str]) -> set[int]:
+    text = labels.get(L_GPUS, "")
+    return {int(g) for g in text.split(",") if g.strip().isdigit()}
+
+
+def _ports_clash(bind_a: str, port_a: int, bind_b: str, port_b: int) -> bool:
+    if port_a != port_b:
+        return False
+    wildcard = {"0.0.0.0", "::", ""}
+    return bind_a == bind_b or bind_a in wildcard or bind_b in wildcard
+
+
+def conflicts(target: Target, labels: dict[str, str]) -> str | None:
+    """Why a running container must make way for `target` (None when they can run side by side)."""
+    if labels.get(L_PROFILE) == target.name:
+        return "an older version of the same profile"
+    shared = _gpus(labels) & set(target.spec["gpus"])
+    if shared:
+        return f"holds GPU {','.join(str(g) for g in sorted(shared))}"
+    port = labels.get(L_PORT, "")
+    if port.isdigit() and _ports_clash(
+        labels.get(L_BIND, ""), int(port), target.profile.bind_address, target.profile.port
+    ):
+        return f"holds port {port}"
+    return None
+
+
+def port_free(address: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((address, port))
+        except OSError:
+            return False
+    return True
+
+
+def deploy_labels(target: Target, image_tag: str) -> dict[str, str]:
+    spec = target.spec
+    labels = dict(spec["labels"])
+    labels.update(
+        {
+            L_IMAGE_TAG: image_tag,
+            L_ENGINE: target.profile.engine,
+            L_PORT: str(target.profile.port),
+            L_BIND: target.profile.bind_address,
+            L_GPUS: ",".join(str(g) for g in spec["gpus"]),
+            L_HEALTH: _local_url(spec["health"]["url"]),
+            L_MODELS: _local_url(spec["health"]["models_url"]),
+            L_SERVED: target.profile.model.served_name,
+            L_TIMEOUT: str(spec["health"]["timeout_s"]),
+        }
+    )
+    key_path = api_key_path(target.profile)
+    if key_path:
+        labels[L_KEY_FILE] = str(key_path)  # the path only: the key itself never goes in a label
+    if target.stack:
+        labels[L_STACK] = target.stack
+    return labels
+
+
+def container_name(target: Target) -> str:
+    """The spec's name plus the profile hash: a new version never collides with the one it replaces."""
+    return f"{target.spec['name']}-{target.hash[:8]}"
+
+
+def create_container(client: docker.DockerClient, target: Target, image_tag: str, api_key: str | None) -> Any:
+    spec = target.spec
+    command = list(spec["command"])
+    environment = dict(spec["environment"])
+    if api_key:
+        environment["VLLM_API_KEY" if target.profile.engine == "vllm" else "LLAMA_API_KEY"] = api_key
+    kwargs: dict[str, Any] = {
+        "image": image_tag,
+        "entrypoint": [command[0]],
+        "command": command[1:],
+        "name": container_name(target),
+        "environment": environment,
+        "labels": deploy_labels(target, image_tag),
+        "ports": {key: (value[0], value[1]) for key, value in spec["ports"].items()},
+        "volumes": spec["volumes"],
+        "detach": True,
+    }
+    if spec["gpus"]:
+        kwargs["device_requests"] = [
+            docker.types.DeviceRequest(device_ids=[str(g) for g in spec["gpus"]], capabilities=[["gpu"]])
+        ]
+    if spec.get("cpuset_cpus"):
+        kwargs["cpuset_cpus"] = spec["cpuset_cpus"]
+    if spec.get("cpuset_mems"):
+        kwargs["cpuset_mems"] = spec["cpuset_mems"]
+    if spec.get("ipc_mode"):
+        kwargs["ipc_mode"] = spec["ipc_mode"]
+    if spec.get("shm_size"):
+        kwargs["shm_size"] = spec["shm_size"]
+    if spec.get("ulimits"):
+        kwargs["ulimits"] = [
+            docker.types.Ulimit(name=name, soft=int(limits[0]), hard=int(limits[1]))
+            for name, limits in spec["ulimits"].items()
+        ]
+    try:
+        return client.containers.create(**kwargs)
+    except DockerException as err:
+        raise DeployFailed(
+            f"creating the container for {target.name} failed: {_engine_error(err)}", "see the engine's log"
+        ) from err
+
+
+def _engine_error(err: Exception) -> str:
+    text = getattr(err, "explanation", None) or str(err)
+    return " ".join(str(text).split())[:400]
+
+
+def log_tail(container: Any, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        return bytes(container.logs(tail=lines)).decode(errors="replace")
+    except DockerException:
+        return ""
+
+
+def print_log_tail(name: str, container: Any) -> None:
+    tail = log_tail(container).rstrip()
+    if tail:
+        console.print(f"[bold]last {LOG_TAIL_LINES} log lines of {name}:[/]")
+        console.print(tail, markup=False, highlight=False, soft_wrap=True)
+
+
+def remove_container(container: Any) -> None:
+    with contextlib.suppress(NotFound):
+        try:
+            container.remove(force=True)
+        except APIError as err:
+            if getattr(err, "status_code", None) != 404:
+                raise
+
+
+# --- readiness ---------------------------------------------------------------------------------------
+
+
+def probe_ready(health_url: str, models_url: str, served: str, api_key: str | None) -> tuple[bool, str]:
+    """(ready, what is missing): /health answers 200, then /v1/models lists the served model."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        health = httpx.get(health_url, timeout=5, headers=headers)
+    except httpx.HTTPError as err:
+        return False, f"{health_url}: {type(err).__name__}"
+    if health.status_code != 200:
+        return False, f"{health_url} answered {health.status_code}"
+    try:
+        models = httpx.get(models_url, timeout=5, headers=headers)
+    except httpx.HTTPError as err:
+        return False, f"{models_url}: {type(err).__name__}"
+    if models.status_code != 200:
+        return False, f"{models_url} answered {models.status_code}"
+    try:
+        ids = [str(m.get("id")) for m in models.json().get("data", []) if isinstance(m, dict)]
+    except (ValueError, AttributeError):
+        return False, f"{models_url} gave no model list"
+    if served not in ids:
+        return False, f"{models_url} lists {', '.join(ids) or 'nothing'}, not {served}"
+    return True, "ready"
+
+
+def wait_ready(container: Any, name: str, labels: dict[str, str], api_key: str | None, bar: Any) -> None:
+    """Poll until ready, the container exits, or the health timeout passes (DeployFailed)."""
+    timeout = float(labels.get(L_TIMEOUT, "600"))
+    task = bar.add_task(f"{name}: starting", total=timeout)
+    started = time.monotonic()
+    last = "no answer yet"
+    delay = 0.25
+    while True:
+        elapsed = time.monotonic() - started
+        bar.update(task, completed=min(elapsed, timeout))
+        try:
+            container.reload()
+        except NotFound as err:
+            raise DeployFailed(f"{name}: container vanished while starting", "check the engine") from err
+        if container.status in ("exited", "dead"):
+            code = container.attrs.get("State", {}).get("ExitCode")
+            raise DeployFailed(
+                f"{name}: container exited (code {code}) before it was ready",
+                "read the log tail above; `gh200 logs` keeps nothing once it is removed",
+            )
+        ok, last = probe_ready(labels[L_HEALTH], labels[L_MODELS], labels[L_SERVED], api_key)
+        if ok:
+            bar.update(task, description=f"{name}: ready", completed=timeout)
+            return
+        bar.update(task, description=f"{name}: waiting ({last[:60]})")
+        if elapsed >= timeout:
+            raise DeployFailed(
+                f"{name}: not ready after {timeout:.0f}s ({last})",
+                "read the log tail above; raise health.timeout_s if the model is merely slow to load",
+            )
+        time.sleep(min(delay, max(0.05, timeout - elapsed)))
+        delay = min(delay * 1.5, 5.0)
+
+
+# --- the short smoke after start -------------------------------------------------------------------
+
+SmokeCheck = Callable[[Target, str | None], dict[str, Any]]
+
+
+def short_smoke(target: Target, api_key: str | None) -> dict[str, Any]:
+    """One small streamed request pair against the new server: it must answer as a benchmark would."""
+    import asyncio
+
+    from gh200.bench.client import Endpoint
+    from gh200.bench.smoke import SetPlan, Smoke
+
+    endpoint = Endpoint(
+        url=base_url(target.profile),
+        model=target.profile.model.served_name,
+        kind="vllm" if target.profile.engine == "vllm" else "llama_cpp",
+        api_key=api_key,
+    )
+    smoke = Smoke(endpoint, [SetPlan("synthetic", 32, 16, 1, 1)], timeout_s=300)
+    sets = asyncio.run(smoke.run())
+    run_set = sets[0]
+    if run_set.error:
+        raise DeployFailed(f"{target.name}: the short smoke failed: {run_set.error}", "see `gh200 logs`")
+    summary = run_set.summary()
+    return {
+        "profile": target.name,
+        "runs": summary.runs,
+        "output_tok_s": summary.output_tok_s.median if summary.output_tok_s else None,
+    }
+
+
+# --- deploy, roll-out and roll-back ----------------------------------------------------------------
+
+
+def _identical_running(client: docker.DockerClient, target: Target, api_key: str | None) -> Any | None:
+    for container in gh200_containers(client, profile=target.name):
+        labels = _labels(container)
+        if container.status == "running" and labels.get(L_HASH) == target.hash and L_HEALTH in labels:
+            ok, _ = probe_ready(labels[L_HEALTH], labels.get(L_MODELS, ""), labels.get(L_SERVED, ""), api_key)
+            if ok:
+                return container
+    return None
+
+
+def _describe(container: Any) -> dict[str, Any]:
+    labels = _labels(container)
+    return {
+        "profile": labels.get(L_PROFILE),
+        "container": container.name,
+        "id": container.short_id,
+        "hash": labels.get(L_HASH),
+        "image": labels.get(L_IMAGE_TAG),
+        "url": labels.get(L_HEALTH, "").rsplit("/", 1)[0] or None,
+        "stack": labels.get(L_STACK),
+    }
+
+
+def deploy(
+    client: docker.DockerClient,
+    what: str | Profile | list[Profile],
+    *,
+    stack: str | None = None,
+    progress: bool = True,
+    smoke: SmokeCheck | None = short_smoke,
+    unlocked: bool = False,
+) -> DeployResult:
+    """Deploy a profile (or a stack's profiles) with roll-out and roll-back; see the module doc."""
+    if isinstance(what, list):
+        profiles = what
+    else:
+        profiles, stack_name = load_targets(what)
+        stack = stack or stack_name
+    targets = [Target(p, container_spec(p, stack), stack) for p in profiles]
+    keys = {t.name: api_key_for(t.profile) for t in targets}
+
+    kept = {t.name: _identical_running(client, t, keys[t.name]) for t in targets}
+    todo = [t for t in targets if kept[t.name] is None]
+    if not todo:
+        return DeployResult(False, [_describe(kept[t.name]) for t in targets], stack=stack)
+
+    # Everything that can fail without touching the running service happens first.
+    images: dict[str, str] = {}
+    for target in todo:
+        ensure_model(target.profile)
+        images[target.name] = resolve_image(client, target.profile, progress=progress, unlocked=unlocked)
+
+    kept_ids = {c.id for c in kept.values() if c is not None}
+    previous: list[Any] = []
+    for container in gh200_containers(client):
+        if container.id in kept_ids:
+            continue
+        labels = _labels(container)
+        reasons = [r for t in todo if (r := conflicts(t, labels))]
+        if not reasons:
+            continue
+        if container.status == "running":
+            previous.append(container)
+        elif labels.get(L_PROFILE) in {t.name for t in todo}:
+            remove_container(container)  # a stopped or crashed copy of a profile we are deploying
+    held = {(_labels(c).get(L_BIND, ""), _labels(c).get(L_PORT, "")) for c in previous}
+    for target in todo:
+        p = target.profile
+        freed = any(_ports_clash(b, int(port), p.bind_address, p.port) for b, port in held if port.isdigit())
+        if not freed and not port_free(p.bind_address, p.port):
+            raise PortTaken(
+                f"port {p.port} on {p.bind_address} is taken by a process that is not a gh200 container",
+                f"stop whatever listens there (ss -ltnp 'sport = :{p.port}') or change the profile's port",
+            )
+
+    stopped_names: list[str] = []
+    for container in previous:
+        if progress:
+            console.print(f"stopping {container.name} ({_labels(container).get(L_PROFILE)}) to make way")
+        try:
+            container.stop(timeout=STOP_TIMEOUT_S)
+        except DockerException as err:
+            raise DeployFailed(
+                f"stopping {container.name} failed: {_engine_error(err)}", "stop it by hand"
+            ) from err
+        stopped_names.append(container.name)
+
+    started: list[tuple[Target, Any]] = []
+    smoke_results: list[dict[str, Any]] = []
+    try:
+        with progress_bar(progress) as bar:
+            for target in todo:
+                container = create_container(client, target, images[target.name], keys[target.name])
+                started.append((target, container))
+                try:
+                    container.start()
+                except DockerException as err:
+                    raise DeployFailed(
+                        f"starting {target.name} failed: {_engine_error(err)}", "see the engine's log"
+                    ) from err
+            for target, container in started:
+                try:
+                    wait_ready(container, target.name, _labels(container), keys[target.name], bar)
+                except DeployFailed:
+                    if progress:
+                        print_log_tail(target.name, container)
+                    raise
+        if smoke is not None:
+            for target, _container in started:
+                smoke_results.append(smoke(target, keys[target.name]))
+    except (DeployFailed, OperationFailed, BadInput, DockerException, KeyboardInterrupt) as err:
+        for _target, container in started:
+            remove_container(container)
+        restored = _roll_back(previous, progress)
+        if isinstance(err, KeyboardInterrupt):
+            raise
+        message = err.message if isinstance(err, OperationFailed | BadInput) else _engine_error(err)
+        if previous:
+            message += f"; rolled back: {restored}"
+        raise DeployFailed(message, getattr(err, "fix", None) or "see the log tail above") from err
+
+    for container in previous:
+        remove_container(container)
+    described = [_describe(kept[t.name]) for t in targets if kept[t.name] is not None]
+    for _target, container in started:
+        container.reload()
+        described.append(_describe(container))
+    return DeployResult(True, described, stopped=stopped_names, stack=stack, smoke=smoke_results)
+
+
+def _roll_back(previous: list[Any], progress: bool) -> str:
+    """Restart what was stopped and check it is healthy again; say how that went."""
+    if not previous:
+        return "nothing to restore"
+    outcomes: list[str] = []
+    with progress_bar(progress) as bar:
+        for container in previous:
+            labels = _labels(container)
+            name = labels.get(L_PROFILE, container.name)
+            try:
+                container.start()
+                key_file = labels.get(L_KEY_FILE)
+                key = read_api_key(Path(key_file)) if key_file else None
+                wait_ready(container, str(name), labels, key, bar)
+                outcomes.append(f"{name} restarted and healthy")
+            except (DockerException, OperationFailed, BadInput) as err:
+                text = err.message if isinstance(err, OperationFailed | BadInput) else _engine_error(err)
+                outcomes.append(f"{name} FAILED to come back ({text})")
+    return "; ".join(outcomes)
+
+
+# --- status, logs, stop ------------------------------------------------------------------------------
+
+
+def status(client: docker.DockerClient, probe: bool = True) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for container in gh200_containers(client):
+        labels = _labels(container)
+        health = "n/a"
+        if container.status == "running" and probe and L_HEALTH in labels:
+            key = None
+            key_file = labels.get(L_KEY_FILE)
+            if key_file:
+                with contextlib.suppress(BadInput):
+                    key = read_api_key(Path(key_file))
+            ok, why = probe_ready(labels[L_HEALTH], labels[L_MODELS], labels.get(L_SERVED, ""), key)
+            health = "ready" if ok else f"not ready: {why}"
+        current: str | None
+        try:
+            current = (
+                "current"
+                if profile_hash(load_profile(labels.get(L_PROFILE, ""))) == labels.get(L_HASH)
+                else "stale"
+            )
+        except (BadInput, OperationFailed):
+            current = "unknown profile"
+        rows.append(
+            {
+                **_describe(container),
+                "state": container.status,
+                "health": health,
+                "gpus": labels.get(L_GPUS, ""),
+                "port": labels.get(L_PORT),
+                "bind": labels.get(L_BIND),
+                "model_revision": labels.get(f"{L}.model-revision"),
+                "profile_file": current,
+                "created": container.attrs.get("Created"),
+            }
+        )
+    return sorted(rows, key=lambda r: (str(r["profile"]), str(r["created"])))
+
+
+def find_for_logs(client: docker.DockerClient, name: str) -> Any:
+    found = gh200_containers(client, profile=name)
+    if not found:
+        raise BadInput(f"no gh200 container of profile {name!r}", "see `gh200 status` for what runs")
+    running = [c for c in found if c.status == "running"]
+    pool = running or found
+    return sorted(pool, key=lambda c: str(c.attrs.get("Created")))[-1]
+
+
+def stop(client: docker.DockerClient, name: str | None, everything: bool = False) -> list[str]:
+    """Stop and remove a profile's containers, a stack's, or every gh200 container; names removed."""
+    if everything:
+        found = gh200_containers(client)
+    elif name is None:
+        raise BadInput("name a profile or stack, or pass --all", "gh200 stop PROFILE | STACK | --all")
+    else:
+        found = gh200_containers(client, profile=name) + gh200_containers(client, stack=name)
+    removed: list[str] = []
+    seen: set[str] = set()
+    for container in found:
+        if container.id in seen:
+            continue
+        seen.add(container.id)
+        with contextlib.suppress(NotFound):
+            if container.status == "running":
+                container.stop(timeout=STOP_TIMEOUT_S)
+        remove_container(container)
+        removed.append(container.name)
+    return removed
+
+
+def is_running(client: docker.DockerClient, name: str) -> bool:
+    return any(c.status == "running" for c in gh200_containers(client, profile=name))
