@@ -114,10 +114,13 @@ def _error_detail(body: bytes) -> str:
 class BenchClient:
     """One connection pool to one server; every method is a coroutine."""
 
-    def __init__(self, endpoint: Endpoint, timeout_s: float = 600.0) -> None:
+    def __init__(
+        self, endpoint: Endpoint, timeout_s: float = 600.0, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
         self.endpoint = endpoint
         self.timeout_s = timeout_s
         self._http = httpx.AsyncClient(
+            transport=transport,
             base_url=endpoint.url.rstrip("/"),
             headers=endpoint.headers(),
             timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),

@@ -298,7 +298,9 @@ class Smoke:
         seed: int = 0,
         on_run: ProgressHook | None = None,
         check_cache: bool = True,
+        transport: Any | None = None,
     ) -> None:
+        self.transport = transport
         self.endpoint = endpoint
         self.plans = plans
         self.timeout_s = timeout_s
@@ -308,7 +310,7 @@ class Smoke:
         self.sets: list[RunSet] = []
 
     async def run(self) -> list[RunSet]:
-        async with BenchClient(self.endpoint, self.timeout_s) as client:
+        async with BenchClient(self.endpoint, self.timeout_s, self.transport) as client:
             for plan in self.plans:
                 run_set = RunSet(plan)
                 self.sets.append(run_set)
