@@ -134,7 +134,7 @@ def _format_validation(path: Path, err: ValidationError) -> str:
 def _fix_for(err: ValidationError) -> str:
     kind = err.errors()[0]["type"]
     if kind == "extra_forbidden":
-        return "remove it or correct its spelling (see docs in profiles/README.md)"
+        return "remove it or correct its spelling (the schema is in profiles/README.md)"
     if kind == "missing":
         return "add the field"
     return "correct the value"

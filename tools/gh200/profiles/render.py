@@ -152,6 +152,15 @@ def env(profile: Profile) -> dict[str, str]:
     return dict(sorted(profile.env.items()))
 
 
+def container_env(profile: Profile) -> dict[str, str]:
+    """The profile's environment plus what the image itself reads: the llama.cpp images' health
+    check probes $LLAMA_ARG_PORT, so it must name the port the server listens on."""
+    variables = env(profile)
+    if profile.engine != "vllm":
+        variables.setdefault("LLAMA_ARG_PORT", str(profile.port))
+    return dict(sorted(variables.items()))
+
+
 def _cpuset(profile: Profile) -> tuple[str | None, str | None]:
     from gh200.profiles.loader import load_host
     from gh200.profiles.schema import parse_cpu_list
@@ -213,7 +222,7 @@ def container_spec(profile: Profile, stack: str | None = None) -> dict[str, Any]
         "name": f"gh200-{profile.name}",
         "image": {"base": image.pinned_ref, "state": image.state, "recipe": profile.image.recipe},
         "command": argv(profile),
-        "environment": env(profile),
+        "environment": container_env(profile),
         "ports": {f"{profile.port}/tcp": [profile.bind_address, profile.port]},
         "gpus": [r.gpu for r in sorted(profile.placement.ranks, key=lambda r: r.rank)],
         "cpuset_cpus": cpus,
