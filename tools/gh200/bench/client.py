@@ -342,13 +342,19 @@ class BenchClient:
 
 
 async def probe(
-    url: str, api_key: str | None = None, model: str | None = None, timeout_s: float = 10.0
+    url: str,
+    api_key: str | None = None,
+    model: str | None = None,
+    timeout_s: float = 10.0,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> Endpoint:
     """Which engine answers at `url`, and which model it serves (checked against `model` if given)."""
     base = url.rstrip("/")
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     kind: ServerKind = "openai"
-    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=timeout_s) as http:
+    async with httpx.AsyncClient(
+        base_url=base, headers=headers, timeout=timeout_s, transport=transport
+    ) as http:
         try:
             models = await http.get("/v1/models")
         except httpx.HTTPError as err:
