@@ -118,12 +118,13 @@ def sweep_command(
 ) -> None:
     """Redeploy with 1, 2, ... speculative tokens until the median worsens or acceptance collapses."""
     from gh200.bench.smoke import parse_shapes
-    from gh200.bench.sweep import parse_spec_tokens, sweep
+    from gh200.bench.sweep import parse_spec_tokens, sweep, with_spec_tokens
     from gh200.engine import connect
     from gh200.profiles import load_profile
 
     loaded = load_profile(profile)
     values = parse_spec_tokens(spec_tokens)
+    with_spec_tokens(loaded, values[0])  # a profile without speculative decoding fails here, exit 2
     if shape:
         chosen_shape = parse_shapes([shape])[0]
     elif loaded.expected:

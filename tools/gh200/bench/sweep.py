@@ -201,12 +201,14 @@ def sweep(
 
     result = SweepResult(profile.name, f"{shape[0]}:{shape[1]}", concurrency)
     plan = SetPlan("synthetic", shape[0], shape[1], concurrency, warm)
+    variants = [with_spec_tokens(profile, tokens) for tokens in values]  # bad input fails before any change
     failure: BaseException | None = None
+    deployed_any = False
     try:
-        for tokens in values:
-            variant = with_spec_tokens(profile, tokens)
+        for tokens, variant in zip(values, variants, strict=True):
             if show_progress:
                 console.rule(f"{profile.name}: {tokens} speculative tokens")
+            deployed_any = True
             deploy(client, variant, progress=show_progress, smoke=None, unlocked=unlocked)
             target = target_for_profile(variant, client)
             target.label = f"{profile.name} spec={tokens}"
@@ -244,10 +246,10 @@ def sweep(
         failure = err
         raise
     finally:
-        if restore:
+        if restore and deployed_any:
             try:
                 deploy(client, profile, progress=show_progress, smoke=None, unlocked=unlocked)
-            except OperationFailed as err:
+            except (OperationFailed, BadInput) as err:
                 if failure is None:
                     raise
                 console.print(f"[yellow]note:[/] restoring {profile.name} failed too: {err.one_line()}")

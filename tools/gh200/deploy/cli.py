@@ -18,11 +18,18 @@ def deploy_command(
 
     If anything fails the new container is removed and the previous one restarted (roll-back).
     """
-    from gh200.deploy.deploy import deploy, short_smoke
+    from gh200.deploy.deploy import deploy, load_targets, short_smoke
     from gh200.engine import connect
 
+    # The profile is checked before the engine is touched: a typo fails fast, with exit 2.
+    profiles, stack = load_targets(profile)
     result = deploy(
-        connect(), profile, progress=not json_out, smoke=short_smoke if smoke else None, unlocked=unlocked
+        connect(),
+        profiles,
+        stack=stack,
+        progress=not json_out,
+        smoke=short_smoke if smoke else None,
+        unlocked=unlocked,
     )
     if json_out:
         emit_json(result.as_json())
