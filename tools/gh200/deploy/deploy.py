@@ -565,9 +565,12 @@ def deploy(
             for target, container in started:
                 try:
                     wait_ready(container, target.name, _labels(container), keys[target.name], bar)
-                except DeployFailed:
-                    if progress:
-                        print_log_tail(target.name, container)
+                except DeployFailed as err:
+                    # On stderr even under --json: it is the one clue left once the container is gone.
+                    print_log_tail(target.name, container)
+                    last = [line for line in log_tail(container, 5).splitlines() if line.strip()]
+                    if last:
+                        err.message += f"; last log line: {last[-1].strip()[:200]}"
                     raise
         if smoke is not None:
             for target, _container in started:
