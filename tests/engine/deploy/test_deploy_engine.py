@@ -25,7 +25,7 @@ from gh200.deploy.deploy import (
     stop,
 )
 from gh200.profiles import profile_hash
-from gh200.profiles.schema import Profile
+from gh200.profiles.schema import Expected, Profile
 
 pytestmark = pytest.mark.engine
 
@@ -246,6 +246,23 @@ def test_cli_deploy_status_logs_smoke_stop_with_json(
         assert json.loads(results.read_text().splitlines()[0])["profile"] == profile.name
         code, out, err = gh200_cli(["smoke", str(path), "--shape", "2000:200", "--json"])
         assert code == 2 and "needs 2200 tokens of context" in err
+        # --gate runs the expected shapes and names the shape and metric that fall short.
+        gated = profile.model_copy(
+            update={
+                "expected": [
+                    Expected(shape="32:16", metric="output_tok_s", value=0.01, source="test: surely met"),
+                    Expected(
+                        shape="32:16", concurrency=2, metric="output_tok_s", value=1e9, source="test: never"
+                    ),
+                ]
+            }
+        )
+        path.write_text(yaml.safe_dump(gated.model_dump(mode="json", by_alias=True), sort_keys=False))
+        code, out, err = gh200_cli(["smoke", str(path), "--gate", "--warm", "1", "--no-real", "--no-results"])
+        assert code == 1, err
+        assert "below expectation: 32:16 c2 output_tok_s: median" in err and "expected 1e+09" in err
+        assert "32:16 c1" not in err.split("below expectation")[1]
+        assert "| 2 x 32->16 | 2 |" in out
         code, out, _ = gh200_cli(["stop", profile.name, "--json"])
         assert code == 0 and json.loads(out)["changed"] is True
         code, out, _ = gh200_cli(["stop", profile.name, "--json"])

@@ -177,7 +177,9 @@ def sweep_command(
             str(p.sub60_runs),
             p.verdict,
         )
-    console.print(table)
+    from gh200.bench.report import table_console
+
+    table_console().print(table)
     console.print(f"chosen: {result.chosen} speculative tokens ({result.reason})", highlight=False)
     if result.plot:
         console.print(f"plot: {result.plot}", highlight=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.console import Console
 from rich.table import Table
 
 from gh200.bench.smoke import GateResult, RunSet
@@ -31,6 +32,14 @@ DETAIL_COLUMNS = (
     "Median acceptance length",
     "Max cached prompt tokens",
 )
+
+
+def table_console() -> Console:
+    """The shared stderr console on a terminal; piped or logged output gets room for wide tables
+    (rich would squeeze them into 80 columns)."""
+    from gh200.output import console
+
+    return console if console.is_terminal else Console(stderr=True, width=220)
 
 
 def _num(value: float | None, digits: int = 2) -> str:

@@ -254,10 +254,9 @@ def _record(path: Path | None, sets: list[RunSet], target: Target, run_id: str) 
 
 
 def print_report(outcome: Outcome, markdown_to_stdout: bool = True) -> None:
-    # Piped or logged output is not a terminal: give the wide table room instead of rich's 80 columns.
-    width = None if console.is_terminal else 220
+    screen = report.table_console()
     for table in report.rich_tables(outcome.target.label, outcome.sets, outcome.gates or None):
-        console.print(table, width=width)
+        screen.print(table)
     if markdown_to_stdout:
         print(report.markdown(outcome.target.label, outcome.sets, outcome.gates or None), end="")
     if outcome.results_path:

@@ -97,7 +97,9 @@ def status_command(json_out: bool = typer.Option(False, "--json")) -> None:
             str(r["container"]),
             style=style,
         )
-    console.print(table)
+    from gh200.bench.report import table_console
+
+    table_console().print(table)
 
 
 def logs_command(
