@@ -272,3 +272,18 @@ def test_cli_deploy_status_logs_smoke_stop_with_json(
     finally:
         stop(engine, profile.name)
     assert [c for c in leftovers(engine) if c.labels.get("io.gh200.profile") == profile.name] == []
+
+
+def test_unhealthy_copy_of_the_same_version_is_replaced(engine: Any, prepared: str) -> None:
+    profile = variant("hung")
+    try:
+        deploy(engine, profile, progress=False, smoke=None)
+        (container,) = gh200_containers(engine, profile=profile.name)
+        container.pause()  # still there, same hash, but it answers nothing
+        assert not _ready(profile)
+        result = deploy(engine, profile, progress=False, smoke=None)
+        assert result.changed and result.stopped == []
+        (fresh,) = gh200_containers(engine, profile=profile.name)
+        assert fresh.id != container.id and _ready(profile)
+    finally:
+        stop(engine, profile.name)

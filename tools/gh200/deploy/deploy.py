@@ -523,8 +523,12 @@ def deploy(
         reasons = [r for t in todo if (r := conflicts(t, labels))]
         if not reasons:
             continue
-        if container.status == "running":
+        same = any(labels.get(L_PROFILE) == t.name and labels.get(L_HASH) == t.hash for t in todo)
+        if container.status == "running" and not same:
             previous.append(container)
+        elif same:
+            # This very version, but not healthy: nothing worth rolling back to, and it holds the name.
+            remove_container(container)
         elif labels.get(L_PROFILE) in {t.name for t in todo}:
             remove_container(container)  # a stopped or crashed copy of a profile we are deploying
     held = {(_labels(c).get(L_BIND, ""), _labels(c).get(L_PORT, "")) for c in previous}
