@@ -7,36 +7,24 @@ containers.conf (runc, lower default ulimits) rather than edits to /etc.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import shutil
 import subprocess
 import tarfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import docker
 from docker.errors import DockerException, ImageNotFound
 
 from gh200.errors import EngineUnavailable, OperationFailed
+from gh200.fsutil import file_lock
 from gh200.paths import cache_dir, containers_dir
 
 BASE_IMAGE = "localhost/gh200-base:bookworm"
 BASE_SUITE = "bookworm"
 PODMAN_CONF = "podman/containers.conf"
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _ping(base_url: str) -> docker.DockerClient | None:
@@ -92,7 +80,7 @@ def start_podman(timeout: float = 60.0) -> docker.DockerClient:
         )
     sock = podman_socket()
     url = f"unix://{sock}"
-    with _file_lock(sock.parent / "start.lock"):
+    with file_lock(sock.parent / "start.lock"):
         client = _ping(url) if sock.exists() else None
         if client:
             return client
@@ -138,7 +126,7 @@ def ensure_base_image(
     """
     if image_exists(client, BASE_IMAGE):
         return BASE_IMAGE
-    with _file_lock(cache_dir() / "base" / "build.lock"):
+    with file_lock(cache_dir() / "base" / "build.lock"):
         if image_exists(client, BASE_IMAGE):
             return BASE_IMAGE
         if pull and os.environ.get("GH200_TRY_PULL", "0") == "1":

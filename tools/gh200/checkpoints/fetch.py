@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from gh200.checkpoints import hub
-from gh200.checkpoints.verify import MANIFEST_FORMAT, MANIFEST_NAME, git_blob_sha1, hash_workers, sha256_file
+from gh200.checkpoints.verify import MANIFEST_FORMAT, MANIFEST_NAME, git_blob_sha1, hash_workers
 from gh200.errors import BadInput, OperationFailed
-from gh200.fsutil import atomic_write_text
+from gh200.fsutil import atomic_write_text, sha256_file
 
 # Room left free beyond the download itself (filesystem metadata, the manifest, other writers).
 DISK_MARGIN_BYTES = 1 << 30

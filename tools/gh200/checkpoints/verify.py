@@ -27,6 +27,7 @@ from gh200.checkpoints.layout import layer_of
 from gh200.checkpoints.local import CONFIG_NAME, INDEX_NAME, open_checkpoint
 from gh200.checkpoints.safetensors_io import CorruptSafetensors, TensorEntry, read_header
 from gh200.errors import BadInput, OperationFailed
+from gh200.fsutil import sha256_file
 
 MANIFEST_NAME = ".gh200-manifest.json"
 MANIFEST_FORMAT = 1
@@ -62,17 +63,6 @@ class VerifyReport:
             "bytes_hashed": self.bytes_hashed,
             "changed": False,
         }
-
-
-def sha256_file(path: Path, on_bytes: Callable[[int], None] = lambda _n: None) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb", buffering=0) as handle:
-        buffer = bytearray(8 * 1024 * 1024)
-        view = memoryview(buffer)
-        while n := handle.readinto(buffer):
-            h.update(view[:n])
-            on_bytes(n)
-    return h.hexdigest()
 
 
 def git_blob_sha1(path: Path) -> str:

@@ -13,7 +13,6 @@ manifest and file hashes match is reused.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tarfile
@@ -24,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from gh200.errors import OperationFailed
-from gh200.fsutil import atomic_dir, atomic_write_bytes
+from gh200.fsutil import atomic_dir, atomic_write_bytes, sha256_file
 from gh200.paths import cache_dir
 from gh200.profiles.render import model_host_dir
 from gh200.profiles.schema import Profile
@@ -60,14 +59,6 @@ class TinySpec:
 
 
 DEFAULT_SPEC = TinySpec()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _llama_cpp_sdist() -> tuple[Path, str]:
@@ -224,7 +215,9 @@ def is_valid(directory: Path, target: str, draft: str, spec: TinySpec = DEFAULT_
     hashes = manifest.get("sha256")
     if not isinstance(hashes, dict) or set(hashes) != {target, draft}:
         return False
-    return all((directory / name).is_file() and _sha256(directory / name) == hashes[name] for name in hashes)
+    return all(
+        (directory / name).is_file() and sha256_file(directory / name) == hashes[name] for name in hashes
+    )
 
 
 @dataclass
@@ -251,7 +244,7 @@ def ensure_tiny_model(
     profile: Profile, spec: TinySpec = DEFAULT_SPEC, directory: Path | None = None
 ) -> TinyModelResult:
     """Generate the profile's tiny target + draft GGUFs unless a valid copy is already there."""
-    from gh200.images.pypi import file_lock
+    from gh200.fsutil import file_lock
 
     if profile.model.gguf_file is None or profile.model.draft is None:
         raise TinyModelFailed(
@@ -285,7 +278,7 @@ def ensure_tiny_model(
                     tensors=tensors,
                 )
                 manifest = _manifest_for(spec, target, draft)
-                manifest["sha256"] = {name: _sha256(tmp / name) for name in (target, draft)}
+                manifest["sha256"] = {name: sha256_file(tmp / name) for name in (target, draft)}
                 (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
                 # The server runs as an unprivileged user in the container: the mount must be readable.
                 tmp.chmod(0o755)

@@ -23,8 +23,9 @@ from docker.errors import APIError, DockerException, ImageNotFound
 from gh200 import __version__
 from gh200.engine import BASE_IMAGE, ensure_base_image
 from gh200.errors import BadInput, LockError, OperationFailed
+from gh200.fsutil import file_lock
 from gh200.images.lock import find_locked, images_lock_path
-from gh200.images.pypi import SdistPin, SourceNotPinned, fetch_sdist, file_lock
+from gh200.images.pypi import SdistPin, SourceNotPinned, fetch_sdist
 from gh200.images.recipe import Recipe, content_hash, load_recipe, recipe_names, tree_hash
 from gh200.output import console
 from gh200.output import progress as progress_bar

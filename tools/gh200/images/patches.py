@@ -23,8 +23,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gh200.errors import BadInput, OperationFailed
-from gh200.fsutil import atomic_dir
-from gh200.images.pypi import SdistPin, fetch_sdist, file_lock
+from gh200.fsutil import atomic_dir, file_lock
+from gh200.images.pypi import SdistPin, fetch_sdist
 from gh200.paths import cache_dir, containers_dir
 
 SHA256 = r"^[0-9a-f]{64}$"

@@ -7,11 +7,9 @@ build container never needs to reach PyPI (or GitHub) itself.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import urllib.parse
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from typing import Any
 import httpx
 
 from gh200.errors import BadInput, OperationFailed
+from gh200.fsutil import file_lock, sha256_file
 from gh200.output import progress as progress_bar
 from gh200.paths import cache_dir
 
@@ -56,26 +55,6 @@ def sources_dir() -> Path:
     path = cache_dir() / "sources"
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive flock, so parallel tests and commands do not download or build the same thing twice."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _sdist_entry(package: str, version: str) -> dict[str, Any]:
