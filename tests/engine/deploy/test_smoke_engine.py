@@ -172,3 +172,27 @@ def test_sweep_walks_redeploys_and_restores(engine: Any, prepared: str, tmp_path
         ]
     finally:
         stop(engine, profile.name)
+
+
+def test_demo_end_to_end(engine: Any, prepared: str) -> None:
+    """`gh200 demo` (what `make demo` runs): the real local-tiny profile, deployed and benchmarked."""
+    from gh200.bench import report
+    from gh200.deploy.demo import DEMO_PROFILE, demo
+    from gh200.deploy.deploy import is_running, stop
+
+    was_running = is_running(engine, DEMO_PROFILE)
+    try:
+        result = demo(show_progress=False, warm=1)
+        outcome = result.outcome
+        assert outcome.failed_set is None
+        labels = [s.plan.label for s in outcome.sets]
+        assert labels == ["128->64", "4 x 128->64", "512->128", "4 x 512->128", "real prompts->64"]
+        assert all(s.complete for s in outcome.sets)
+        assert result.steps["image"]["tag"] == prepared
+        assert result.steps["model"]["directory"].endswith("local--tiny-llama-spm")
+        table = report.markdown(DEMO_PROFILE, outcome.sets).splitlines()
+        assert table[2].startswith("| local-tiny | 128->64 | 2 |")
+        assert all(s.summary().acceptance is not None for s in outcome.sets)
+    finally:
+        if not was_running:
+            stop(engine, DEMO_PROFILE)

@@ -80,6 +80,10 @@ def demo(
     step("4/5 deploy", f"{DEMO_PROFILE}: start, wait for /health and /v1/models, short smoke")
     deployed = deploy(client, profile, progress=show_progress)
     steps["deploy"] = deployed.as_json()
+    if show_progress:
+        row = deployed.targets[0]
+        state = "started" if deployed.changed else "already running (same profile hash)"
+        console.print(f"{DEMO_PROFILE} {state} at {row['url']} ({row['container']})", highlight=False)
 
     step("5/5 smoke", "one cold + warm runs per shape, unique prompts, exact lengths, real prompts too")
     target = target_for_profile(profile, client)
