@@ -1,0 +1,133 @@
+"""Hardware: the GPUs, the driver and CUDA as the host reports them; GH200-only facts."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+
+
+def _gpus(host: Any) -> list[dict[str, str]]:
+    fields = "index,name,memory.total,persistence_mode,driver_version,pci.bus_id"
+    out = host.run("nvidia-smi --query-gpu=%s --format=csv,noheader,nounits", fields)
+    assert out.rc == 0, f"nvidia-smi failed ({out.rc}): {out.stderr.strip() or out.stdout.strip()}"
+    return [
+        dict(zip(fields.split(","), (c.strip() for c in line.split(",")), strict=True))
+        for line in out.stdout.strip().splitlines()
+    ]
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", text))
+
+
+@pytest.mark.gpu
+def test_gpu_count(host: Any, expect: dict[str, Any]) -> None:
+    """GPU count as expected."""
+    gpus = _gpus(host)
+    assert len(gpus) == int(expect["gh200_verify_gpu_count"]), [g["name"] for g in gpus]
+
+
+@pytest.mark.gpu
+def test_gpu_memory(host: Any, expect: dict[str, Any]) -> None:
+    """Each GPU reports the expected memory."""
+    need = int(expect.get("gh200_verify_gpu_memory_min_mib") or 0)
+    for gpu in _gpus(host):
+        assert int(gpu["memory.total"]) >= need, (
+            f"GPU {gpu['index']} has {gpu['memory.total']} MiB, need {need}"
+        )
+
+
+@pytest.mark.gpu
+def test_driver_branch_and_version(host: Any, expect: dict[str, Any]) -> None:
+    """Driver loaded, of the expected branch and version."""
+    versions = {g["driver_version"] for g in _gpus(host)}
+    assert len(versions) == 1, versions
+    loaded = versions.pop()
+    branch = str(expect.get("gh200_nvidia_driver_branch") or "")
+    version = str(expect.get("gh200_nvidia_driver_version") or "")
+    if not branch and not version:
+        pytest.skip(
+            f"driver {loaded} loaded; no branch or version expected (gh200_nvidia_driver_branch empty)"
+        )
+    if branch:
+        assert loaded.split(".")[0] == branch, f"driver {loaded}, expected branch {branch}"
+    if version:
+        assert loaded == version, f"driver {loaded}, expected {version}"
+
+
+@pytest.mark.gpu
+def test_open_kernel_modules(host: Any, expect: Any) -> None:
+    """Driver uses NVIDIA's open kernel modules."""
+    if not expect.flag("gh200_verify_open_kernel_modules"):
+        pytest.skip("open kernel modules not required here (gh200_verify_open_kernel_modules: false)")
+    text = host.file("/proc/driver/nvidia/version").content_string
+    assert "Open Kernel Module" in text, (
+        text.strip().splitlines()[0] if text else "no /proc/driver/nvidia/version"
+    )
+
+
+@pytest.mark.gpu
+def test_cuda_version_supported_by_the_driver(host: Any, expect: dict[str, Any]) -> None:
+    """Driver supports the expected CUDA version."""
+    match = re.search(r"CUDA Version:\s*([0-9.]+)", host.check_output("nvidia-smi"))
+    assert match, "nvidia-smi shows no CUDA version"
+    need = str(expect.get("gh200_verify_cuda_driver_min") or "0")
+    assert _version(match.group(1)) >= _version(need), f"driver supports CUDA {match.group(1)}, need {need}"
+
+
+@pytest.mark.gpu
+def test_persistence_mode(host: Any, expect: Any) -> None:
+    """GPUs in persistence mode."""
+    if not expect.flag("gh200_verify_persistence_mode"):
+        pytest.skip("persistence mode not required here (gh200_verify_persistence_mode: false)")
+    off = [g["index"] for g in _gpus(host) if g["persistence_mode"] != "Enabled"]
+    assert not off, f"persistence mode off on GPU {off}"
+
+
+@pytest.mark.gpu
+def test_cdi_spec_lists_the_gpus(host: Any, expect: Any) -> None:
+    """CDI spec lists the GPUs for containers."""
+    if not expect.flag("gh200_verify_provisioned"):
+        pytest.skip("host not provisioned by gh200 (gh200_verify_provisioned: false): no CDI spec expected")
+    spec = expect["gh200_container_runtime_cdi_spec"]
+    assert host.file(spec).exists, f"{spec} is missing (run gh200 provision after the driver loads)"
+    devices = host.check_output("nvidia-ctk cdi list")
+    assert "nvidia.com/gpu=all" in devices, devices
+
+
+@pytest.mark.gpu
+def test_deployed_profiles_healthy(host: Any, expect: dict[str, Any]) -> None:
+    """Deployed profiles' containers running and healthy."""
+    profiles = list(expect.get("gh200_verify_profiles") or [])
+    if not profiles:
+        pytest.skip("no deployed profile expected (gh200_verify_profiles is empty)")
+    for profile in profiles:
+        out = host.check_output("docker ps --filter label=io.gh200.profile=%s --format '{{json .}}'", profile)
+        rows = [json.loads(line) for line in out.splitlines() if line.strip()]
+        assert rows, f"no running container labelled io.gh200.profile={profile}"
+        for row in rows:
+            assert "(healthy)" in row.get("Status", ""), f"{row.get('Names')}: {row.get('Status')}"
+
+
+@pytest.mark.gh200
+def test_64k_page_kernel(host: Any) -> None:
+    """Kernel runs with 64K pages."""
+    assert host.check_output("getconf PAGESIZE").strip() == "65536", host.check_output("uname -r")
+
+
+@pytest.mark.gh200
+@pytest.mark.gpu
+def test_each_gpu_on_its_own_grace_node(host: Any) -> None:
+    """Each GPU attached to its own Grace NUMA node."""
+    nodes = {}
+    for gpu in _gpus(host):
+        domain, rest = gpu["pci.bus_id"].lower().split(":", 1)
+        sysfs = f"/sys/bus/pci/devices/{domain[-4:]}:{rest}/numa_node"
+        nodes[gpu["index"]] = int(host.file(sysfs).content_string.strip())
+    assert len(set(nodes.values())) == len(nodes), f"GPUs share a NUMA node: {nodes}"
+    for index, node in nodes.items():
+        cpus = host.file(f"/sys/devices/system/node/node{node}/cpulist").content_string.strip()
+        assert cpus, f"GPU {index} is on node {node}, which has no CPUs (not a Grace node)"
