@@ -1,0 +1,100 @@
+"""gh200 verify: command building, the report it follows, verdicts; and real --local runs of the suite."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gh200.verify.suite import SuiteResult, VerifyInputError, _read_report, build_command, failure_message
+
+
+def test_inventory_and_local_commands(tmp_path: Path) -> None:
+    inv = tmp_path / "hosts.yml"
+    inv.write_text("all: {}\n")
+    exp = tmp_path / "e.yml"
+    exp.write_text("{}\n")
+    report = tmp_path / "r.jsonl"
+    cmd = build_command(
+        inventory=inv, local=False, limit="gh200", expect=[exp], only="hardware", report=report
+    )
+    assert "--hosts=ansible://gh200" in cmd and f"--ansible-inventory={inv.resolve()}" in cmd
+    assert cmd[cmd.index("-m", 3) + 1] == "gpu or gh200"  # after "python -m pytest"
+    assert cmd[cmd.index("--gh200-expect") + 1] == str(exp.resolve())
+    local = build_command(inventory=None, local=True, limit=None, expect=[], only="all", report=report)
+    assert "--hosts=local://" in local and "-m" not in local[3:]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"inventory": None, "local": False}, "nothing to verify"),
+        ({"inventory": Path("/x"), "local": True}, "exclude each other"),
+        ({"inventory": None, "local": True, "only": "disks"}, "not a selection"),
+        ({"inventory": Path("/no/such/inventory"), "local": False}, "does not exist"),
+        ({"inventory": None, "local": True, "expect": [Path("/no/such.yml")]}, "does not exist"),
+    ],
+)
+def test_bad_input(kwargs: dict[str, object], message: str, tmp_path: Path) -> None:
+    args: dict[str, object] = {"limit": None, "expect": [], "only": "all", "report": tmp_path / "r"}
+    args.update(kwargs)
+    with pytest.raises(VerifyInputError, match=message) as err:
+        build_command(**args)  # type: ignore[arg-type]
+    assert err.value.exit_code == 2
+
+
+def test_report_lines_and_verdicts(tmp_path: Path) -> None:
+    report = tmp_path / "r.jsonl"
+    rows = [
+        {"check": "A", "host": "local", "outcome": "passed", "detail": ""},
+        {"check": "B", "host": "local", "outcome": "failed", "detail": "AssertionError: no"},
+        {"check": "C", "host": "local", "outcome": "skipped", "detail": "why"},
+    ]
+    report.write_text(
+        json.dumps({"collected": 3}) + "\n" + "\n".join(json.dumps(r) for r in rows) + '\n{"chec'
+    )
+    collected, checks = _read_report(report)
+    assert collected == 3 and [c["check"] for c in checks] == [
+        "A",
+        "B",
+        "C",
+    ]  # a half-written line is skipped
+    result = SuiteResult(target="local://", rc=1, seconds=1.0, checks=checks, collected=collected)
+    assert not result.ok and result.summary() == {"passed": 1, "failed": 1, "skipped": 1, "error": 0}
+    assert result.as_json()["changed"] is False
+    assert failure_message(result) == "1 check(s) failed: local: B: AssertionError: no"
+    assert not SuiteResult(target="local://", rc=0, seconds=0.0).ok  # no check ran: not a pass
+
+
+def _gh200(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gh200.cli", *args], capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def test_local_run_on_a_machine_not_provisioned_skips_everything_with_reasons(tmp_path: Path) -> None:
+    expect = tmp_path / "not-provisioned.yml"
+    expect.write_text(yaml.safe_dump({"gh200_verify_provisioned": False, "gh200_verify_gpu_count": 0}))
+    done = _gh200("verify", "--local", "--expect", str(expect), "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["target"] == "local://" and result["summary"]["passed"] == 0
+    assert result["summary"]["skipped"] == len(result["checks"]) > 20
+    reasons = {c["detail"] for c in result["checks"]}
+    assert any("gh200_verify_provisioned: false" in r for r in reasons)
+    assert any("gh200_verify_gpu_count: 0" in r for r in reasons)
+
+
+def test_local_run_reports_a_real_failure_with_exit_1(tmp_path: Path) -> None:
+    expect = tmp_path / "wrong.yml"
+    expect.write_text(yaml.safe_dump({"gh200_kernel_packages": ["gh200-test-no-such-package"]}))
+    done = _gh200("verify", "--local", "--expect", str(expect), "--only", "config", "--json")
+    assert done.returncode == 1
+    checks = {c["check"]: c for c in json.loads(done.stdout)["checks"]}
+    kernel = checks["Kernel packages installed (and held)"]
+    assert kernel["outcome"] == "failed" and "gh200-test-no-such-package is not installed" in kernel["detail"]
+    assert done.stderr.startswith("error: ") and "check(s) failed" in done.stderr
