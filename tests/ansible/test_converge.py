@@ -1,0 +1,227 @@
+"""Provision a real test host twice through `gh200 provision`, then check what the roles did.
+
+The first run must change the host, the second must change nothing (`--idempotence`). Then the
+host's state is read back directly (dpkg, apt, files) and through the shipped testinfra suite.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ansible_testhost import TestHost, gh200
+
+pytestmark = [pytest.mark.ansible, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def converged(inventory: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    artifacts = tmp_path_factory.mktemp("artifacts")
+    done = gh200(
+        "provision", "--inventory", str(inventory), "--idempotence", "--artifacts", str(artifacts), "--json"
+    )
+    assert done.stdout.strip(), f"no JSON from gh200 provision: {done.stderr[-3000:]}"
+    result: dict[str, Any] = json.loads(done.stdout)
+    if done.returncode != 0:
+        failed = [t for run in result["runs"] for t in run["failed_tasks"] + run["changed_tasks"]]
+        pytest.fail(
+            f"gh200 provision failed: {done.stderr.strip()[-2000:]}\n{json.dumps(failed, indent=1)[:4000]}"
+        )
+    return result
+
+
+def test_first_run_changes_the_host_and_second_changes_nothing(converged: dict[str, Any]) -> None:
+    first, second = converged["runs"]
+    assert converged["ok"] is True and converged["idempotent"] is True
+    assert first["hosts"]["testhost"]["changed"] > 10
+    assert first["hosts"]["testhost"]["failed"] == 0
+    assert second["hosts"]["testhost"]["changed"] == 0, second["changed_tasks"]
+    assert second["hosts"]["testhost"]["ok"] > 30
+    assert Path(first["artifacts_dir"]).is_dir() and Path(second["artifacts_dir"]).is_dir()
+    assert first["artifacts_dir"] != second["artifacts_dir"]
+
+
+def test_driver_is_ubuntus_precompiled_build_at_the_pinned_version(
+    converged: dict[str, Any], testhost: TestHost
+) -> None:
+    versions = dict(
+        line.split()
+        for line in testhost.sh(
+            "dpkg-query -W -f='${Package} ${Version}\\n' 'nvidia-*' 'libnvidia-*' 'linux-modules-nvidia-*'"
+            " 2>/dev/null | awk 'NF==2'"
+        ).splitlines()
+    )
+    # The pin keeps 580.105.08 although Ubuntu offers 580.126.09, and the CUDA pin keeps NVIDIA's
+    # 580.105.08-1ubuntu1 (a higher revision of the same names) out.
+    for name in ("nvidia-utils-580", "libnvidia-compute-580", "nvidia-headless-no-dkms-580-open"):
+        assert versions.get(name) == "580.105.08-0ubuntu0.24.04.1", (name, versions)
+    assert "linux-modules-nvidia-580-open-nvidia-64k-hwe-24.04" in versions
+    # Precompiled modules, not DKMS.
+    assert "nvidia-dkms-580-open" not in versions
+    policy = testhost.sh("apt-cache policy libnvidia-compute-580")
+    assert re.search(r"580\.105\.08-1ubuntu1 -1\n\s+500 http://cuda\.mirror\.test", policy), policy
+
+
+def test_packages_are_held(converged: dict[str, Any], testhost: TestHost) -> None:
+    held = set(testhost.sh("apt-mark showhold").split())
+    assert {
+        "linux-nvidia-64k-hwe-24.04",
+        "linux-modules-nvidia-580-open-nvidia-64k-hwe-24.04",
+        "nvidia-headless-no-dkms-580-open",
+        "nvidia-utils-580",
+        "cuda-toolkit-13-0",
+    } <= held
+
+
+def test_cuda_comes_from_the_mirror_only(converged: dict[str, Any], testhost: TestHost) -> None:
+    own = testhost.read("/etc/apt/sources.list.d/cuda-ubuntu2404-sbsa.list")
+    assert "developer.download.nvidia.com" not in own and own.startswith("# Replaced by gh200-stack")
+    sources = testhost.read("/etc/apt/sources.list.d/gh200-cuda.sources")
+    assert "URIs: http://cuda.mirror.test:8080/cuda/" in sources
+    # apt itself: no configured source anywhere still names NVIDIA's server.
+    assert "developer.download.nvidia.com" not in testhost.sh("apt-get indextargets --format '$(URI)'")
+    installed = testhost.sh("dpkg-query -W -f='${Status} ${Version}' cuda-toolkit-13-0")
+    assert installed == "hold ok installed 13.0.2-1"
+    # 13.1 is offered too; the toolkit package for the configured 13.0 is the one installed.
+    other = testhost.sh("dpkg-query -W -f='${db:Status-Status}' cuda-toolkit-13-1 2>/dev/null || echo absent")
+    assert other.strip() in ("absent", "not-installed")
+
+
+def test_container_toolkit_pinned_and_daemon_json_merged(
+    converged: dict[str, Any], testhost: TestHost
+) -> None:
+    version = testhost.sh("dpkg-query -W -f='${Version}' nvidia-container-toolkit")
+    assert version == "1.18.0-1"  # 1.19.0-1 is offered, the pin holds 1.18.0-1
+    config = json.loads(testhost.read("/etc/docker/daemon.json"))
+    assert config["log-driver"] == "json-file"  # kept from before
+    assert config["log-opts"] == {"max-size": "10m", "max-file": "3"}  # merged
+    assert config["runtimes"]["nvidia"]["path"] == "nvidia-container-runtime"
+    # nvidia-ctk ran once (first run) and not again once the runtime was present.
+    calls = testhost.read("/var/log/nvidia-ctk-standin.log").splitlines()
+    assert calls == ["runtime configure --runtime=docker --config=/etc/docker/daemon.json"]
+    # No GPU driver in the container: no CDI spec, and it was not attempted.
+    assert testhost.sh("test -e /etc/cdi/nvidia.yaml && echo yes || echo no").strip() == "no"
+
+
+def test_reboot_requested_but_not_performed(converged: dict[str, Any], testhost: TestHost) -> None:
+    assert "System restart required" in testhost.read("/var/run/reboot-required")
+    # The same container process is still the one running: nothing restarted it.
+    testhost.container.reload()
+    assert testhost.container.attrs["State"]["StartedAt"] == testhost.started_at
+    assert testhost.container.status == "running"
+
+
+def test_bundle_installed_and_runs(converged: dict[str, Any], testhost: TestHost) -> None:
+    assert testhost.sh("/usr/local/bin/gh200 --version").strip().startswith("gh200 ")
+    current = testhost.sh("readlink /opt/gh200/current").strip()
+    assert re.fullmatch(r"/opt/gh200/releases/gh200-stack-[0-9a-f]{16}", current), current
+    assert testhost.sh("stat -c '%U:%G %a' /srv/models").strip() == "gh200:gh200 2775"
+    assert "GH200_MODELS=/srv/models" in testhost.read("/etc/gh200/environment")
+
+
+def test_host_suite_passes_over_ssh(converged: dict[str, Any], inventory: Path) -> None:
+    done = gh200("verify", "--inventory", str(inventory), "--json", timeout=600)
+    assert done.stdout.strip(), done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert done.returncode == 0, [c for c in result["checks"] if c["outcome"] != "passed"]
+    assert result["changed"] is False and result["hosts"] == ["ansible://testhost"]
+    outcomes = {c["check"]: c for c in result["checks"]}
+    for check in (
+        "Driver packages installed, at the pinned version",
+        "NVIDIA's CUDA repository cannot supply driver packages",
+        "CUDA source points at the configured repository (or mirror) only",
+        "daemon.json has the nvidia runtime and the configured settings",
+        "NCCL settings (NCCL_P2P_DISABLE=1) in /etc/nccl.conf and the environment",
+        "Model store exists, owned by the bundle user, with the free space required",
+    ):
+        assert outcomes[check]["outcome"] == "passed", outcomes[check]
+    # What a container cannot have is skipped, and says why; never passed.
+    skipped = {c["check"]: c["detail"] for c in result["checks"] if c["outcome"] == "skipped"}
+    assert "gh200_kernel_manage_boot: false" in skipped["Running kernel booted with the Grace command line"]
+    assert "gh200_verify_gpu_count: 0" in skipped["GPU count as expected"]
+    assert all(skipped.values())
+    assert result["summary"]["passed"] >= 15 and result["summary"]["failed"] == 0
+
+
+def test_verify_playbook_checks_the_host_itself_and_changes_nothing_twice(
+    converged: dict[str, Any], inventory: Path, tmp_path: Path
+) -> None:
+    done = gh200(
+        "provision",
+        "--inventory",
+        str(inventory),
+        "--playbook",
+        "verify",
+        "--idempotence",
+        "--artifacts",
+        str(tmp_path),
+        "--json",
+    )
+    result = json.loads(done.stdout)
+    assert done.returncode == 0, (done.stderr[-2000:], result["runs"][-1]["failed_tasks"])
+    assert result["idempotent"] is True
+    # The suite ran on the host as the bundle's user (`gh200 verify --local`), from the bundle.
+    events = list((Path(result["runs"][1]["artifacts_dir"]) / "job_events").glob("*.json"))
+    runs = [json.loads(p.read_text()) for p in events]
+    verify = [
+        e["event_data"]["res"]
+        for e in runs
+        if e.get("event") == "runner_on_ok" and e["event_data"].get("task", "").startswith("Run gh200 verify")
+    ]
+    assert len(verify) == 1 and verify[0]["changed"] is False
+    report = json.loads(verify[0]["stdout"])
+    assert (
+        report["target"] == "local://"
+        and report["summary"]["failed"] == 0
+        and report["summary"]["passed"] >= 15
+    )
+
+
+def test_check_mode_on_a_provisioned_host_changes_nothing(converged: dict[str, Any], inventory: Path) -> None:
+    done = gh200("provision", "--inventory", str(inventory), "--check", "--json")
+    result = json.loads(done.stdout)
+    assert done.returncode == 0, result["runs"][0]["failed_tasks"]
+    assert result["runs"][0]["hosts"]["testhost"]["changed"] == 0, result["runs"][0]["changed_tasks"]
+
+
+def test_a_repository_key_with_the_wrong_fingerprint_is_refused(
+    converged: dict[str, Any], inventory: Path
+) -> None:
+    done = gh200(
+        "provision",
+        "--inventory",
+        str(inventory),
+        "--tags",
+        "container_runtime",
+        "-e",
+        "gh200_container_runtime_docker_key_fingerprint=0123456789ABCDEF0123456789ABCDEF01234567",
+        "--json",
+    )
+    assert done.returncode == 1
+    failed = json.loads(done.stdout)["runs"][0]["failed_tasks"]
+    assert [t["task"] for t in failed] == ["Check the key of docker"]
+    assert "0123456789ABCDEF0123456789ABCDEF01234567" in failed[0]["message"]
+    assert "error: container_runtime" not in done.stderr and "failed on testhost" in done.stderr
+
+
+def test_a_hugepage_size_the_kernel_does_not_offer_is_refused(
+    converged: dict[str, Any], inventory: Path, testhost: TestHost
+) -> None:
+    done = gh200(
+        "provision",
+        "--inventory",
+        str(inventory),
+        "--tags",
+        "tuning",
+        "-e",
+        "gh200_tuning_hugepages_size_kb=3",
+        "--json",
+    )
+    assert done.returncode == 1
+    failed = json.loads(done.stdout)["runs"][0]["failed_tasks"]
+    assert [t["task"] for t in failed] == ["Check the hugepage size"]
+    offered = ", ".join(str(s) for s in testhost.hugepage_sizes)
+    assert f"offers hugepages of {offered} kB, not 3 kB" in failed[0]["message"]
