@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -177,18 +176,23 @@ def _detail(report: pytest.TestReport) -> str:
     if report.failed:
         crash = getattr(report.longrepr, "reprcrash", None)
         text = crash.message if crash is not None else str(report.longrepr)
-        return " ".join(text.split())[:600]
+        # The assertion's own message is its first line; pytest's introspection follows.
+        first = text.strip().splitlines()[0] if text.strip() else text
+        return " ".join(first.split())[:600]
     return ""
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
-    report = yield
-    report.user_properties.append(("gh200_title", _title(item)))
-    report.user_properties.append(("gh200_host", _host_id(item)))
-    marks = sorted({m.name for m in item.iter_markers()} & {"config", "gpu", "gh200"})
-    report.user_properties.append(("gh200_markers", marks))
-    return report
+_ITEMS: dict[str, dict[str, Any]] = {}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Remembered per test id, so the report hook needs no hook wrapper (older pytest works too).
+    for item in items:
+        _ITEMS[item.nodeid] = {
+            "check": _title(item),
+            "host": _host_id(item),
+            "markers": sorted({m.name for m in item.iter_markers()} & {"config", "gpu", "gh200"}),
+        }
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -213,12 +217,12 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     """One row per check: its call's outcome, or its setup's when setup did not pass (skips)."""
     if not (report.when == "call" or (report.when == "setup" and not report.passed)):
         return
-    props = dict(report.user_properties)
+    info = _ITEMS.get(report.nodeid, {})
     row = {
-        "check": props.get("gh200_title", report.nodeid),
+        "check": info.get("check", report.nodeid),
         "test": report.nodeid.split("[")[0],
-        "host": props.get("gh200_host", ""),
-        "markers": props.get("gh200_markers", []),
+        "host": info.get("host", ""),
+        "markers": info.get("markers", []),
         "outcome": "error" if report.when == "setup" and report.failed else report.outcome,
         "detail": _detail(report),
         "seconds": round(report.duration, 2),
