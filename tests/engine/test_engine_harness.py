@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pytest
 
+from gh200.engine import run_output
+
 pytestmark = pytest.mark.engine
 
 
 def test_base_image_runs_a_container(engine: object, base_image: str) -> None:
-    out = engine.containers.run(base_image, ["cat", "/etc/debian_version"], remove=True)  # type: ignore[attr-defined]
-    assert out.decode().strip().startswith("12.")
+    out = run_output(engine, base_image, ["cat", "/etc/debian_version"])  # type: ignore[arg-type]
+    assert out.strip().startswith("12.")
 
 
 def test_container_labels_round_trip(engine: object, base_image: str) -> None:

@@ -178,3 +178,38 @@ def _debootstrap_tarball() -> Path:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return out
+
+
+def run_output(
+    client: docker.DockerClient,
+    image: str,
+    command: list[str],
+    *,
+    entrypoint: str | list[str] | None = None,
+    timeout: float = 300.0,
+    **kwargs: object,
+) -> str:
+    """Run a short-lived container to completion and return its stdout+stderr.
+
+    Podman's compat API can answer `wait` before conmon has flushed the last lines to the log,
+    so `containers.run(remove=True)` sometimes returns truncated output. Read the log until two
+    reads agree, then remove the container.
+    """
+    box = client.containers.create(image, command, entrypoint=entrypoint, **kwargs)
+    try:
+        box.start()
+        result = box.wait(timeout=timeout)
+        previous = b""
+        for _ in range(20):
+            current = box.logs(stdout=True, stderr=True)
+            if current == previous and current:
+                break
+            previous = current
+            time.sleep(0.1)
+        code = int(result.get("StatusCode", -1))
+        text = previous.decode(errors="replace")
+        if code != 0:
+            raise OperationFailed(f"{image} {' '.join(command)} exited {code}: {text.strip()[-300:]}")
+        return text
+    finally:
+        box.remove(force=True)

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from gh200.engine import run_output
 from gh200.images.build import LABEL, build_image, list_images
 
 pytestmark = pytest.mark.engine
@@ -48,8 +49,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _cat(engine: Any, tag: str) -> str:
-    out = engine.containers.run(tag, ["cat", "/greeting"], remove=True)
-    return out.decode().strip() if isinstance(out, bytes) else str(out).strip()
+    return run_output(engine, tag, ["cat", "/greeting"]).strip()
 
 
 def test_build_then_unchanged_then_changed(engine: Any, tiny_bundle: Path) -> None:

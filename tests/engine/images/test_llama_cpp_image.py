@@ -6,14 +6,14 @@ from typing import Any
 
 import pytest
 
+from gh200.engine import run_output
 from gh200.images.build import LABEL, build_image, ensure_image
 
 pytestmark = pytest.mark.engine
 
 
 def _run(engine: Any, image: str, command: list[str], entrypoint: str | None = None) -> str:
-    out = engine.containers.run(image, command, entrypoint=entrypoint, remove=True, stdout=True, stderr=True)
-    return out.decode(errors="replace") if isinstance(out, bytes) else str(out)
+    return run_output(engine, image, command, entrypoint=entrypoint)
 
 
 @pytest.fixture(scope="module")

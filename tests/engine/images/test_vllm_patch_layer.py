@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from gh200.engine import run_output
 from gh200.images.build import LABEL, ImageBuildFailed, build_image
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
@@ -20,8 +21,7 @@ SITE = "/usr/local/lib/python3.11/dist-packages"
 
 
 def _sh(engine: Any, image: str, script: str) -> str:
-    out = engine.containers.run(image, ["-c", script], entrypoint="/bin/sh", remove=True)
-    return out.decode() if isinstance(out, bytes) else str(out)
+    return run_output(engine, image, ["-c", script], entrypoint="/bin/sh")
 
 
 def test_patch_layer_applies_and_byte_compiles_on_real_vllm_source(engine: Any, vllm_standin: str) -> None:
