@@ -40,8 +40,9 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="One JSON result on stdout, no progress."),
     ) -> None:
         """Run the shipped host suite (tests/host) and print a table of its checks."""
-        from gh200.verify.suite import VerifyFailed, failure_message, run_suite
+        from gh200.verify.suite import VerifyFailed, check_args, failure_message, run_suite
 
+        check_args(inventory=inventory, local=local, only=only, expect=expect or [])
         with progress(enabled=not json_out) as bar:
             task = bar.add_task("host checks", total=None)
 

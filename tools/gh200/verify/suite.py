@@ -81,6 +81,21 @@ def suite_dir() -> Path:
     return path
 
 
+def check_args(*, inventory: Path | None, local: bool, only: str, expect: list[Path]) -> None:
+    """Refuse bad input before anything runs."""
+    if inventory is None and not local:
+        raise VerifyInputError("nothing to verify", "pass --inventory INV, or --local for this machine")
+    if inventory is not None and local:
+        raise VerifyInputError("--inventory and --local exclude each other", "pick one")
+    if only not in SELECTIONS:
+        raise VerifyInputError(f"--only {only!r} is not a selection", f"use one of {', '.join(SELECTIONS)}")
+    if inventory is not None and not inventory.exists():
+        raise VerifyInputError(f"inventory {inventory} does not exist", "check the path")
+    for path in expect:
+        if not path.is_file():
+            raise VerifyInputError(f"expectation file {path} does not exist", "check the path")
+
+
 def build_command(
     *,
     inventory: Path | None,
@@ -91,22 +106,13 @@ def build_command(
     report: Path,
     extra: list[str] | None = None,
 ) -> list[str]:
-    if inventory is None and not local:
-        raise VerifyInputError("nothing to verify", "pass --inventory INV, or --local for this machine")
-    if inventory is not None and local:
-        raise VerifyInputError("--inventory and --local exclude each other", "pick one")
-    if only not in SELECTIONS:
-        raise VerifyInputError(f"--only {only!r} is not a selection", f"use one of {', '.join(SELECTIONS)}")
+    check_args(inventory=inventory, local=local, only=only, expect=expect)
     cmd = [sys.executable, "-m", "pytest", str(suite_dir()), "-q", "--no-header", "-rN", "-p", "no:randomly"]
     if inventory is not None:
-        if not inventory.exists():
-            raise VerifyInputError(f"inventory {inventory} does not exist", "check the path")
         cmd += [f"--hosts=ansible://{limit or 'all'}", f"--ansible-inventory={inventory.resolve()}"]
     else:
         cmd += ["--hosts=local://"]
     for path in expect:
-        if not path.is_file():
-            raise VerifyInputError(f"expectation file {path} does not exist", "check the path")
         cmd += ["--gh200-expect", str(path.resolve())]
     marker = SELECTIONS[only]
     if marker:
