@@ -98,18 +98,30 @@ def test_cdi_spec_lists_the_gpus(host: Any, expect: Any) -> None:
     assert "nvidia.com/gpu=all" in devices, devices
 
 
+# Fetch a URL on the host with its own python3 (curl may not be installed); prints the status.
+PROBE = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).status)"
+
+
 @pytest.mark.gpu
 def test_deployed_profiles_healthy(host: Any, expect: dict[str, Any]) -> None:
-    """Deployed profiles' containers running and healthy."""
+    """Deployed profiles' containers running and answering their health URL."""
     profiles = list(expect.get("gh200_verify_profiles") or [])
     if not profiles:
         pytest.skip("no deployed profile expected (gh200_verify_profiles is empty)")
     for profile in profiles:
-        out = host.check_output("docker ps --filter label=io.gh200.profile=%s --format '{{json .}}'", profile)
-        rows = [json.loads(line) for line in out.splitlines() if line.strip()]
-        assert rows, f"no running container labelled io.gh200.profile={profile}"
-        for row in rows:
-            assert "(healthy)" in row.get("Status", ""), f"{row.get('Names')}: {row.get('Status')}"
+        # gh200 deploy labels every container it starts; the health URL is one of the labels.
+        ids = host.check_output("docker ps -q --filter label=io.gh200.profile=%s", profile).split()
+        assert ids, f"no running container labelled io.gh200.profile={profile}"
+        for cid in ids:
+            labels = json.loads(
+                host.check_output("docker inspect --format '{{json .Config.Labels}}' %s", cid)
+            )
+            url = labels.get("io.gh200.health-url")
+            assert url, f"container {cid} of {profile} carries no io.gh200.health-url label"
+            probe = host.run("python3 -c %s %s", PROBE, url)
+            assert probe.rc == 0 and probe.stdout.strip() == "200", (
+                f"{profile} {url}: {probe.stderr.strip()[-200:]}"
+            )
 
 
 @pytest.mark.gh200
