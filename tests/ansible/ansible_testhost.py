@@ -119,6 +119,14 @@ class TestHost:
         return self.sh(f"cat {path}")
 
 
+def _remove_stale_testhosts(engine: Any) -> None:
+    """Test hosts left by an interrupted run (their pytest process is gone) are removed."""
+    for box in engine.containers.list(all=True, filters={"label": "io.gh200.test=ansible-testhost"}):
+        pid = box.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            box.remove(force=True)
+
+
 @pytest.fixture(scope="session")
 def testhost_image(engine: Any, base_image: str) -> str:
     import hashlib
@@ -150,6 +158,7 @@ def testhost(
     subprocess.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "gh200-tests", "-f", str(key)], check=True
     )
+    _remove_stale_testhosts(engine)
     port = _free_port()
     volumes: dict[str, dict[str, str]] = {}
     ca = _host_ca_bundle()

@@ -225,3 +225,20 @@ def test_a_hugepage_size_the_kernel_does_not_offer_is_refused(
     assert [t["task"] for t in failed] == ["Check the hugepage size"]
     offered = ", ".join(str(s) for s in testhost.hugepage_sizes)
     assert f"offers hugepages of {offered} kB, not 3 kB" in failed[0]["message"]
+
+
+def test_a_model_store_without_the_free_space_is_refused(converged: dict[str, Any], inventory: Path) -> None:
+    done = gh200(
+        "provision",
+        "--inventory",
+        str(inventory),
+        "--tags",
+        "bundle",
+        "-e",
+        "gh200_bundle_model_store_min_free_gb=1000000000",
+        "--json",
+    )
+    assert done.returncode == 1
+    failed = json.loads(done.stdout)["runs"][0]["failed_tasks"]
+    assert [t["task"] for t in failed] == ["Check the model store has room for the checkpoints"]
+    assert re.search(r"/srv/models has [0-9.]+ GB free, needs 1000000000 GB", failed[0]["message"])
