@@ -3,7 +3,9 @@
 # GPU, from a copy of this checkout, with as few Python packages as possible:
 #   - with the project's dependencies importable: `gh200 verify --local` (table + JSON);
 #   - else with only pytest, pytest-testinfra and PyYAML: the same suite through pytest.
-# Usage: scripts/device-verify.sh [--expect FILE] [--driver-branch N] [--python PY]
+# Usage: scripts/device-verify.sh [--expect FILE] [--driver-branch N] [--python PY] [--pylib DIR]
+# --pylib (default ./.device-pylib when present): a directory of Python packages made elsewhere,
+# e.g. `uv pip install --target .device-pylib --python-version 3.X pytest pytest-testinfra PyYAML`.
 # Writes verify.json, verify.log and env.txt to $OUT (or ./device-verify-out); exit 0 when no
 # check failed, 1 when one did, 2 when the environment lacks what the suite needs.
 set -euo pipefail
@@ -11,11 +13,14 @@ cd "$(dirname "$0")/.."
 expect=tests/host/expectations/h200-device.yml
 branch=""
 py=${PYTHON:-python3}
+pylib=""
+[ -d .device-pylib ] && pylib=$PWD/.device-pylib
 while [ $# -gt 0 ]; do
   case "$1" in
     --expect) expect=$2; shift 2 ;;
     --driver-branch) branch=$2; shift 2 ;;
     --python) py=$2; shift 2 ;;
+    --pylib) pylib=$(cd "$2" && pwd); shift 2 ;;
     *) echo "error: unknown argument $1 (fix: see the usage at the top of $0)" >&2; exit 2 ;;
   esac
 done
@@ -37,6 +42,7 @@ fi
 } > "$out/env.txt" 2>&1
 cat "$out/env.txt"
 
+if [ -n "$pylib" ]; then export PYTHONPATH="$pylib${PYTHONPATH:+:$PYTHONPATH}"; fi
 missing=$($py - <<'PY'
 import importlib.util
 need = ["pytest", "testinfra", "yaml"]
