@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Install the Debian packages the test suite and the demo need, or name them and stop.
 # podman+runc: the container engine where no Docker answers; debootstrap: the base image with no
-# registry; equivs: the local apt repository the Ansible tests build; numactl: probe binding.
+# registry; equivs: the local apt repository the Ansible tests build; numactl: probe binding;
+# openssh-client: Ansible and testinfra reach the test host over SSH.
 set -euo pipefail
-pkgs=(podman runc debootstrap equivs numactl uidmap slirp4netns fuse-overlayfs git make)
+pkgs=(podman runc debootstrap equivs numactl uidmap slirp4netns fuse-overlayfs openssh-client git make)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
