@@ -16,7 +16,8 @@ def _has_nvidia_gpu() -> bool:
     if not shutil.which("nvidia-smi"):
         return False
     try:
-        return subprocess.run(["nvidia-smi", "-L"], capture_output=True, timeout=30).returncode == 0
+        probe = subprocess.run(["nvidia-smi", "-L"], check=False, capture_output=True, timeout=30)
+        return probe.returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -26,7 +27,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     on_gh200 = os.environ.get("GH200_WORKSTATION") == "1"
     for item in items:
         if "gpu" in item.keywords and not gpu:
-            item.add_marker(pytest.mark.skip(reason="needs an NVIDIA GPU (nvidia-smi -L failed or is absent)"))
+            item.add_marker(pytest.mark.skip(reason="needs an NVIDIA GPU (nvidia-smi -L failed or absent)"))
         if "gh200" in item.keywords and not on_gh200:
             item.add_marker(
                 pytest.mark.skip(reason="needs the dual-GH200 workstation (set GH200_WORKSTATION=1 there)")
