@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import AsyncIterator
 
 import pytest
 from bench_fakes import FakeServer
@@ -174,3 +176,37 @@ def test_tokenize_unknown_server_is_bad_input() -> None:
 
     with pytest.raises(BadInput):
         asyncio.run(go())
+
+
+def _lines(chunks: list[bytes]) -> list[str]:
+    from gh200.bench.client import sse_lines
+
+    async def feed() -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            yield chunk
+
+    async def collect() -> list[str]:
+        return [line async for line in sse_lines(feed())]
+
+    return asyncio.run(collect())
+
+
+def test_sse_lines_keep_unicode_separators_inside_a_json_string() -> None:
+    # A random-weight model emitted NEL / U+2028 inside a token: str.splitlines() would cut the
+    # JSON there (this is what httpx's aiter_lines() does), an SSE parser must not.
+    # Serialised as llama-server does: control characters escaped, NEL and U+2028 left raw.
+    text = "a\u2028b\x85c\x1cd"
+    event = ("data: " + json.dumps({"choices": [{"text": text}]}, ensure_ascii=False)).encode()
+    assert "\u2028".encode() in event and "\x85".encode() in event
+    lines = _lines([event[:17], event[17:30], event[30:] + b"\n\n", b"data: [DONE]\r\n\r\n"])
+    payloads = [line for line in lines if line.startswith("data:")]
+    assert json.loads(payloads[0][5:])["choices"][0]["text"] == text
+    assert payloads[1] == "data: [DONE]"
+
+
+def test_sse_lines_join_a_line_split_across_reads_and_crlf() -> None:
+    assert [x for x in _lines([b"data: 1\r", b"\ndata: 2\n", b"data: 3"]) if x] == [
+        "data: 1",
+        "data: 2",
+        "data: 3",
+    ]

@@ -14,6 +14,7 @@ import itertools
 import json
 import math
 import time
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -28,6 +29,22 @@ COUNTER_SUFFIXES = {
     "accepted_tokens": "spec_decode_num_accepted_tokens_total",
     "drafts": "spec_decode_num_drafts_total",
 }
+
+
+async def sse_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
+    """Server-sent-event lines: split on LF (CR LF / CR), nothing else.
+
+    httpx's aiter_lines() follows str.splitlines(), which also breaks on U+2028, NEL and other
+    separators that a model's tokens may well contain inside a JSON string.
+    """
+    buffer = b""
+    async for chunk in chunks:
+        buffer += chunk
+        *complete, buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+        for raw in complete:
+            yield raw.decode("utf-8", errors="replace")
+    if buffer:
+        yield buffer.decode("utf-8", errors="replace")
 
 
 class RequestFailed(OperationFailed):
@@ -236,7 +253,7 @@ class BenchClient:
                 if answer.status_code != 200:
                     detail = _error_detail(await answer.aread())
                     raise RequestFailed("http", f"{path} answered {answer.status_code}: {detail}")
-                async for line in answer.aiter_lines():
+                async for line in sse_lines(answer.aiter_bytes()):
                     if not line.startswith("data:"):
                         continue
                     payload = line[5:].strip()
