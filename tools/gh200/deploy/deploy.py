@@ -29,10 +29,10 @@ from gh200.output import console
 from gh200.output import progress as progress_bar
 from gh200.paths import bundle_root
 from gh200.profiles import container_spec, load_any, load_profile, profile_hash
-from gh200.profiles.render import model_host_dir
+from gh200.profiles.render import LABEL_PREFIX, model_host_dir
 from gh200.profiles.schema import Profile, Stack
 
-L = "io.gh200"
+L = LABEL_PREFIX
 L_PROFILE = f"{L}.profile"
 L_HASH = f"{L}.profile-hash"
 L_STACK = f"{L}.stack"
