@@ -30,8 +30,9 @@ from gh200.images.recipe import Recipe, content_hash, load_recipe, recipe_names,
 from gh200.output import console
 from gh200.output import progress as progress_bar
 from gh200.paths import cache_dir, containers_dir
+from gh200.profiles.render import LABEL_PREFIX
 
-LABEL = "io.gh200"
+LABEL = LABEL_PREFIX
 # Podman: "[1/2] STEP 5/9: RUN ..."; Docker: "Step 5/9 : RUN ...".
 STEP = re.compile(r"(?i)^(?:\[(\d+)/(\d+)\]\s*)?step\s+(\d+)\s*/\s*(\d+)")
 PLATFORM = re.compile(r"^linux/(amd64|arm64)$")
