@@ -12,10 +12,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from gh200.errors import LockError
 from gh200.paths import profiles_dir
+from gh200.profiles.locks import load_lock_section
 
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
@@ -50,18 +49,9 @@ def images_lock_path() -> Path:
 def read_images_lock(path: Path | None = None) -> dict[str, LockedImage]:
     """All entries of images.lock; an absent file is an empty lock."""
     path = path or images_lock_path()
-    if not path.exists():
-        return {}
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise LockError(
-            f"{path} is not valid YAML: {err}", "re-run `gh200 lock` on a connected host"
-        ) from err
-    if isinstance(data, dict) and "images" in data:
-        data = data["images"] or {}
-    if not isinstance(data, dict):
-        raise LockError(f"{path} is not a mapping of lock keys", "re-run `gh200 lock` on a connected host")
+    # One parser of the file (gh200.profiles.locks); this reader is stricter about entries because
+    # a build must not run from a half-valid pin.
+    data = load_lock_section(path, "images")
     out: dict[str, LockedImage] = {}
     for key, entry in data.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("ref"), str):

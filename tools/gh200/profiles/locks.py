@@ -48,7 +48,8 @@ class Pin:
         return f"{self.ref}@{self.value}"
 
 
-def _load(path: Path, section: str) -> dict[str, dict[str, Any]]:
+def load_lock_section(path: Path, section: str) -> dict[str, dict[str, Any]]:
+    """The `images:` or `models:` mapping of a lock file; an absent file is an empty lock."""
     if not path.exists():
         return {}
     try:
@@ -75,7 +76,7 @@ def image_pin(profile: Profile, directory: Path | None = None) -> Pin:
     spec = profile.image
     if _is_local_image(spec.ref):
         return Pin("image", spec.lock_key, spec.ref, None, "local")
-    entry = _load(root / IMAGES_LOCK, "images").get(spec.lock_key) or {}
+    entry = load_lock_section(root / IMAGES_LOCK, "images").get(spec.lock_key) or {}
     digest = entry.get("digest")
     if isinstance(digest, str) and DIGEST_RE.fullmatch(digest) and entry.get("ref") == spec.ref:
         return Pin("image", spec.lock_key, spec.ref, digest, "locked")
@@ -84,7 +85,7 @@ def image_pin(profile: Profile, directory: Path | None = None) -> Pin:
 
 def model_pins(profile: Profile, directory: Path | None = None) -> list[Pin]:
     root = directory or profiles_dir()
-    entries = _load(root / MODELS_LOCK, "models")
+    entries = load_lock_section(root / MODELS_LOCK, "models")
     wanted = [(profile.model.lock_key, profile.model.repo, profile.model.revision)]
     if profile.model.graft:
         g = profile.model.graft
@@ -187,8 +188,8 @@ def write_locks(
     (models); anything else is reported as a failure for that pin, never written.
     """
     root = directory or profiles_dir()
-    images = _load(root / IMAGES_LOCK, "images")
-    models = _load(root / MODELS_LOCK, "models")
+    images = load_lock_section(root / IMAGES_LOCK, "images")
+    models = load_lock_section(root / MODELS_LOCK, "models")
     before = (yaml.safe_dump(images, sort_keys=True), yaml.safe_dump(models, sort_keys=True))
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     resolved: list[Pin] = []
