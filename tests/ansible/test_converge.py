@@ -187,21 +187,21 @@ def test_check_mode_on_a_provisioned_host_changes_nothing(converged: dict[str, A
     assert result["runs"][0]["hosts"]["testhost"]["changed"] == 0, result["runs"][0]["changed_tasks"]
 
 
+def _refused(inventory: Path, tag: str, extra_var: str) -> tuple[Any, list[dict[str, Any]]]:
+    """Provision one tag with a bad variable: the run must fail, and its failed tasks come back."""
+    done = gh200("provision", "--inventory", str(inventory), "--tags", tag, "-e", extra_var, "--json")
+    assert done.returncode == 1
+    return done, json.loads(done.stdout)["runs"][0]["failed_tasks"]
+
+
 def test_a_repository_key_with_the_wrong_fingerprint_is_refused(
     converged: dict[str, Any], inventory: Path
 ) -> None:
-    done = gh200(
-        "provision",
-        "--inventory",
-        str(inventory),
-        "--tags",
+    done, failed = _refused(
+        inventory,
         "container_runtime",
-        "-e",
         "gh200_container_runtime_docker_key_fingerprint=0123456789ABCDEF0123456789ABCDEF01234567",
-        "--json",
     )
-    assert done.returncode == 1
-    failed = json.loads(done.stdout)["runs"][0]["failed_tasks"]
     assert [t["task"] for t in failed] == ["Check the key of docker"]
     assert "0123456789ABCDEF0123456789ABCDEF01234567" in failed[0]["message"]
     assert "error: container_runtime" not in done.stderr and "failed on testhost" in done.stderr
@@ -210,35 +210,13 @@ def test_a_repository_key_with_the_wrong_fingerprint_is_refused(
 def test_a_hugepage_size_the_kernel_does_not_offer_is_refused(
     converged: dict[str, Any], inventory: Path, testhost: TestHost
 ) -> None:
-    done = gh200(
-        "provision",
-        "--inventory",
-        str(inventory),
-        "--tags",
-        "tuning",
-        "-e",
-        "gh200_tuning_hugepages_size_kb=3",
-        "--json",
-    )
-    assert done.returncode == 1
-    failed = json.loads(done.stdout)["runs"][0]["failed_tasks"]
+    _, failed = _refused(inventory, "tuning", "gh200_tuning_hugepages_size_kb=3")
     assert [t["task"] for t in failed] == ["Check the hugepage size"]
     offered = ", ".join(str(s) for s in testhost.hugepage_sizes)
     assert f"offers hugepages of {offered} kB, not 3 kB" in failed[0]["message"]
 
 
 def test_a_model_store_without_the_free_space_is_refused(converged: dict[str, Any], inventory: Path) -> None:
-    done = gh200(
-        "provision",
-        "--inventory",
-        str(inventory),
-        "--tags",
-        "bundle",
-        "-e",
-        "gh200_bundle_model_store_min_free_gb=1000000000",
-        "--json",
-    )
-    assert done.returncode == 1
-    failed = json.loads(done.stdout)["runs"][0]["failed_tasks"]
+    _, failed = _refused(inventory, "bundle", "gh200_bundle_model_store_min_free_gb=1000000000")
     assert [t["task"] for t in failed] == ["Check the model store has room for the checkpoints"]
     assert re.search(r"/srv/models has [0-9.]+ GB free, needs 1000000000 GB", failed[0]["message"])

@@ -287,25 +287,8 @@ def test_bad_input_through_the_cli_is_one_line_exit_2(tiny: dict[str, Path], tmp
 
 
 def test_cli_graft_json(tiny: dict[str, Path], tmp_path: Path) -> None:
-    res = run_cli(
-        "models",
-        "graft",
-        "--base",
-        str(tiny["base"]),
-        "--mtp-from",
-        str(tiny["fp8"]),
-        "--out",
-        str(tmp_path / "o"),
-        "--json",
-    )
-    assert res.returncode == 0, res.stderr
-    data = json.loads(res.stdout)
-    assert data["changed"] is True and data["status"] == "grafted"
-    assert data["suffix_counts"]["mlp.experts.*.gate_proj.weight"] == DIMS.n_routed_experts
-    assert data["suffix_counts"]["mlp.experts.*.gate_proj.weight_scale_inv"] == DIMS.n_routed_experts
-    assert data["base_bytes_copied"] == 0
-    again = json.loads(
-        run_cli(
+    def graft() -> Any:
+        return run_cli(
             "models",
             "graft",
             "--base",
@@ -315,8 +298,16 @@ def test_cli_graft_json(tiny: dict[str, Path], tmp_path: Path) -> None:
             "--out",
             str(tmp_path / "o"),
             "--json",
-        ).stdout
-    )
+        )
+
+    res = graft()
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert data["changed"] is True and data["status"] == "grafted"
+    assert data["suffix_counts"]["mlp.experts.*.gate_proj.weight"] == DIMS.n_routed_experts
+    assert data["suffix_counts"]["mlp.experts.*.gate_proj.weight_scale_inv"] == DIMS.n_routed_experts
+    assert data["base_bytes_copied"] == 0
+    again = json.loads(graft().stdout)
     assert again["changed"] is False and again["status"] == "unchanged"
 
 
