@@ -13,6 +13,9 @@ Markers: `config` (what the roles configure), `gpu` (needs the host's NVIDIA GPU
 `gh200` (GH200-only hardware facts). Each is skipped, with the reason, when the expectations
 say it does not apply to the host; never silently.
 
+With --gh200-recorded DIR the checks read a recorded host (gh200_facts.RecordedHost) instead:
+the same check code, fed by a directory, so the GH200-only checks run in CI.
+
 Needs only pytest, pytest-testinfra and PyYAML (jinja2 when present, for templated defaults).
 """
 
@@ -24,9 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-
-ROLES_DIR = Path(__file__).resolve().parents[2] / "ansible" / "roles"
+from gh200_expectations import ROLES_DIR, ExpectationError, read_expect_file, role_defaults
+from gh200_facts import RecordedHost
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -38,23 +40,35 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="YAML file of expectations (gh200_* variables), applied over the inventory; repeatable",
     )
     group.addoption("--gh200-report", default=None, help="write one JSON line per check to this file")
+    group.addoption(
+        "--gh200-recorded",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="check a host recorded with `python3 gh200_facts.py record DIR` instead of the --hosts "
+        "ones (hardware checks; the project's CI runs them this way); repeatable",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "config: configuration the gh200 roles provision")
     config.addinivalue_line("markers", "gpu: needs the host's NVIDIA GPUs")
     config.addinivalue_line("markers", "gh200: GH200-only hardware facts (64K pages, Grace NUMA nodes)")
+    for recorded in config.getoption("--gh200-recorded"):
+        if not (Path(recorded) / "host.json").is_file():
+            raise pytest.UsageError(f"--gh200-recorded {recorded}: no host.json there (record it with gh200_facts.py)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    recorded = metafunc.config.getoption("--gh200-recorded")
+    if recorded and "_gh200_recorded" in metafunc.fixturenames:
+        hosts = [RecordedHost(Path(d)) for d in recorded]
+        ids = [h.backend.get_pytest_id() for h in hosts]
+        metafunc.parametrize("_gh200_recorded", hosts, ids=ids, scope="module", indirect=True)
 
 
 # ----------------------------------------------------------------------------------------------
 # Expectations
-
-
-def role_defaults(roles_dir: Path = ROLES_DIR) -> dict[str, Any]:
-    merged: dict[str, Any] = {}
-    for path in sorted(roles_dir.glob("*/defaults/main.yml")):
-        merged.update(yaml.safe_load(path.read_text()) or {})
-    return merged
 
 
 def render(values: dict[str, Any], facts: dict[str, Any]) -> dict[str, Any]:
@@ -107,11 +121,12 @@ def load_expectations(host: Any, expect_files: list[str]) -> Expect:
         inventory = {k: v for k, v in host.ansible.get_variables().items() if k.startswith("gh200_")}
         merged.update(inventory)
         sources.append(f"inventory ({len(inventory)} gh200_ variables)")
+    known = set(merged)
     for name in expect_files:
-        data = yaml.safe_load(Path(name).read_text()) or {}
-        if not isinstance(data, dict):
-            raise pytest.UsageError(f"{name}: an expectation file must be a mapping of gh200_* variables")
-        merged.update(data)
+        try:
+            merged.update(read_expect_file(Path(name), known))
+        except ExpectationError as err:
+            raise pytest.UsageError(str(err)) from None
         sources.append(name)
     facts = {
         "ansible_architecture": host.system_info.arch,
@@ -124,6 +139,17 @@ def load_expectations(host: Any, expect_files: list[str]) -> Expect:
 
 
 _CACHE: dict[str, Expect] = {}
+
+
+@pytest.fixture(scope="module")
+def _gh200_recorded(request: pytest.FixtureRequest) -> RecordedHost | None:
+    return getattr(request, "param", None)
+
+
+@pytest.fixture(scope="module")
+def host(_testinfra_host: Any, _gh200_recorded: RecordedHost | None) -> Any:
+    """testinfra's host (--hosts), or a recorded one (--gh200-recorded): the checks cannot tell."""
+    return _gh200_recorded if _gh200_recorded is not None else _testinfra_host
 
 
 @pytest.fixture
@@ -163,6 +189,8 @@ def _title(item: pytest.Item) -> str:
 
 def _host_id(item: pytest.Item) -> str:
     callspec = getattr(item, "callspec", None)
+    if callspec is not None and "_gh200_recorded" in callspec.params:
+        return str(callspec.params["_gh200_recorded"].backend.get_pytest_id())
     if callspec is not None and "_testinfra_host" in callspec.params:
         host = callspec.params["_testinfra_host"]
         return str(host.backend.get_pytest_id())

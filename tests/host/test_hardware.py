@@ -6,15 +6,15 @@ import json
 import re
 from typing import Any
 
+import gh200_facts as facts
 import pytest
 
 
 def _gpus(host: Any) -> list[dict[str, str]]:
-    fields = "index,name,memory.total,persistence_mode,driver_version,pci.bus_id"
-    out = host.run("nvidia-smi --query-gpu=%s --format=csv,noheader,nounits", fields)
+    out = host.run(facts.GPU_CSV)
     assert out.rc == 0, f"nvidia-smi failed ({out.rc}): {out.stderr.strip() or out.stdout.strip()}"
     return [
-        dict(zip(fields.split(","), (c.strip() for c in line.split(",")), strict=True))
+        dict(zip(facts.GPU_FIELDS.split(","), (c.strip() for c in line.split(",")), strict=True))
         for line in out.stdout.strip().splitlines()
     ]
 
@@ -127,19 +127,34 @@ def test_deployed_profiles_healthy(host: Any, expect: dict[str, Any]) -> None:
 @pytest.mark.gh200
 def test_64k_page_kernel(host: Any) -> None:
     """Kernel runs with 64K pages."""
-    assert host.check_output("getconf PAGESIZE").strip() == "65536", host.check_output("uname -r")
+    size = facts.page_size(host)
+    assert size == 65536, f"page size is {size}, not 65536: {facts.kernel(host)} is not the -64k kernel"
 
 
 @pytest.mark.gh200
 @pytest.mark.gpu
 def test_each_gpu_on_its_own_grace_node(host: Any) -> None:
     """Each GPU attached to its own Grace NUMA node."""
-    nodes = {}
-    for gpu in _gpus(host):
-        domain, rest = gpu["pci.bus_id"].lower().split(":", 1)
-        sysfs = f"/sys/bus/pci/devices/{domain[-4:]}:{rest}/numa_node"
-        nodes[gpu["index"]] = int(host.file(sysfs).content_string.strip())
-    assert len(set(nodes.values())) == len(nodes), f"GPUs share a NUMA node: {nodes}"
-    for index, node in nodes.items():
-        cpus = host.file(f"/sys/devices/system/node/node{node}/cpulist").content_string.strip()
-        assert cpus, f"GPU {index} is on node {node}, which has no CPUs (not a Grace node)"
+    gpus = facts.query(host)  # nvidia-smi -q: the GPUs, in index order, with their PCI addresses
+    rows = facts.topology(host)  # nvidia-smi topo -m: each GPU's CPU and memory NUMA nodes
+    nodes = facts.numa_nodes(host)  # /sys/devices/system/node: which nodes have CPUs, memory
+    assert len(rows) == len(gpus), f"nvidia-smi topo -m shows {len(rows)} GPUs, nvidia-smi -q {len(gpus)}"
+    grace = {n.id for n in nodes.values() if n.cpus}
+    owner: dict[int, str] = {}
+    for gpu, row in zip(gpus, rows, strict=True):
+        # Older drivers print no NUMA Affinity column (or N/A): the kernel's node for the device.
+        where = row.numa_affinity or facts.pci_numa_node(host, gpu)
+        label = f"{row.name} ({gpu.bus_id})"
+        assert len(where) == 1, f"{label} has NUMA affinity {sorted(where) or 'N/A'}, not one node"
+        (node,) = where
+        assert node in grace, f"{label} is attached to node {node}, which has no CPUs (not a Grace node)"
+        assert node not in owner, f"{label} and {owner[node]} share NUMA node {node}"
+        owner[node] = row.name
+        assert row.cpu_affinity <= nodes[node].cpus, (
+            f"{label}: CPU affinity {sorted(row.cpu_affinity)[:3]}... lies outside node {node}'s CPUs"
+        )
+        # On GH200 the GPU's HBM is a NUMA node of its own: CPU-less, with memory. Drivers that
+        # keep GPU memory out of the kernel (CDMM, non-NUMA mode) report N/A: nothing to check.
+        for hbm in sorted(row.gpu_numa_id):
+            assert hbm in nodes and hbm not in grace, f"{label}: its memory node {hbm} is not a CPU-less node"
+            assert nodes[hbm].memory_kib > 0, f"{label}: its memory node {hbm} has no memory online"
