@@ -56,7 +56,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "gh200: GH200-only hardware facts (64K pages, Grace NUMA nodes)")
     for recorded in config.getoption("--gh200-recorded"):
         if not (Path(recorded) / "host.json").is_file():
-            raise pytest.UsageError(f"--gh200-recorded {recorded}: no host.json there (record it with gh200_facts.py)")
+            raise pytest.UsageError(
+                f"--gh200-recorded {recorded}: no host.json there (record it with gh200_facts.py)"
+            )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -66,7 +66,9 @@ def read_expect_file(path: Path, known: set[str]) -> dict[str, Any]:
         name = str(key)
         if name.startswith("gh200_") and (name in known or not name.startswith(VERIFY_PREFIX)):
             continue
-        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75) or [
+            k for k in (VERIFY_PREFIX + name, "gh200_" + name) if k in known
+        ]
         hint = f"did you mean {close[0]}?" if close else "see ansible/roles/*/defaults/main.yml for the names"
         raise ExpectationError(f"expectation file {path} sets unknown variable {name!r}", hint)
     return {str(k): v for k, v in data.items()}

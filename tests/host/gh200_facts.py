@@ -58,8 +58,7 @@ class HostLike(Protocol):
 def parse_cpulist(text: str) -> frozenset[int]:
     """A kernel cpulist/nodelist ("0-71,144", "" for none); FactError on anything else."""
     out: set[int] = set()
-    for part in text.strip().split(","):
-        part = part.strip()
+    for part in (p.strip() for p in text.strip().split(",")):
         if not part:
             continue
         match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)

@@ -7,18 +7,21 @@ from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
 
+import pytest
 import yaml
 
 from gh200.paths import bundle_root
 
 
 def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "gh200_host_conftest", bundle_root() / "tests/host/conftest.py"
-    )
+    suite = bundle_root() / "tests/host"
+    spec = importlib.util.spec_from_file_location("gh200_host_conftest", suite / "conftest.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    # The suite imports its helpers (gh200_expectations, gh200_facts) from its own directory.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(suite))
+        spec.loader.exec_module(module)
     return module
 
 
@@ -78,3 +81,34 @@ def test_unrenderable_values_are_left_alone() -> None:
     conf = _load()
     out = conf.render({"a": "{{ nope }}", "b": "{{ a }}-x", "c": ["{{ d }}"], "d": "v"}, {})
     assert out["a"] == "{{ nope }}" and out["c"] == ["v"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("gh200_verify_gpu_count: [2\n", "is not valid YAML at line 2"),
+        ("- gh200_verify_gpu_count\n", "holds a list, not a mapping"),
+        (
+            "gh200_verify_gpu_cout: 2\n",
+            "unknown variable 'gh200_verify_gpu_cout' (fix: did you mean gh200_verify_gpu_count?)",
+        ),
+        ("gpu_count: 2\n", "unknown variable 'gpu_count' (fix: did you mean gh200_verify_gpu_count?)"),
+    ],
+)
+def test_the_suite_refuses_an_unusable_expectation_file(tmp_path: Path, content: str, message: str) -> None:
+    """The suite run by pytest alone (scripts/device-verify.sh) refuses it as `gh200 verify` does."""
+    conf = _load()
+    file = tmp_path / "e.yml"
+    file.write_text(content)
+    with pytest.raises(pytest.UsageError) as err:
+        conf.load_expectations(_host("local"), [str(file)])
+    assert str(file) in str(err.value) and message in str(err.value)
+
+
+def test_run_time_gh200_variables_from_the_verify_role_are_accepted(tmp_path: Path) -> None:
+    """The verify role writes every gh200_* host variable, registered results included."""
+    conf = _load()
+    file = tmp_path / "e.yml"
+    file.write_text(yaml.safe_dump({"gh200_run_output": {"ok": True}, "gh200_verify_gpu_count": 1}))
+    exp = conf.load_expectations(_host("local"), [str(file)])
+    assert exp["gh200_verify_gpu_count"] == 1 and exp["gh200_run_output"] == {"ok": True}

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gh200.verify import suite
 from gh200.verify.suite import SuiteResult, VerifyInputError, _read_report, build_command, failure_message
 
 
@@ -98,3 +99,68 @@ def test_local_run_reports_a_real_failure_with_exit_1(tmp_path: Path) -> None:
     kernel = checks["Kernel packages installed (and held)"]
     assert kernel["outcome"] == "failed" and "gh200-test-no-such-package is not installed" in kernel["detail"]
     assert done.stderr.startswith("error: ") and "check(s) failed" in done.stderr
+
+
+BAD_EXPECT = {
+    # name: (content, or None for no file; what the one line must say)
+    "malformed": ("gh200_verify_gpu_count: 2\nfoo: [1,\n", "is not valid YAML at line 3, column 1"),
+    "missing": (None, "does not exist (fix: check the path)"),
+    "not-a-mapping": (
+        "- gh200_verify_gpu_count: 2\n",
+        "holds a list, not a mapping (fix: write `name: value`",
+    ),
+    "scalar": ("just words\n", "holds a str, not a mapping"),
+    "unknown-key": (
+        "gh200_verify_gpu_cout: 2\n",
+        "unknown variable 'gh200_verify_gpu_cout' (fix: did you mean",
+    ),
+    "not-a-gh200-variable": ("verify_gpu_count: 2\n", "unknown variable 'verify_gpu_count'"),
+}
+
+
+def _unreachable_inventory(tmp_path: Path) -> Path:
+    # TEST-NET-1 (RFC 5737): contacting it would hang until a time-out, never answer.
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(yaml.safe_dump({"all": {"hosts": {"gh200": {"ansible_host": "192.0.2.1"}}}}))
+    return inventory
+
+
+@pytest.mark.parametrize("case", sorted(BAD_EXPECT))
+def test_bad_expectation_file_exits_2_with_one_line_naming_it(case: str, tmp_path: Path) -> None:
+    content, message = BAD_EXPECT[case]
+    path = tmp_path / f"{case}.yaml"
+    if content is not None:
+        path.write_text(content)
+    done = _gh200("verify", "--inventory", str(_unreachable_inventory(tmp_path)), "--expect", str(path))
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: expectation file "), done.stderr
+    assert str(path) in lines[0] and message in lines[0] and "(fix: " in lines[0], lines[0]
+    assert done.stdout == ""  # no table, no progress: nothing ran
+
+
+def test_bad_expectation_file_is_refused_before_any_host_is_contacted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from gh200.cli import app
+
+    def tripwire(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the suite was started")
+
+    monkeypatch.setattr(suite, "run_suite", tripwire)
+    monkeypatch.setattr(suite.subprocess, "Popen", tripwire)
+    good = tmp_path / "good.yml"
+    good.write_text("gh200_verify_gpu_count: 2\n")
+    bad = tmp_path / "bad.yml"
+    bad.write_text("gh200_verify_gpu_count: [2\n")
+    inventory = _unreachable_inventory(tmp_path)
+    result = CliRunner().invoke(
+        app, ["verify", "--inventory", str(inventory), "--expect", str(good), "--expect", str(bad)]
+    )
+    assert isinstance(result.exception, VerifyInputError), result.exception
+    assert result.exception.exit_code == 2 and str(bad) in result.exception.one_line()
+    # A good file passes the same gate and reaches the suite (the tripwire).
+    result = CliRunner().invoke(app, ["verify", "--inventory", str(inventory), "--expect", str(good)])
+    assert isinstance(result.exception, AssertionError) and "suite was started" in str(result.exception)

@@ -7,6 +7,7 @@ progress display and reads back for the table and the JSON result.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from gh200.errors import BadInput, OperationFailed
@@ -91,9 +93,34 @@ def check_args(*, inventory: Path | None, local: bool, only: str, expect: list[P
         raise VerifyInputError(f"--only {only!r} is not a selection", f"use one of {', '.join(SELECTIONS)}")
     if inventory is not None and not inventory.exists():
         raise VerifyInputError(f"inventory {inventory} does not exist", "check the path")
-    for path in expect:
-        if not path.is_file():
-            raise VerifyInputError(f"expectation file {path} does not exist", "check the path")
+    if expect:
+        check_expect_files(expect)
+
+
+def _expectations() -> ModuleType:
+    """The suite's own reader of expectation files (tests/host/gh200_expectations.py).
+
+    Loaded by path: the suite runs on hosts without this package, so the reader lives with it,
+    and `gh200 verify` uses the same one to refuse a bad file before any host is contacted.
+    """
+    path = suite_dir() / "gh200_expectations.py"
+    spec = importlib.util.spec_from_file_location("gh200_host_expectations", path)
+    if spec is None or spec.loader is None:
+        raise VerifyFailed(f"cannot load {path}", "reinstall the bundle (gh200 provision)")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def check_expect_files(paths: list[Path]) -> None:
+    """Each --expect file exists, is YAML, is a mapping and names only variables the suite knows."""
+    reader = _expectations()
+    known = set(reader.role_defaults())
+    for path in paths:
+        try:
+            reader.read_expect_file(path, known)
+        except reader.ExpectationError as err:
+            raise VerifyInputError(err.message, err.fix) from None
 
 
 def build_command(
