@@ -52,6 +52,8 @@ DTYPE_BITS: dict[str, int] = {
 MAX_HEADER_BYTES = 100_000_000
 _HEADER_ALIGN = 8
 _COPY_CHUNK = 64 * 1024 * 1024
+# The user-space fallback's buffer (module level so that a test can make it small and force many rounds).
+_FALLBACK_BUFFER = 8 * 1024 * 1024
 
 
 Chunk = bytes | memoryview
@@ -160,10 +162,11 @@ def parse_header(
                 "re-download the file",
             )
         cursor = entry.end
+    # Like the reference library, trailing bytes after the last tensor are as wrong as missing ones.
     if file_size is not None and cursor != file_size:
         raise CorruptSafetensors(
             f"{where}: data buffer is {file_size} bytes but the header describes {cursor}"
-            + (" (truncated)" if file_size < cursor else ""),
+            + (" (truncated)" if file_size < cursor else " (trailing bytes)"),
             "re-download the file",
         )
     return tensors, {str(k): str(v) for k, v in metadata_obj.items()}
@@ -252,7 +255,7 @@ def _copy_range(src_fd: int, dst_fd: int, offset: int, count: int, on_bytes: Cal
 def _copy_range_userspace(
     src_fd: int, dst_fd: int, offset: int, count: int, on_bytes: Callable[[int], None]
 ) -> None:
-    buffer = bytearray(8 * 1024 * 1024)
+    buffer = bytearray(min(_FALLBACK_BUFFER, max(count, 1)))
     view = memoryview(buffer)
     pos = offset
     remaining = count
