@@ -214,6 +214,8 @@ def graft_cmd(
     )
     if counts:
         console.print(f"per-suffix counts: {counts}", highlight=False, soft_wrap=True)
+    for what in data["repaired"]:
+        console.print(f"[yellow]repaired[/] {what}", highlight=False, soft_wrap=True)
 
 
 @models_app.command("verify")
