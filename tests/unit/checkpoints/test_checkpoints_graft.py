@@ -178,6 +178,12 @@ def _old_record(path: Path) -> None:
     path.write_text(json.dumps(record))
 
 
+def _forget_mtp_shard(path: Path) -> None:
+    record = json.loads(path.read_text())
+    del record["outputs"][f"model-mtp-layer{L}.safetensors"]
+    path.write_text(json.dumps(record))
+
+
 DAMAGE: list[tuple[str, str, Callable[[Path], None], str]] = [
     ("truncated MTP shard", f"model-mtp-layer{L}.safetensors", _truncate, "bytes, recorded"),
     ("deleted MTP shard", f"model-mtp-layer{L}.safetensors", Path.unlink, "missing"),
@@ -187,6 +193,7 @@ DAMAGE: list[tuple[str, str, Callable[[Path], None], str]] = [
     ("deleted tokenizer", "tokenizer.json", Path.unlink, "missing"),
     ("replaced base shard", "model-00002-of-00004.safetensors", _replace_base_shard, "header differs"),
     ("record of the old format", RECORD_NAME, _old_record, "format 1"),
+    ("record without an output", RECORD_NAME, _forget_mtp_shard, "not in"),
 ]
 
 
@@ -203,7 +210,7 @@ def test_a_damaged_out_is_repaired_and_the_result_names_it(
     spoil(out / rel)
     result = graft(base, tiny["delta"], out)  # no --force: same inputs, so this is a repair
     assert result.changed and result.status == "repaired"
-    named = [r for r in result.repaired if r.startswith(f"{RECORD_NAME if rel == RECORD_NAME else rel}")]
+    named = [r for r in result.repaired if r.startswith(rel) or rel == RECORD_NAME]
     assert named and why in named[0], result.repaired
     assert result.as_dict()["repaired"] == result.repaired
     assert tree(out) == clean
