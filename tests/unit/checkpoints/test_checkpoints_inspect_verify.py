@@ -245,8 +245,13 @@ def test_verify_reads_the_record_for_missing_and_resized_outputs(
     graft(tiny["base"], tiny["delta"], out)
     (out / "tokenizer.json").unlink()
     (out / "generation_config.json").write_text("{}")
+    shard = out / "model-00004-of-00004.safetensors"
+    data = shard.read_bytes()
+    shard.unlink()  # OUT's link, not the base's file
+    shard.write_bytes(data + b"\0" * 8)
     problems = verify_dir(out).problems
     assert "tokenizer.json: listed in the graft record but missing" in problems
+    assert f"{shard.name}: size {len(data) + 8}, graft record says {len(data)}" in problems
     assert any(p.startswith("generation_config.json: size 2, graft record says") for p in problems)
     record = json.loads((out / RECORD_NAME).read_text())
     record["format"] = 1

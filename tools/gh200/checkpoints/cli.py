@@ -136,6 +136,8 @@ def fetch_cmd(
         f"[green]{result['status']}[/] {result.get('path') or result.get('model_dir')}",
         highlight=False,
     )
+    for what in result.get("repaired", []):
+        console.print(f"[yellow]repaired[/] {what}", highlight=False, soft_wrap=True)
 
 
 @models_app.command("inspect")
