@@ -422,21 +422,21 @@ def test_a_damaged_fetch_is_repaired_not_unchanged(
     assert fetch(ref(), None, dest).status == "unchanged"
 
 
-@pytest.mark.parametrize("rel", [SHARD2, "config.json"])
-def test_a_manifest_whose_digest_is_not_the_hubs_is_not_unchanged(
-    endpoint: HubServer, tiny: dict[str, Path], tmp_path: Path, rel: str
+@pytest.mark.parametrize(("rel", "key"), [(SHARD2, "sha256"), ("config.json", "git_oid"), (SHARD2, "size")])
+def test_a_manifest_that_disagrees_with_the_hub_is_not_unchanged(
+    endpoint: HubServer, tiny: dict[str, Path], tmp_path: Path, rel: str, key: str
 ) -> None:
-    """ "Unchanged" needs the recorded digest (sha256, or git blob id for small files) to be the hub's."""
+    """Unchanged needs the recorded size and digest (sha256; git blob id for small files) to be the hub's."""
     endpoint.add_dir(BASE_REPO, C1, tiny["base"])
     dest = tmp_path / "base"
     fetch(ref(), None, dest)
     manifest = json.loads((dest / MANIFEST_NAME).read_text())
-    key = "sha256" if rel.endswith(".safetensors") else "git_oid"
-    manifest["files"][rel][key] = "0" * len(manifest["files"][rel][key])
+    right = manifest["files"][rel][key]
+    manifest["files"][rel][key] = right + 1 if key == "size" else "0" * len(right)
     (dest / MANIFEST_NAME).write_text(json.dumps(manifest))
     result = fetch(ref(), None, dest)
     assert result.changed and result.status == "fetched"
-    assert json.loads((dest / MANIFEST_NAME).read_text())["files"][rel][key] != "0" * 40
+    assert json.loads((dest / MANIFEST_NAME).read_text())["files"][rel][key] == right
     assert verify_dir(dest).ok
 
 
