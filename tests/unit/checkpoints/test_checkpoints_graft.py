@@ -651,3 +651,27 @@ def test_bench_graft_runs_at_tiny_scale(tmp_path: Path) -> None:
     assert report["mtp_tensors"] == 57
     assert report["peak_rss_bytes"] > 0 and report["cp_fsync_mtp_s"] > 0 and report["graft_s"] > 0
     assert set(report["targets"]) == {"ratio<=1.2", "base_bytes_copied==0", "peak_rss<=256MiB"}
+
+
+def test_more_bad_input_is_refused_before_writing(tiny: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    not_object = tmp_path / "list.json"
+    not_object.write_text("[1, 2]\n")
+    with pytest.raises(BadInput, match="not a JSON object"):
+        graft(tiny["base"], tiny["delta_noconfig"], out, mtp_config=not_object)
+    with pytest.raises(BadInput, match="--base and --mtp-from are both"):
+        graft(tiny["fp8"], tiny["fp8"], out)
+    with pytest.raises(GraftCheckFailed, match="every tensor of the base is in layer 3 or later"):
+        graft(copy_tree(tiny["delta"], tmp_path / "delta"), tiny["delta"], out)
+    assert not out.exists() and no_partials(tmp_path, "out")
+    a_file = tmp_path / "file"
+    a_file.write_text("mine")
+    with pytest.raises(BadInput, match="is a file"):
+        graft(tiny["base"], tiny["delta"], a_file, force=True)
+    assert a_file.read_text() == "mine" and no_partials(tmp_path, "file")
+    res = run_cli(
+        "models", "graft", "--base", str(tiny["base"]), "--mtp-from", str(tiny["delta_noconfig"]),
+        "--out", str(out), "--mtp-config", str(not_object),
+    )  # fmt: skip
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 2 and len(lines) == 1 and "not a JSON object" in lines[0], res.stderr

@@ -127,9 +127,13 @@ def bench(root: Path, runs: int, dims: Dims = BENCH_DIMS) -> dict[str, Any]:
     copied: list[int] = []
     for i in range(runs + 1):
         out = root / f"out{i}"
+        # Each timed step starts with no dirty pages: neither pays for the other's (or the build's)
+        # writeback, which on a slow disk would decide the ratio.
+        os.sync()
         result = _run_graft(base, source, out)
         copied.append(base_bytes_copied(base, out))
         mtp_file = out / result["mtp_shard"]
+        os.sync()
         cp_time = _run_cp_fsync(mtp_file, root / f"cp{i}")
         if i > 0:  # the first round warms the page cache for both sides
             grafts.append(result)
@@ -137,6 +141,7 @@ def bench(root: Path, runs: int, dims: Dims = BENCH_DIMS) -> dict[str, Any]:
         (root / f"cp{i}").unlink()
         shutil.rmtree(out)
     mtp_bytes = grafts[0]["mtp_bytes"]
+    each = {"graft_s": [round(r["graft_s"], 3) for r in grafts], "cp_fsync_s": [round(c, 3) for c in cps]}
     graft_s = statistics.median(r["graft_s"] for r in grafts)
     process_s = statistics.median(r["process_s"] for r in grafts)
     cp_s = statistics.median(cps)
@@ -155,6 +160,7 @@ def bench(root: Path, runs: int, dims: Dims = BENCH_DIMS) -> dict[str, Any]:
         "cp_fsync_mtp_s": round(cp_s, 3),
         "ratio": round(graft_s / cp_s, 3),
         "ratio_process": round(process_s / cp_s, 3),
+        "each_run": each,
         "base_bytes_copied": max(copied),
         "peak_rss_bytes": rss,
         "targets": {

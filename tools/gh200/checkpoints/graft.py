@@ -174,11 +174,16 @@ def plan_graft(
     if mtp_config is not None:
         try:
             source_cfg_bytes = mtp_config.read_bytes()
-            source_cfg = ModelConfig.from_dict(json.loads(source_cfg_bytes))
-        except (OSError, json.JSONDecodeError) as exc:
+            loaded = json.loads(source_cfg_bytes)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise BadInput(
                 f"--mtp-config {mtp_config}: not a readable JSON config ({exc})", "check the path"
             ) from exc
+        if not isinstance(loaded, dict):
+            raise BadInput(
+                f"--mtp-config {mtp_config}: not a JSON object", "pass the FP8 artifact's config.json"
+            )
+        source_cfg = ModelConfig.from_dict(loaded)
     else:
         assert source.config is not None and source.config_bytes is not None
         source_cfg, source_cfg_bytes = source.config, source.config_bytes
@@ -264,6 +269,11 @@ def plan_graft(
     for name in dropped:
         stale[base_map[name]] = stale.get(base_map[name], 0) + 1
         del base_map[name]
+    if base.index is not None and not base_map:
+        raise GraftCheckFailed(
+            f"{base_dir}: every tensor of the base is in layer {first} or later",
+            "point --base at the AWQ model",
+        )
     for shard, n in sorted(stale.items()):
         warnings.append(
             f"base shard {shard} still holds {n} layer-{first}+ tensors that the merged index no longer lists"
@@ -506,6 +516,10 @@ def graft(
     """Graft the MTP layers of `mtp_dir` onto `base_dir` into `out` (see the module doc)."""
     start = time.monotonic()
     out = out.absolute()
+    if base_dir.absolute() == mtp_dir.absolute():
+        raise BadInput(f"--base and --mtp-from are both {base_dir}", "take the MTP layer from the FP8 model")
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"--out {out} is a file", "choose a directory path for OUT")
     for given, what in ((base_dir, "--base"), (mtp_dir, "--mtp-from")):
         if out == given.absolute() or given.absolute() in out.parents:
             raise BadInput(
