@@ -19,6 +19,7 @@ import safetensors
 from ckpt_testlib import copy_tree, run_cli
 
 from gh200.checkpoints import graft as graft_mod
+from gh200.checkpoints import safetensors_io as st_io
 from gh200.checkpoints.checks import GraftCheckFailed
 from gh200.checkpoints.graft import RECORD_NAME, GraftOutputExists, graft
 from gh200.checkpoints.safetensors_io import read_header
@@ -675,3 +676,38 @@ def test_more_bad_input_is_refused_before_writing(tiny: dict[str, Path], tmp_pat
     )  # fmt: skip
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert res.returncode == 2 and len(lines) == 1 and "not a JSON object" in lines[0], res.stderr
+
+
+def test_with_copy_file_range_refused_the_graft_is_the_same(
+    tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The user-space copy (as across filesystems) gives the same OUT, and verify finds it intact."""
+    graft(tiny["base"], tiny["fp8"], tmp_path / "kernel")
+
+    def refused(*_: Any) -> int:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(st_io.os, "copy_file_range", refused)
+    monkeypatch.setattr(st_io, "_FALLBACK_BUFFER", 1021)  # many rounds, ending mid-tensor
+    graft(tiny["base"], tiny["fp8"], tmp_path / "fallback")
+    monkeypatch.undo()
+    assert tree(tmp_path / "fallback") == tree(tmp_path / "kernel")
+    assert verify_dir(tmp_path / "fallback").ok
+
+
+def test_the_recorded_sha256_is_of_what_the_shard_must_hold(
+    tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A faulty copy is not recorded as the truth: verify catches it against the record."""
+    real = st_io._copy_range
+
+    def off_by_one(src: int, dst: int, offset: int, count: int, on_bytes: Callable[[int], None]) -> None:
+        real(src, dst, offset - 1, count, on_bytes)
+
+    monkeypatch.setattr(st_io, "_copy_range", off_by_one)
+    out = tmp_path / "out"
+    graft(tiny["base"], tiny["fp8"], out)
+    monkeypatch.undo()
+    problems = verify_dir(out).problems
+    assert [p.split(":")[0] for p in problems] == [f"model-mtp-layer{L}.safetensors"], problems
+    assert "graft record says" in problems[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import re
@@ -232,7 +233,9 @@ def test_fallback_copy_writes_the_bytes_the_reference_library_reads(
     moved: list[int] = []
     out = tmp_path / "fallback.safetensors"
     size = write_spliced(out, picks, {"format": "pt"}, moved.append)
+    intended = st_io.spliced_sha256(picks, {"format": "pt"})
     monkeypatch.undo()
+    assert intended == hashlib.sha256(kernel.read_bytes()).hexdigest()
     assert fallback_rounds, "the fallback never ran"
     assert sum(moved) == sum(p.nbytes for p in picks)
     assert size == out.stat().st_size

@@ -37,7 +37,13 @@ from gh200.checkpoints.checks import (
 )
 from gh200.checkpoints.layout import ModelConfig, layer_of
 from gh200.checkpoints.local import CONFIG_NAME, INDEX_NAME, LocalCheckpoint, open_checkpoint
-from gh200.checkpoints.safetensors_io import NewTensor, SafetensorsHeader, read_header, write_spliced
+from gh200.checkpoints.safetensors_io import (
+    NewTensor,
+    SafetensorsHeader,
+    read_header,
+    spliced_sha256,
+    write_spliced,
+)
 from gh200.errors import BadInput
 from gh200.fsutil import atomic_dir, sha256_file
 
@@ -567,8 +573,12 @@ def graft(
                     written[rel] = _finish(dst, fsync)
             on_phase("splice MTP layer", plan.mtp_bytes)
             mtp_path = tmp / plan.mtp_shard
-            write_spliced(mtp_path, plan.mtp_tensors, {"format": "pt"}, on_bytes, fsync=False)
-            written[plan.mtp_shard] = _finish(mtp_path, fsync)
+            # The recorded sha256 is of the bytes the shard must hold (hashed from the sources beside
+            # the copy), so that `models verify` catches a faulty copy rather than record it.
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                intended = pool.submit(spliced_sha256, plan.mtp_tensors, {"format": "pt"})
+                write_spliced(mtp_path, plan.mtp_tensors, {"format": "pt"}, on_bytes, fsync)
+                written[plan.mtp_shard] = (mtp_path.stat().st_size, intended.result())
             _write_index(tmp / INDEX_NAME, plan.weight_map, plan.index_metadata)
             written[INDEX_NAME] = _finish(tmp / INDEX_NAME, fsync)
             (tmp / CONFIG_NAME).write_bytes(plan.config_bytes)
@@ -586,12 +596,9 @@ def graft(
 
 
 def _finish(path: Path, fsync: bool) -> tuple[int, str]:
-    """Size and sha256 of a file just written, read back from the page cache while fsync writes it out
-    (the hash is of what the file holds, and on a real disk it costs no extra wall time)."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        digest = pool.submit(sha256_file, path)
-        if fsync:
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-        sha = digest.result()
+    """Size and sha256 of a small file just written, made durable when asked."""
+    sha = sha256_file(path)
+    if fsync:
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
     return path.stat().st_size, sha
