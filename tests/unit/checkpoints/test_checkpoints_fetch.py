@@ -383,3 +383,82 @@ def test_progress_reaches_the_total(endpoint: HubServer, tiny: dict[str, Path], 
     total = sum(p.stat().st_size for p in tiny["base"].iterdir())
     assert phases == [("download", total), ("sha256", total)]
     assert seen[-1] == total
+
+
+def _shorten(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+REPAIRS: list[tuple[str, str, Any, str]] = [
+    ("truncated shard", SHARD2, _shorten, "bytes, the hub has"),
+    ("deleted shard", SHARD2, Path.unlink, "missing"),
+    ("truncated config (a small, non-LFS file)", "config.json", _shorten, "bytes, the hub has"),
+    ("overgrown tokenizer", "tokenizer.json", lambda p: p.write_bytes(p.read_bytes() + b" "), "the hub has"),
+]
+
+
+@pytest.mark.parametrize("case", REPAIRS, ids=[r[0] for r in REPAIRS])
+def test_a_damaged_fetch_is_repaired_not_unchanged(
+    endpoint: HubServer, tiny: dict[str, Path], tmp_path: Path, case: tuple[str, str, Any, str]
+) -> None:
+    _label, rel, spoil, why = case
+    endpoint.add_dir(BASE_REPO, C1, tiny["base"])
+    dest = tmp_path / "base"
+    fetch(ref(), None, dest)
+    spoil(dest / rel)
+    before = dict(endpoint.gets)
+    result = fetch(ref(), None, dest)
+    assert result.changed and result.status == "repaired"
+    assert (
+        len(result.repaired) == 1 and result.repaired[0].startswith(f"{rel}: ") and why in result.repaired[0]
+    )
+    assert result.as_dict()["repaired"] == result.repaired
+    # Only the damaged file came again; the others kept their checked manifest entries.
+    assert {k: v - before.get(k, 0) for k, v in endpoint.gets.items() if v != before.get(k, 0)} == {rel: 1}
+    assert result.bytes_downloaded == (tiny["base"] / rel).stat().st_size
+    assert files_of(dest) == files_of(tiny["base"])
+    assert verify_dir(dest).ok
+    assert not list(tmp_path.glob(".*.partial"))
+    assert fetch(ref(), None, dest).status == "unchanged"
+
+
+@pytest.mark.parametrize(("rel", "key"), [(SHARD2, "sha256"), ("config.json", "git_oid"), (SHARD2, "size")])
+def test_a_manifest_that_disagrees_with_the_hub_is_not_unchanged(
+    endpoint: HubServer, tiny: dict[str, Path], tmp_path: Path, rel: str, key: str
+) -> None:
+    """Unchanged needs the recorded size and digest (sha256; git blob id for small files) to be the hub's."""
+    endpoint.add_dir(BASE_REPO, C1, tiny["base"])
+    dest = tmp_path / "base"
+    fetch(ref(), None, dest)
+    manifest = json.loads((dest / MANIFEST_NAME).read_text())
+    right = manifest["files"][rel][key]
+    manifest["files"][rel][key] = right + 1 if key == "size" else "0" * len(right)
+    (dest / MANIFEST_NAME).write_text(json.dumps(manifest))
+    result = fetch(ref(), None, dest)
+    assert result.changed and result.status == "fetched"
+    assert json.loads((dest / MANIFEST_NAME).read_text())["files"][rel][key] == right
+    assert verify_dir(dest).ok
+
+
+def test_a_truncated_base_shard_is_repaired_through_fetch_and_graft(
+    endpoint: HubServer, tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    """The graft links the base shard: truncating it damages both; fetch and graft each repair theirs."""
+    endpoint.add_dir(BASE_REPO, C1, tiny["base"])
+    endpoint.add_dir(DELTA_REPO, C2, tiny["delta"])
+    profiles = _profiles(tmp_path, {BASE_REPO: C1, DELTA_REPO: C2})
+    store = tmp_path / "store"
+    fetch_profile("glm52-awq-mtp3", profiles_directory=profiles, store=store)
+    base, final = store / "cyankiwi--GLM-5.2-AWQ-INT4", store / "cyankiwi--GLM-5.2-AWQ-INT4--mtp-graft"
+    _shorten(base / SHARD2)
+    res = run_cli(
+        "models",
+        "fetch",
+        "glm52-awq-mtp3",
+        env={"HF_ENDPOINT": endpoint.url, "GH200_HOME": str(profiles.parent), "GH200_MODELS": str(store)},
+    )
+    assert res.returncode == 0, res.stderr
+    text = res.stdout + res.stderr
+    assert f"repaired {base}/{SHARD2}: " in text and f"repaired {final}/{SHARD2}: " in text, text
+    assert (final / SHARD2).read_bytes() == (tiny["base"] / SHARD2).read_bytes()
+    assert verify_dir(final).ok and verify_dir(base).ok

@@ -19,6 +19,7 @@ import safetensors
 from ckpt_testlib import copy_tree, run_cli
 
 from gh200.checkpoints import graft as graft_mod
+from gh200.checkpoints import safetensors_io as st_io
 from gh200.checkpoints.checks import GraftCheckFailed
 from gh200.checkpoints.graft import RECORD_NAME, GraftOutputExists, graft
 from gh200.checkpoints.safetensors_io import read_header
@@ -152,13 +153,215 @@ def test_rerun_is_unchanged_and_output_is_deterministic(tiny: dict[str, Path], t
     assert tree(tmp_path / "out") == tree(tmp_path / "twin")
 
 
-def test_a_damaged_out_is_not_reported_unchanged(tiny: dict[str, Path], tmp_path: Path) -> None:
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+def _flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _replace_base_shard(path: Path) -> None:
+    """OUT's link to a base shard replaced by another file of the same size (other header)."""
+    data = bytearray(path.read_bytes())
+    at = data.index(b'"dtype"')
+    data[at + 1] = ord("D")
+    path.unlink()
+    path.write_bytes(bytes(data))
+
+
+def _old_record(path: Path) -> None:
+    record = json.loads(path.read_text())
+    record["format"] = 1
+    record["outputs"] = {rel: info["size"] for rel, info in record["outputs"].items()}
+    path.write_text(json.dumps(record))
+
+
+def _forget_mtp_shard(path: Path) -> None:
+    record = json.loads(path.read_text())
+    del record["outputs"][f"model-mtp-layer{L}.safetensors"]
+    path.write_text(json.dumps(record))
+
+
+DAMAGE: list[tuple[str, str, Callable[[Path], None], str]] = [
+    ("truncated MTP shard", f"model-mtp-layer{L}.safetensors", _truncate, "bytes, recorded"),
+    ("deleted MTP shard", f"model-mtp-layer{L}.safetensors", Path.unlink, "missing"),
+    ("flipped byte in the MTP shard", f"model-mtp-layer{L}.safetensors", _flip_last_byte, "sha256 differs"),
+    ("truncated index", "model.safetensors.index.json", _truncate, "bytes, recorded"),
+    ("flipped byte in config.json", "config.json", _flip_last_byte, "sha256 differs"),
+    ("deleted tokenizer", "tokenizer.json", Path.unlink, "missing"),
+    ("replaced base shard", "model-00002-of-00004.safetensors", _replace_base_shard, "header differs"),
+    ("record of the old format", RECORD_NAME, _old_record, "format 1"),
+    ("record without an output", RECORD_NAME, _forget_mtp_shard, "not in"),
+]
+
+
+@pytest.mark.parametrize("case", DAMAGE, ids=[d[0] for d in DAMAGE])
+def test_a_damaged_out_is_repaired_and_the_result_names_it(
+    tiny: dict[str, Path], tmp_path: Path, case: tuple[str, str, Callable[[Path], None], str]
+) -> None:
+    _label, rel, spoil, why = case
+    base = copy_tree(tiny["base"], tmp_path / "base")
+    before = tree(base)
+    out = tmp_path / "out"
+    graft(base, tiny["delta"], out)
+    clean = tree(out)
+    spoil(out / rel)
+    result = graft(base, tiny["delta"], out)  # no --force: same inputs, so this is a repair
+    assert result.changed and result.status == "repaired"
+    named = [r for r in result.repaired if r.startswith(rel) or rel == RECORD_NAME]
+    assert named and why in named[0], result.repaired
+    assert result.as_dict()["repaired"] == result.repaired
+    assert tree(out) == clean
+    assert tree(base) == before
+    assert no_partials(tmp_path, "out")
+    again = graft(base, tiny["delta"], out)
+    assert not again.changed and again.status == "unchanged" and again.repaired == []
+    assert verify_dir(out).ok
+
+
+def test_the_cli_says_what_it_repaired(tiny: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "out"
     graft(tiny["base"], tiny["delta"], out)
-    (out / f"model-mtp-layer{L}.safetensors").unlink()
-    with pytest.raises(GraftOutputExists):
-        graft(tiny["base"], tiny["delta"], out)
-    assert graft(tiny["base"], tiny["delta"], out, force=True).changed
+    _truncate(out / f"model-mtp-layer{L}.safetensors")
+    args = [
+        "models",
+        "graft",
+        "--base",
+        str(tiny["base"]),
+        "--mtp-from",
+        str(tiny["delta"]),
+        "--out",
+        str(out),
+    ]
+    res = run_cli(*args)
+    assert res.returncode == 0, res.stderr
+    lines = (res.stdout + res.stderr).splitlines()
+    assert any(line.startswith(f"repaired {out}: 57 MTP tensors") for line in lines), lines
+    assert f"repaired model-mtp-layer{L}.safetensors: 333656 bytes, recorded 333756" in lines[-1]
+    assert "Traceback" not in res.stderr
+    _truncate(out / "model.safetensors.index.json")
+    data = json.loads(run_cli(*args, "--json").stdout)
+    assert data["status"] == "repaired" and data["changed"] is True
+    assert [r.split(":")[0] for r in data["repaired"]] == ["model.safetensors.index.json"]
+
+
+def test_the_record_holds_the_sha256_of_every_file_written(tiny: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    graft(tiny["base"], tiny["delta"], out)
+    outputs = json.loads((out / RECORD_NAME).read_text())["outputs"]
+    on_disk = {rel for rel in tree(out) if rel != RECORD_NAME}
+    assert set(outputs) == on_disk
+    for rel in on_disk:
+        assert outputs[rel]["size"] == (out / rel).stat().st_size, rel
+        if outputs[rel]["from_base"]:
+            assert (
+                rel.endswith(".safetensors")
+                and (out / rel).stat().st_ino == (tiny["base"] / rel).stat().st_ino
+            )
+            assert "sha256" not in outputs[rel]  # the base has no fetch manifest here
+        else:
+            assert outputs[rel]["sha256"] == hashlib.sha256((out / rel).read_bytes()).hexdigest(), rel
+    assert not outputs[f"model-mtp-layer{L}.safetensors"]["from_base"]
+
+
+def _fetch_manifest(root: Path) -> None:
+    """What `models fetch` leaves: every file with its size and sha256."""
+    files = {
+        rel: {
+            "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "lfs": rel.endswith(".safetensors"),
+        }
+        for rel, data in tree(root).items()
+    }
+    manifest = {"format": 1, "repo": "o/n", "revision": "1" * 40, "patterns": ["*"], "files": files}
+    (root / ".gh200-manifest.json").write_text(json.dumps(manifest))
+
+
+def _new_revision_same_shapes(root: Path, rel: str) -> None:
+    """A new revision of one shard with the same header (other weights), swapped in as fetch does."""
+    data = bytearray((root / rel).read_bytes())
+    data[-1] ^= 0xFF
+    fresh = root / f".{rel}.new"
+    fresh.write_bytes(bytes(data))
+    os.replace(fresh, root / rel)
+    _fetch_manifest(root)
+
+
+def test_linked_base_shards_carry_the_fetch_manifest_sha256(tiny: dict[str, Path], tmp_path: Path) -> None:
+    base = copy_tree(tiny["base"], tmp_path / "base")
+    _fetch_manifest(base)
+    out = tmp_path / "out"
+    graft(base, tiny["delta"], out)
+    outputs = json.loads((out / RECORD_NAME).read_text())["outputs"]
+    shard = "model-00002-of-00004.safetensors"
+    assert (
+        outputs[shard]["from_base"]
+        and outputs[shard]["sha256"] == hashlib.sha256((base / shard).read_bytes()).hexdigest()
+    )
+    # Upstream re-uploads a base shard with the same shapes: OUT still links the old inode, so it is stale.
+    _new_revision_same_shapes(base, shard)
+    with pytest.raises(GraftOutputExists, match="other inputs"):
+        graft(base, tiny["delta"], out)
+    assert graft(base, tiny["delta"], out, force=True).status == "grafted"
+    assert (out / shard).read_bytes() == (base / shard).read_bytes()
+
+
+def test_a_new_mtp_source_revision_with_the_same_shapes_is_not_unchanged(
+    tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    delta = copy_tree(tiny["delta"], tmp_path / "delta")
+    _fetch_manifest(delta)
+    out = tmp_path / "out"
+    graft(tiny["base"], delta, out)
+    _new_revision_same_shapes(delta, "model-00001-of-00001.safetensors")
+    with pytest.raises(GraftOutputExists, match="other inputs"):
+        graft(tiny["base"], delta, out)
+
+
+def _edit_config(path: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    config = json.loads(path.read_text())
+    change(config)
+    path.write_text(json.dumps(config, indent=2))
+
+
+CONFIG_EDITS: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
+    ("quantization", lambda c: c["quantization_config"].update(activation_scheme="static")),
+    ("a key the graft does not read", lambda c: c.update(transformers_version="9.9.9")),
+]
+
+
+@pytest.mark.parametrize(("label", "change"), CONFIG_EDITS, ids=[c[0] for c in CONFIG_EDITS])
+@pytest.mark.parametrize("where", ["source dir", "--mtp-config", "base"])
+def test_a_changed_config_is_not_unchanged(
+    tiny: dict[str, Path], tmp_path: Path, where: str, label: str, change: Callable[[dict[str, Any]], None]
+) -> None:
+    base = copy_tree(tiny["base"], tmp_path / "base")
+    if where == "--mtp-config":
+        source = tiny["delta_noconfig"]
+        config = tmp_path / "fp8-config.json"
+        config.write_bytes((tiny["fp8"] / "config.json").read_bytes())
+    else:
+        source = copy_tree(tiny["delta"], tmp_path / "delta")
+        config = None
+    edited = {"source dir": source / "config.json", "--mtp-config": config, "base": base / "config.json"}[
+        where
+    ]
+    assert edited is not None
+    out = tmp_path / "out"
+    graft(base, source, out, mtp_config=config)
+    _edit_config(edited, change)
+    with pytest.raises(GraftOutputExists, match="other inputs"):
+        graft(base, source, out, mtp_config=config)
+    assert graft(base, source, out, mtp_config=config, force=True).status == "grafted"
+    grafted = json.loads((out / "config.json").read_text())
+    if label == "quantization" and where != "base":
+        assert grafted["mtp_quantization_config"]["activation_scheme"] == "static"
+    if where == "base" and label == "quantization":
+        assert grafted["quantization_config"]["activation_scheme"] == "static"
     assert verify_dir(out).ok
 
 
@@ -447,5 +650,64 @@ def test_bench_graft_runs_at_tiny_scale(tmp_path: Path) -> None:
     report = bench(tmp_path, runs=1, dims=DIMS)
     assert report["base_bytes_copied"] == 0
     assert report["mtp_tensors"] == 57
-    assert report["peak_rss_bytes"] > 0 and report["cp_mtp_s"] > 0 and report["graft_s"] > 0
-    assert set(report["targets"]) == {"ratio<=1.5", "base_bytes_copied==0", "peak_rss<=256MiB"}
+    assert report["peak_rss_bytes"] > 0 and report["cp_fsync_mtp_s"] > 0 and report["graft_s"] > 0
+    assert set(report["targets"]) == {"ratio<=1.2", "base_bytes_copied==0", "peak_rss<=256MiB"}
+
+
+def test_more_bad_input_is_refused_before_writing(tiny: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    not_object = tmp_path / "list.json"
+    not_object.write_text("[1, 2]\n")
+    with pytest.raises(BadInput, match="not a JSON object"):
+        graft(tiny["base"], tiny["delta_noconfig"], out, mtp_config=not_object)
+    with pytest.raises(BadInput, match="--base and --mtp-from are both"):
+        graft(tiny["fp8"], tiny["fp8"], out)
+    with pytest.raises(GraftCheckFailed, match="every tensor of the base is in layer 3 or later"):
+        graft(copy_tree(tiny["delta"], tmp_path / "delta"), tiny["delta"], out)
+    assert not out.exists() and no_partials(tmp_path, "out")
+    a_file = tmp_path / "file"
+    a_file.write_text("mine")
+    with pytest.raises(BadInput, match="is a file"):
+        graft(tiny["base"], tiny["delta"], a_file, force=True)
+    assert a_file.read_text() == "mine" and no_partials(tmp_path, "file")
+    res = run_cli(
+        "models", "graft", "--base", str(tiny["base"]), "--mtp-from", str(tiny["delta_noconfig"]),
+        "--out", str(out), "--mtp-config", str(not_object),
+    )  # fmt: skip
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 2 and len(lines) == 1 and "not a JSON object" in lines[0], res.stderr
+
+
+def test_with_copy_file_range_refused_the_graft_is_the_same(
+    tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The user-space copy (as across filesystems) gives the same OUT, and verify finds it intact."""
+    graft(tiny["base"], tiny["fp8"], tmp_path / "kernel")
+
+    def refused(*_: Any) -> int:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(st_io.os, "copy_file_range", refused)
+    monkeypatch.setattr(st_io, "_FALLBACK_BUFFER", 1021)  # many rounds, ending mid-tensor
+    graft(tiny["base"], tiny["fp8"], tmp_path / "fallback")
+    monkeypatch.undo()
+    assert tree(tmp_path / "fallback") == tree(tmp_path / "kernel")
+    assert verify_dir(tmp_path / "fallback").ok
+
+
+def test_the_recorded_sha256_is_of_what_the_shard_must_hold(
+    tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A faulty copy is not recorded as the truth: verify catches it against the record."""
+    real = st_io._copy_range
+
+    def off_by_one(src: int, dst: int, offset: int, count: int, on_bytes: Callable[[int], None]) -> None:
+        real(src, dst, offset - 1, count, on_bytes)
+
+    monkeypatch.setattr(st_io, "_copy_range", off_by_one)
+    out = tmp_path / "out"
+    graft(tiny["base"], tiny["fp8"], out)
+    monkeypatch.undo()
+    problems = verify_dir(out).problems
+    assert [p.split(":")[0] for p in problems] == [f"model-mtp-layer{L}.safetensors"], problems
+    assert "graft record says" in problems[0]

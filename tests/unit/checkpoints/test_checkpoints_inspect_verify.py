@@ -192,3 +192,95 @@ def test_verify_graft_readiness(tiny: dict[str, Path], tmp_path: Path) -> None:
     assert res.stderr.startswith("error: ") and "truncated" in res.stderr
     ok = run_cli("models", "verify", str(out))
     assert ok.returncode == 0 and "MTP layer [3] complete" in ok.stderr
+
+
+def _flip(path: Path, at: int = -1) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "rel", [f"model-mtp-layer{L}.safetensors", "tokenizer.json", "model.safetensors.index.json"]
+)
+def test_verify_catches_a_flipped_byte_in_what_the_graft_wrote(
+    tiny: dict[str, Path], tmp_path: Path, rel: str
+) -> None:
+    out = tmp_path / "g"
+    graft(tiny["base"], tiny["delta"], out)
+    # A change that leaves the file loadable (tensor data, JSON text or indentation): only the
+    # recorded sha256 can tell.
+    path = out / rel
+    if rel.endswith(".index.json"):
+        path.write_bytes(path.read_bytes().replace(b'\n  "', b'\n\t "', 1))
+    else:
+        _flip(path, -1 if rel.endswith(".safetensors") else 20)
+    report = verify_dir(out)
+    assert [p.split(":")[0] for p in report.problems] == [rel], report.problems
+    assert "graft record says" in report.problems[0]
+    res = run_cli("models", "verify", str(out))
+    assert res.returncode == 1
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and f"{out}: {rel}: sha256 " in errors[0] and "(fix: " in errors[0], res.stderr
+
+
+def test_verify_checks_linked_base_shards_against_the_base_fetch_manifest(
+    tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    base = copy_tree(tiny["base"], tmp_path / "base")
+    _manifest(base)
+    out = tmp_path / "g"
+    graft(base, tiny["delta"], out)
+    report = verify_dir(out)
+    assert report.ok, report.problems
+    assert report.files_hashed == len(list(out.iterdir())) - 1  # all but the record itself
+    _flip(base / "model-00003-of-00004.safetensors")  # the same inode as OUT's link
+    assert [p.split(":")[0] for p in verify_dir(out).problems] == ["model-00003-of-00004.safetensors"]
+
+
+def test_verify_reads_the_record_for_missing_and_resized_outputs(
+    tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "g"
+    graft(tiny["base"], tiny["delta"], out)
+    (out / "tokenizer.json").unlink()
+    (out / "generation_config.json").write_text("{}")
+    shard = out / "model-00004-of-00004.safetensors"
+    data = shard.read_bytes()
+    shard.unlink()  # OUT's link, not the base's file
+    shard.write_bytes(data + b"\0" * 8)
+    problems = verify_dir(out).problems
+    assert "tokenizer.json: listed in the graft record but missing" in problems
+    assert f"{shard.name}: size {len(data) + 8}, graft record says {len(data)}" in problems
+    assert any(p.startswith("generation_config.json: size 2, graft record says") for p in problems)
+    record = json.loads((out / RECORD_NAME).read_text())
+    record["format"] = 1
+    (out / RECORD_NAME).write_text(json.dumps(record))
+    report = verify_dir(out)
+    assert any("format 1" in w and "re-run `gh200 models graft`" in w for w in report.warnings)
+    (out / RECORD_NAME).write_text("{not json")
+    assert f"{RECORD_NAME}: not a readable JSON object" in verify_dir(out).problems
+
+
+@pytest.mark.parametrize("case", ["empty", "no model", "a file", "missing"])
+def test_verify_without_a_model_is_bad_input_not_ok(tmp_path: Path, case: str) -> None:
+    target = tmp_path / "dir"
+    if case in ("empty", "no model"):
+        target.mkdir()
+    if case == "no model":
+        (target / "README.md").write_text("# notes\n")
+        (target / "config.json").write_text("{}")
+    if case == "a file":
+        target.write_text("x")
+    with pytest.raises(BadInput) as err:
+        verify_dir(target)
+    assert str(target) in err.value.message and err.value.exit_code == 2
+    assert "\n" not in err.value.one_line()
+    if case != "empty":
+        return  # the CLI edge is the same for every case: one subprocess pair is enough
+    res = run_cli("models", "verify", str(target))
+    assert res.returncode == 2, res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {target}: ") and "(fix: " in lines[0], lines
+    assert "ok" not in res.stdout.split()
+    assert json.loads(run_cli("models", "verify", str(target), "--json").stdout or "null") is None

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import os
+import re
+import shutil
 import struct
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +19,7 @@ import safetensors
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gh200.checkpoints import safetensors_io as st_io
 from gh200.checkpoints.safetensors_io import (
     CorruptSafetensors,
     NewTensor,
@@ -136,3 +144,134 @@ def test_sub_byte_dtypes_round_up() -> None:
     assert tensor_nbytes("F6_E2M3", (4,)) == 3
     assert tensor_nbytes("BF16", (2, 3)) == 12
     assert np.prod(()) == 1 and tensor_nbytes("F32", ()) == 4
+
+
+@pytest.mark.parametrize("extra", [b"\0", b"\0" * 8, b"tail bytes"])
+def test_trailing_bytes_are_refused_as_the_reference_library_refuses_them(
+    tmp_path: Path, extra: bytes
+) -> None:
+    path = tmp_path / "x.safetensors"
+    write_file(path, [("a", "U8", (4,)), ("b", "F32", (3,))], seeded_fill(3), {"format": "pt"})
+    assert set(read_header(path).tensors) == {"a", "b"}
+    assert len(safetensors.deserialize(path.read_bytes())) == 2
+    path.write_bytes(path.read_bytes() + extra)
+    with pytest.raises(safetensors.SafetensorError, match="not fully covered"):
+        safetensors.deserialize(path.read_bytes())
+    with pytest.raises(CorruptSafetensors, match="trailing bytes") as err:
+        read_header(path)
+    assert str(path) in err.value.message and "\n" not in err.value.one_line()
+
+
+def _sources(root: Path) -> tuple[list[NewTensor], dict[str, bytes]]:
+    """Two source files; picks at odd offsets across both, with the bytes the reference library reads."""
+    fill = seeded_fill(11)
+    a, b = root / "a.safetensors", root / "b.safetensors"
+    write_file(a, [("x", "U8", (7,)), ("y", "F32", (1000, 3)), ("z", "BF16", (33,))], fill)
+    write_file(b, [("p", "F8_E4M3", (129, 31)), ("q", "I8", (5,)), ("r", "F16", (4099,))], fill)
+    picks: list[NewTensor] = []
+    expected: dict[str, bytes] = {}
+    for path, names in ((b, ["r", "p"]), (a, ["z", "y"]), (b, ["q"])):
+        header = read_header(path)
+        reference = dict(safetensors.deserialize(path.read_bytes()))
+        for name in names:
+            entry = header.tensors[name]
+            picks.append(
+                NewTensor(name, entry.dtype, entry.shape, entry.nbytes, path, header.data_start + entry.begin)
+            )
+            expected[name] = bytes(reference[name]["data"])
+    return picks, expected
+
+
+def _check_against_reference(out: Path, picks: list[NewTensor], expected: dict[str, bytes]) -> None:
+    got = dict(safetensors.deserialize(out.read_bytes()))
+    assert set(got) == set(expected)
+    for pick in picks:
+        assert got[pick.name]["dtype"] == pick.dtype
+        assert tuple(got[pick.name]["shape"]) == pick.shape
+        assert bytes(got[pick.name]["data"]) == expected[pick.name], pick.name
+
+
+@pytest.mark.parametrize("refused", ["at once", "after a partial copy", "with short reads and writes"])
+def test_fallback_copy_writes_the_bytes_the_reference_library_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refused: str
+) -> None:
+    """copy_file_range refused (EXDEV, as across filesystems): the user-space copy, in many small rounds."""
+    picks, expected = _sources(tmp_path)
+    kernel = tmp_path / "kernel.safetensors"
+    write_spliced(kernel, picks, {"format": "pt"})
+    real = os.copy_file_range
+    calls = [0]
+
+    def refuse(src: int, dst: int, count: int, offset_src: int | None = None, *rest: object) -> int:
+        calls[0] += 1
+        if refused == "after a partial copy" and calls[0] <= 2:
+            return real(src, dst, min(count, 1001), offset_src)  # short copies, then the refusal
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    fallback_rounds: list[int] = []
+    real_fallback = st_io._copy_range_userspace
+
+    def spy(src: int, dst: int, offset: int, count: int, on_bytes: Callable[[int], None]) -> None:
+        fallback_rounds.append(count)
+        real_fallback(src, dst, offset, count, on_bytes)
+
+    monkeypatch.setattr(st_io.os, "copy_file_range", refuse)
+    monkeypatch.setattr(st_io, "_copy_range_userspace", spy)
+    if refused == "with short reads and writes":
+        # Legal for preadv/write (signals, pipes, NFS): the loop must carry on from what was done.
+        real_preadv, real_write = os.preadv, os.write
+
+        def short_preadv(fd: int, buffers: list[memoryview], offset: int) -> int:
+            return real_preadv(fd, [buffers[0][:1000]], offset)
+
+        def short_write(fd: int, data: memoryview) -> int:
+            return real_write(fd, data[:777])
+
+        monkeypatch.setattr(st_io.os, "preadv", short_preadv)
+        monkeypatch.setattr(st_io.os, "write", short_write)
+    monkeypatch.setattr(st_io, "_FALLBACK_BUFFER", 4093)  # a prime: rounds end mid-tensor
+    moved: list[int] = []
+    out = tmp_path / "fallback.safetensors"
+    size = write_spliced(out, picks, {"format": "pt"}, moved.append)
+    intended = st_io.spliced_sha256(picks, {"format": "pt"})
+    monkeypatch.undo()
+    assert intended == hashlib.sha256(kernel.read_bytes()).hexdigest()
+    assert fallback_rounds, "the fallback never ran"
+    assert sum(moved) == sum(p.nbytes for p in picks)
+    assert size == out.stat().st_size
+    _check_against_reference(out, picks, expected)
+    assert out.read_bytes() == kernel.read_bytes()
+
+
+def _tmpfs_dir() -> Path | None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or not os.access(shm, os.W_OK):
+        return None
+    return shm
+
+
+def test_fallback_copy_across_real_filesystems(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sources on tmpfs, OUT on the test's filesystem: since Linux 5.19 copy_file_range says EXDEV."""
+    shm = _tmpfs_dir()
+    if shm is None or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs a writable tmpfs at /dev/shm on another filesystem than the test's tmp dir")
+    src_root = Path(tempfile.mkdtemp(prefix="gh200-st-", dir=shm))
+    try:
+        picks, expected = _sources(src_root)
+        rounds: list[int] = []
+        real_fallback = st_io._copy_range_userspace
+
+        def spy(src: int, dst: int, offset: int, count: int, on_bytes: Callable[[int], None]) -> None:
+            rounds.append(count)
+            real_fallback(src, dst, offset, count, on_bytes)
+
+        monkeypatch.setattr(st_io, "_copy_range_userspace", spy)
+        out = tmp_path / "crossed.safetensors"
+        write_spliced(out, picks, {"format": "pt"})
+        monkeypatch.undo()
+        release = tuple(int(x) for x in re.findall(r"\d+", os.uname().release)[:2])
+        if release >= (5, 19):
+            assert rounds, "copy_file_range across filesystems should have been refused (EXDEV)"
+        _check_against_reference(out, picks, expected)
+    finally:
+        shutil.rmtree(src_root, ignore_errors=True)

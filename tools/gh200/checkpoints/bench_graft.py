@@ -1,11 +1,12 @@
-"""`make bench-graft`: graft time against `cp` of the MTP bytes, base bytes copied, peak RSS.
+"""`make bench-graft`: graft time against `cp` + `fsync` of the MTP bytes, base bytes copied, peak RSS.
 
 Builds, on local disk, an AWQ base of at least 4 GiB (GLM-5 layout at scaled dimensions, one shard per
 layer) and an FP8 artifact whose MTP layer (the real tensor count, 1,569 tensors, at least 512 MiB) is
 spread over two shards that also hold tensors of another layer. Then, alternating, it runs the graft
 (`gh200 models graft` in a child process, as users run it) and `cp` of a file holding exactly the MTP
-bytes, and reports medians. Targets: graft/cp <= 1.5, zero base bytes copied, peak RSS <= 256 MiB.
-The data is removed afterwards (unless --keep).
+bytes followed by `fsync` of the copy (the graft writes durably and hashes what it wrote; plain `cp`
+returns before the bytes reach the disk), and reports medians. Targets: graft/(cp+fsync) <= 1.2, zero
+base bytes copied, peak RSS <= 256 MiB. The data is removed afterwards (unless --keep).
 
     python -m gh200.checkpoints.bench_graft [--dir DIR] [--runs N] [--json] [--keep]
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -37,7 +39,7 @@ from gh200.checkpoints.testdata import (
 
 MIN_BASE = 4 * 2**30
 MIN_MTP = 512 * 2**20
-TARGET_RATIO = 1.5
+TARGET_RATIO = 1.2
 TARGET_RSS = 256 * 2**20
 
 # The child measures the graft call itself; the parent measures the whole process (start-up included).
@@ -92,9 +94,15 @@ def _run_graft(base: Path, source: Path, out: Path) -> dict[str, Any]:
     return result
 
 
-def _run_cp(src: Path, dst: Path) -> float:
+def _run_cp_fsync(src: Path, dst: Path) -> float:
+    """`cp`, then fsync of the copy: the same bytes made as durable as the graft makes them."""
     start = time.monotonic()
     subprocess.run(["cp", str(src), str(dst)], check=True)
+    fd = os.open(dst, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     return time.monotonic() - start
 
 
@@ -119,16 +127,21 @@ def bench(root: Path, runs: int, dims: Dims = BENCH_DIMS) -> dict[str, Any]:
     copied: list[int] = []
     for i in range(runs + 1):
         out = root / f"out{i}"
+        # Each timed step starts with no dirty pages: neither pays for the other's (or the build's)
+        # writeback, which on a slow disk would decide the ratio.
+        os.sync()
         result = _run_graft(base, source, out)
         copied.append(base_bytes_copied(base, out))
         mtp_file = out / result["mtp_shard"]
-        cp_time = _run_cp(mtp_file, root / f"cp{i}")
+        os.sync()
+        cp_time = _run_cp_fsync(mtp_file, root / f"cp{i}")
         if i > 0:  # the first round warms the page cache for both sides
             grafts.append(result)
             cps.append(cp_time)
         (root / f"cp{i}").unlink()
         shutil.rmtree(out)
     mtp_bytes = grafts[0]["mtp_bytes"]
+    each = {"graft_s": [round(r["graft_s"], 3) for r in grafts], "cp_fsync_s": [round(c, 3) for c in cps]}
     graft_s = statistics.median(r["graft_s"] for r in grafts)
     process_s = statistics.median(r["process_s"] for r in grafts)
     cp_s = statistics.median(cps)
@@ -144,13 +157,14 @@ def bench(root: Path, runs: int, dims: Dims = BENCH_DIMS) -> dict[str, Any]:
         "runs": runs,
         "graft_s": round(graft_s, 3),
         "graft_process_s": round(process_s, 3),
-        "cp_mtp_s": round(cp_s, 3),
+        "cp_fsync_mtp_s": round(cp_s, 3),
         "ratio": round(graft_s / cp_s, 3),
         "ratio_process": round(process_s / cp_s, 3),
+        "each_run": each,
         "base_bytes_copied": max(copied),
         "peak_rss_bytes": rss,
         "targets": {
-            "ratio<=1.5": graft_s / cp_s <= TARGET_RATIO,
+            f"ratio<={TARGET_RATIO}": graft_s / cp_s <= TARGET_RATIO,
             "base_bytes_copied==0": max(copied) == 0,
             "peak_rss<=256MiB": rss <= TARGET_RSS,
         },
@@ -196,8 +210,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{report['mtp_tensors']} tensors (built in {report['build_s']} s)",
             f"graft (median of {report['runs']}): {report['graft_s']} s in the call, "
             f"{report['graft_process_s']} s as a process",
-            f"cp of the MTP bytes (median): {report['cp_mtp_s']} s",
-            f"ratio graft/cp: {report['ratio']} (process: {report['ratio_process']}); "
+            f"cp + fsync of the MTP bytes (median): {report['cp_fsync_mtp_s']} s",
+            f"ratio graft/(cp+fsync): {report['ratio']} (process: {report['ratio_process']}); "
             f"target <= {TARGET_RATIO}",
             f"base bytes copied: {report['base_bytes_copied']}; target 0",
             f"peak RSS of the graft process: {report['peak_rss_bytes'] / 2**20:.1f} MiB; target <= 256 MiB",

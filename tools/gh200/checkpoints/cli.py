@@ -136,6 +136,8 @@ def fetch_cmd(
         f"[green]{result['status']}[/] {result.get('path') or result.get('model_dir')}",
         highlight=False,
     )
+    for what in result.get("repaired", []):
+        console.print(f"[yellow]repaired[/] {what}", highlight=False, soft_wrap=True)
 
 
 @models_app.command("inspect")
@@ -214,6 +216,8 @@ def graft_cmd(
     )
     if counts:
         console.print(f"per-suffix counts: {counts}", highlight=False, soft_wrap=True)
+    for what in data["repaired"]:
+        console.print(f"[yellow]repaired[/] {what}", highlight=False, soft_wrap=True)
 
 
 @models_app.command("verify")

@@ -5,6 +5,12 @@ free disk vs what is still missing -> huggingface_hub `snapshot_download` into a
 `.NAME.partial` (kept across interruptions: finished files are not fetched again) -> sha256 of every LFS
 file against the hub's metadata (git blob id for small files) -> `.gh200-manifest.json` -> rename to the
 final directory. `gh200 models verify DIR` re-checks the manifest offline.
+
+A re-run is "unchanged" when the manifest names this revision, its recorded sha256 (git blob id for
+small files) of every wanted file equals the hub's, and every file on disk has the hub's size. Files
+that are missing or of another size are repaired: only they are downloaded again and hashed, and the
+result lists them. (A same-size change inside a file is what `models verify` finds: hashing a 430 GiB
+model on every re-run would make the idempotent re-run cost minutes.)
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +67,20 @@ class FetchResult:
     bytes_total: int
     bytes_downloaded: int
     seconds: float
+    # Files of an earlier fetch of this revision that were missing or damaged, now fetched again.
+    repaired: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        if not self.changed:
+            return "unchanged"
+        return "repaired" if self.repaired else "fetched"
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "changed": self.changed,
-            "status": "fetched" if self.changed else "unchanged",
+            "status": self.status,
+            "repaired": self.repaired,
             "repo": self.ref.repo,
             "revision": self.ref.revision,
             "path": str(self.path),
@@ -173,19 +188,42 @@ def _read_manifest(dest: Path) -> dict[str, Any] | None:
     return manifest if isinstance(manifest, dict) else None
 
 
-def _already_there(dest: Path, ref: hub.RepoRef, wanted: Sequence[RemoteFile]) -> bool:
+def _recorded(dest: Path, ref: hub.RepoRef, wanted: Sequence[RemoteFile]) -> dict[str, Any] | None:
+    """The manifest's entries for `wanted`, when it is this revision's and every recorded digest is
+    the hub's (sha256 for LFS files, git blob id for the others); else None."""
     manifest = _read_manifest(dest)
     if not manifest or manifest.get("repo") != ref.repo or manifest.get("revision") != ref.revision:
-        return False
-    listed = manifest.get("files") or {}
+        return None
+    listed = manifest.get("files")
+    if not isinstance(listed, dict):
+        return None
+    entries: dict[str, Any] = {}
     for f in wanted:
         info = listed.get(f.path)
-        if not info or info.get("size") != f.size or (f.sha256 and info.get("sha256") != f.sha256):
-            return False
+        if not isinstance(info, dict) or info.get("size") != f.size:
+            return None
+        if f.sha256 is not None and info.get("sha256") != f.sha256:
+            return None
+        if f.sha256 is None and f.blob_id is not None and info.get("git_oid") != f.blob_id:
+            return None
+        entries[f.path] = info
+    return entries
+
+
+def damaged_files(dest: Path, wanted: Sequence[RemoteFile]) -> list[str]:
+    """Wanted files that are missing from `dest` or have another size than the hub's, as "path: why"."""
+    problems = []
+    for f in wanted:
         path = dest / f.path
-        if not path.is_file() or path.stat().st_size != f.size:
-            return False
-    return True
+        try:
+            size = path.stat().st_size if path.is_file() else None
+        except OSError:
+            size = None
+        if size is None:
+            problems.append(f"{f.path}: missing")
+        elif size != f.size:
+            problems.append(f"{f.path}: {size} bytes, the hub has {f.size}")
+    return problems
 
 
 def fetch(
@@ -213,8 +251,14 @@ def fetch(
             "check the profile's model.files, or pass --include PATTERN (e.g. 'UD-IQ2_XXS/*')",
         )
     total = sum(f.size for f in wanted)
-    if _already_there(dest, ref, wanted):
+    recorded = _recorded(dest, ref, wanted) if dest.is_dir() else None
+    repaired = damaged_files(dest, wanted) if recorded is not None else []
+    if recorded is not None and not repaired:
         return FetchResult(ref, dest, False, len(wanted), total, 0, time.monotonic() - start)
+    # A repair fetches and hashes only the damaged files; the others keep their checked entries.
+    broken = {r.split(": ", 1)[0] for r in repaired}
+    todo = [f for f in wanted if f.path in broken] if recorded is not None else list(wanted)
+    kept = {p: info for p, info in (recorded or {}).items() if p not in broken}
 
     partial = dest.with_name(f".{dest.name}.partial")
     if dest.exists():
@@ -232,31 +276,38 @@ def fetch(
             raise BadInput(
                 f"{dest} and {partial} both exist", f"remove {partial} (an interrupted fetch) and re-run"
             )
-        # Another revision or other patterns: carry on from its files (huggingface_hub keeps those
-        # whose sha256 still matches and downloads the rest).
-        os.rename(dest, partial)
-    partial.mkdir(parents=True, exist_ok=True)
-    _clean_stale(partial)
-    missing = [f for f in wanted if not _complete_locally(partial, f)]
-    need = sum(f.size for f in missing)
-    free = shutil.disk_usage(_existing_ancestor(partial)).free
+    # Room is checked before anything moves: a full disk must not leave the model directory renamed.
+    here = dest if dest.is_dir() else partial
+    need = sum(f.size for f in todo if f.path in broken or not _complete_locally(here, f))
+    free = shutil.disk_usage(_existing_ancestor(here)).free
     if need + DISK_MARGIN_BYTES > free:
         raise NotEnoughDisk(
-            f"{partial.parent}: {need / 2**30:.1f} GiB still to download (+1 GiB margin), "
+            f"{here.parent}: {need / 2**30:.1f} GiB still to download (+1 GiB margin), "
             f"{free / 2**30:.1f} GiB free",
             "free space, or set GH200_MODELS (or --out) to a larger filesystem",
         )
-    before = total - need
-    on_phase("download", total)
-    on_progress(before)
+    if dest.exists():
+        # Another revision or other patterns: carry on from its files (huggingface_hub keeps those
+        # whose sha256 still matches and downloads the rest). A repair: the damaged files only.
+        os.rename(dest, partial)
+    partial.mkdir(parents=True, exist_ok=True)
+    _clean_stale(partial)
+    for f in todo:
+        if f.path in broken:
+            # A damaged file is fetched whole (no resume from a truncated or overgrown copy).
+            (partial / f.path).unlink(missing_ok=True)
+            (_hf_meta_dir(partial) / f"{f.path}.metadata").unlink(missing_ok=True)
+    todo_total = sum(f.size for f in todo)
+    on_phase("download", todo_total)
+    on_progress(todo_total - need)
     # Always asked, even when every file looks complete by size: huggingface_hub skips files whose
     # recorded commit or sha256 matches and fetches the rest (a same-size file of another revision).
     _download(
-        ref, partial=partial, wanted=wanted, token=token, max_workers=max_workers, on_progress=on_progress
+        ref, partial=partial, wanted=todo, token=token, max_workers=max_workers, on_progress=on_progress
     )
-    on_progress(total)
-    on_phase("sha256", total)
-    manifest_files = _check_files(partial, wanted, on_progress)
+    on_progress(todo_total)
+    on_phase("sha256", todo_total)
+    manifest_files = dict(sorted({**kept, **_check_files(partial, todo, on_progress)}.items()))
     _prune(partial, wanted)
     manifest = {
         "format": MANIFEST_FORMAT,
@@ -270,7 +321,7 @@ def fetch(
     )
     shutil.rmtree(partial / ".cache", ignore_errors=True)
     os.rename(partial, dest)
-    return FetchResult(ref, dest, True, len(wanted), total, need, time.monotonic() - start)
+    return FetchResult(ref, dest, True, len(wanted), total, need, time.monotonic() - start, repaired)
 
 
 def _prune(partial: Path, wanted: Sequence[RemoteFile]) -> None:

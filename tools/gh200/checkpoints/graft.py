@@ -4,7 +4,14 @@ Designed for a 430 GiB base: base shards are hard-linked into OUT (a copy, with 
 filesystems), and the one new shard is spliced from raw byte ranges of the source files behind a freshly
 written header, so the work is the MTP bytes alone and memory stays flat. Every check runs before
 anything is written; OUT appears only complete (temporary sibling, then rename); the same inputs give a
-byte-identical OUT, and a re-run finds the recorded input digest and reports "unchanged".
+byte-identical OUT.
+
+The record (`.gh200-graft.json`) names the input digest and every output with its size, and with the
+sha256 of each file the graft writes (for linked base shards: the base's fetch-manifest sha256 when it
+has one). A re-run reports "unchanged" only when the input digest matches, every output has its recorded
+size, every written file its recorded sha256 and every linked shard the base's header; anything else
+made from the same inputs is rebuilt and the result names what was repaired (`models verify` hashes
+all recorded files, base shards included).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,14 +37,23 @@ from gh200.checkpoints.checks import (
 )
 from gh200.checkpoints.layout import ModelConfig, layer_of
 from gh200.checkpoints.local import CONFIG_NAME, INDEX_NAME, LocalCheckpoint, open_checkpoint
-from gh200.checkpoints.safetensors_io import NewTensor, SafetensorsHeader, read_header, write_spliced
+from gh200.checkpoints.safetensors_io import (
+    NewTensor,
+    SafetensorsHeader,
+    read_header,
+    spliced_sha256,
+    write_spliced,
+)
 from gh200.errors import BadInput
-from gh200.fsutil import atomic_dir
+from gh200.fsutil import atomic_dir, sha256_file
 
-GRAFT_FORMAT = 1
+# 2: outputs map to {size, sha256}; a format-1 OUT (sizes only) is rebuilt as a repair.
+GRAFT_FORMAT = 2
 RECORD_NAME = ".gh200-graft.json"
+# Same name as verify.MANIFEST_NAME (verify imports this module, so the constant cannot come from there).
+_MANIFEST_NAME = ".gh200-manifest.json"
 # Files of ours or of huggingface_hub that describe a directory rather than belong to the model.
-_NOT_CARRIED = {CONFIG_NAME, INDEX_NAME, RECORD_NAME, ".gh200-manifest.json"}
+_NOT_CARRIED = {CONFIG_NAME, INDEX_NAME, RECORD_NAME, _MANIFEST_NAME}
 _NOT_CARRIED_DIRS = {".cache", ".git"}
 
 
@@ -61,16 +78,25 @@ class GraftPlan:
     mtp_quantization_config: dict[str, Any]
     digest: str
     warnings: list[str] = field(default_factory=list)
+    # Per carried file: the header digest of a linked shard (its identity without reading the data).
+    carried_ident: dict[str, str] = field(default_factory=dict)
+    # Per carried shard: its sha256 from the base's fetch manifest, when the base has one.
+    carried_sha256: dict[str, str] = field(default_factory=dict)
 
     @property
     def mtp_bytes(self) -> int:
         return sum(t.nbytes for t in self.mtp_tensors)
 
-    def record(self, mtp_size: int, index_size: int) -> dict[str, Any]:
-        outputs = {rel: size for rel, size in self.carried}
-        outputs[self.mtp_shard] = mtp_size
-        outputs[CONFIG_NAME] = len(self.config_bytes)
-        outputs[INDEX_NAME] = index_size
+    def record(self, written: dict[str, tuple[int, str]]) -> dict[str, Any]:
+        """The record; `written` maps each file the graft wrote (or copied) to its size and sha256."""
+        outputs: dict[str, dict[str, Any]] = {}
+        for rel, size in self.carried:
+            entry: dict[str, Any] = {"size": size, "from_base": rel not in written}
+            if rel in self.carried_sha256 and rel not in written:
+                entry["sha256"] = self.carried_sha256[rel]
+            outputs[rel] = entry
+        for rel, (size, sha) in written.items():
+            outputs[rel] = {**outputs.get(rel, {}), "size": size, "sha256": sha, "from_base": False}
         return {
             "format": GRAFT_FORMAT,
             "input_digest": self.digest,
@@ -82,6 +108,20 @@ class GraftPlan:
             "mtp_tensors": {t.name: {"dtype": t.dtype, "shape": list(t.shape)} for t in self.mtp_tensors},
             "outputs": dict(sorted(outputs.items())),
         }
+
+
+def _manifest_sha256(base: LocalCheckpoint) -> dict[str, tuple[int, str]]:
+    """(size, sha256) per file from the base's fetch manifest; empty when there is none (or it is bad)."""
+    try:
+        manifest = json.loads((base.root / _MANIFEST_NAME).read_text())
+        files = manifest["files"]
+        return {
+            rel: (int(info["size"]), str(info["sha256"]))
+            for rel, info in files.items()
+            if isinstance(info, dict) and "sha256" in info
+        }
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def _sha(data: bytes) -> str:
@@ -140,11 +180,16 @@ def plan_graft(
     if mtp_config is not None:
         try:
             source_cfg_bytes = mtp_config.read_bytes()
-            source_cfg = ModelConfig.from_dict(json.loads(source_cfg_bytes))
-        except (OSError, json.JSONDecodeError) as exc:
+            loaded = json.loads(source_cfg_bytes)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise BadInput(
                 f"--mtp-config {mtp_config}: not a readable JSON config ({exc})", "check the path"
             ) from exc
+        if not isinstance(loaded, dict):
+            raise BadInput(
+                f"--mtp-config {mtp_config}: not a JSON object", "pass the FP8 artifact's config.json"
+            )
+        source_cfg = ModelConfig.from_dict(loaded)
     else:
         assert source.config is not None and source.config_bytes is not None
         source_cfg, source_cfg_bytes = source.config, source.config_bytes
@@ -230,6 +275,11 @@ def plan_graft(
     for name in dropped:
         stale[base_map[name]] = stale.get(base_map[name], 0) + 1
         del base_map[name]
+    if base.index is not None and not base_map:
+        raise GraftCheckFailed(
+            f"{base_dir}: every tensor of the base is in layer {first} or later",
+            "point --base at the AWQ model",
+        )
     for shard, n in sorted(stale.items()):
         warnings.append(
             f"base shard {shard} still holds {n} layer-{first}+ tensors that the merged index no longer lists"
@@ -241,6 +291,9 @@ def plan_graft(
     digest.update(_sha(source_cfg_bytes).encode())
     total_size = 0
     carried: list[tuple[str, int]] = []
+    carried_ident: dict[str, str] = {}
+    carried_sha256: dict[str, str] = {}
+    fetched = _manifest_sha256(base)
     # How many entries the index assigns to each shard: every one must be found in that shard's header.
     per_shard: dict[str, int] = {}
     for shard in base_map.values():
@@ -274,13 +327,21 @@ def plan_graft(
                 )
             size = header.file_size
             del header
+            known = fetched.get(str(rel))
+            if known is not None and known[0] == size:
+                carried_sha256[str(rel)] = known[1]
         else:
             size = path.stat().st_size
             ident = _file_sha(path)
-        digest.update(f"{rel}\0{size}\0{ident}\n".encode())
+        # The fetch manifest's sha256 too: a new revision with the same shapes has the same headers.
+        digest.update(f"{rel}\0{size}\0{ident}\0{carried_sha256.get(str(rel), '')}\n".encode())
         carried.append((str(rel), size))
+        carried_ident[str(rel)] = ident
+    source_fetched = _manifest_sha256(source)
     for shard in sorted(source_headers):
-        digest.update(f"src:{shard}\0{source_headers[shard].digest()}\n".encode())
+        known = source_fetched.get(shard)
+        sha = known[1] if known is not None and known[0] == source_headers[shard].file_size else ""
+        digest.update(f"src:{shard}\0{source_headers[shard].digest()}\0{sha}\n".encode())
     for tensor in mtp_tensors:
         base_map[tensor.name] = mtp_shard
         total_size += tensor.nbytes
@@ -307,6 +368,8 @@ def plan_graft(
         mtp_quantization_config=qc,
         digest=digest.hexdigest(),
         warnings=warnings,
+        carried_ident=carried_ident,
+        carried_sha256=carried_sha256,
     )
 
 
@@ -318,17 +381,48 @@ def read_record(out: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def _intact(out: Path, record: dict[str, Any]) -> bool:
+def damage(out: Path, record: dict[str, Any], plan: GraftPlan) -> list[str]:
+    """What is wrong with an OUT whose record names this plan's inputs (empty: intact).
+
+    Sizes of every output; sha256 of every file the graft wrote; the header of every linked base shard
+    against the base's (a linked shard's data is the base's own inode or a copy the base's fetch checks).
+    """
+    if record.get("format") != GRAFT_FORMAT:
+        return [f"{RECORD_NAME} has format {record.get('format')!r}, not {GRAFT_FORMAT} (no output sha256)"]
     outputs = record.get("outputs")
     if not isinstance(outputs, dict):
-        return False
-    for rel, size in outputs.items():
+        return [f"{RECORD_NAME} has no outputs map"]
+    expected = {rel for rel, _ in plan.carried} | {plan.mtp_shard, CONFIG_NAME, INDEX_NAME}
+    problems = [f"{rel}: not in {RECORD_NAME}" for rel in sorted(expected - outputs.keys())]
+    for rel, info in sorted(outputs.items()):
+        if not isinstance(info, dict) or not isinstance(info.get("size"), int):
+            problems.append(f"{rel}: malformed entry in {RECORD_NAME}")
+            continue
+        path = out / rel
         try:
-            if (out / rel).stat().st_size != size:
-                return False
+            size = path.stat().st_size
         except OSError:
-            return False
-    return True
+            problems.append(f"{rel}: missing")
+            continue
+        if size != info["size"]:
+            problems.append(f"{rel}: {size} bytes, recorded {info['size']}")
+            continue
+        if info.get("from_base"):
+            ident = plan.carried_ident.get(rel)
+            if ident is None:
+                problems.append(f"{rel}: not a file of the base")
+            else:
+                try:
+                    same = read_header(path).digest() == ident
+                except BadInput:
+                    same = False
+                if not same:
+                    problems.append(f"{rel}: header differs from the base's")
+        elif not isinstance(info.get("sha256"), str):
+            problems.append(f"{rel}: no sha256 in {RECORD_NAME}")
+        elif sha256_file(path) != info["sha256"]:
+            problems.append(f"{rel}: sha256 differs from {RECORD_NAME}")
+    return problems
 
 
 def _write_index(path: Path, weight_map: dict[str, str], metadata: dict[str, Any]) -> int:
@@ -381,11 +475,20 @@ class GraftResult:
     plan: GraftPlan
     transfer: _Transfer
     seconds: float
+    # What was wrong with an OUT made from these same inputs, now rebuilt (empty: not a repair).
+    repaired: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        if not self.changed:
+            return "unchanged"
+        return "repaired" if self.repaired else "grafted"
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "changed": self.changed,
-            "status": "grafted" if self.changed else "unchanged",
+            "status": self.status,
+            "repaired": self.repaired,
             "out": str(self.out),
             "input_digest": self.plan.digest,
             "mtp_layers": self.plan.mtp_layers,
@@ -419,6 +522,10 @@ def graft(
     """Graft the MTP layers of `mtp_dir` onto `base_dir` into `out` (see the module doc)."""
     start = time.monotonic()
     out = out.absolute()
+    if base_dir.absolute() == mtp_dir.absolute():
+        raise BadInput(f"--base and --mtp-from are both {base_dir}", "take the MTP layer from the FP8 model")
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"--out {out} is a file", "choose a directory path for OUT")
     for given, what in ((base_dir, "--base"), (mtp_dir, "--mtp-from")):
         if out == given.absolute() or given.absolute() in out.parents:
             raise BadInput(
@@ -426,11 +533,15 @@ def graft(
             )
     plan = plan_graft(base_dir, mtp_dir, mtp_config, mtp_layers)
     transfer = _Transfer()
+    repaired: list[str] = []
     if out.exists():
         record = read_record(out)
-        if record and record.get("input_digest") == plan.digest and _intact(out, record):
-            return GraftResult(out, False, plan, transfer, time.monotonic() - start)
-        if not force:
+        if record and record.get("input_digest") == plan.digest:
+            # Made from these inputs: unchanged if intact, else rebuilt (no --force needed for a repair).
+            repaired = damage(out, record, plan)
+            if not repaired:
+                return GraftResult(out, False, plan, transfer, time.monotonic() - start)
+        elif not force:
             why = "was grafted from other inputs" if record else "is not a graft made by gh200"
             raise GraftOutputExists(
                 f"{out} exists and {why}", "remove it, choose another --out, or pass --force"
@@ -449,6 +560,7 @@ def graft(
             os.umask(umask)
             tmp.chmod(0o777 & ~umask)
             on_phase("link base", len(plan.carried))
+            written: dict[str, tuple[int, str]] = {}
             for rel, _size in plan.carried:
                 src, dst = plan.base.root / rel, tmp / rel
                 if rel.endswith(".safetensors"):
@@ -458,22 +570,35 @@ def graft(
                     dst.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(src, dst)
                     transfer.small_files += 1
+                    written[rel] = _finish(dst, fsync)
             on_phase("splice MTP layer", plan.mtp_bytes)
-            mtp_size = write_spliced(
-                tmp / plan.mtp_shard, plan.mtp_tensors, {"format": "pt"}, on_bytes, fsync
-            )
-            index_size = _write_index(tmp / INDEX_NAME, plan.weight_map, plan.index_metadata)
+            mtp_path = tmp / plan.mtp_shard
+            # The recorded sha256 is of the bytes the shard must hold (hashed from the sources beside
+            # the copy), so that `models verify` catches a faulty copy rather than record it.
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                intended = pool.submit(spliced_sha256, plan.mtp_tensors, {"format": "pt"})
+                write_spliced(mtp_path, plan.mtp_tensors, {"format": "pt"}, on_bytes, fsync)
+                written[plan.mtp_shard] = (mtp_path.stat().st_size, intended.result())
+            _write_index(tmp / INDEX_NAME, plan.weight_map, plan.index_metadata)
+            written[INDEX_NAME] = _finish(tmp / INDEX_NAME, fsync)
             (tmp / CONFIG_NAME).write_bytes(plan.config_bytes)
-            record_bytes = (json.dumps(plan.record(mtp_size, index_size), indent=2) + "\n").encode()
+            written[CONFIG_NAME] = _finish(tmp / CONFIG_NAME, fsync)
+            record_bytes = (json.dumps(plan.record(written), indent=2) + "\n").encode()
             (tmp / RECORD_NAME).write_bytes(record_bytes)
-            if fsync:
-                for name in (INDEX_NAME, CONFIG_NAME, RECORD_NAME):
-                    with open(tmp / name, "rb") as handle:
-                        os.fsync(handle.fileno())
+            _finish(tmp / RECORD_NAME, fsync)
     except BaseException:
         if old is not None and not out.exists():
             os.rename(old, out)
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-    return GraftResult(out, True, plan, transfer, time.monotonic() - start)
+    return GraftResult(out, True, plan, transfer, time.monotonic() - start, repaired)
+
+
+def _finish(path: Path, fsync: bool) -> tuple[int, str]:
+    """Size and sha256 of a small file just written, made durable when asked."""
+    sha = sha256_file(path)
+    if fsync:
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+    return path.stat().st_size, sha

@@ -122,13 +122,25 @@ def hub_errors(what: str, token: str | None = None) -> Iterator[None]:
             "check the network or HF_ENDPOINT",
         ) from exc
     except Exception as exc:
-        import httpx2
-
-        if isinstance(exc, httpx2.TransportError):
+        if isinstance(exc, _client_error()):
             raise HubError(
                 f"{what}: hub unreachable ({type(exc).__name__})", "check the network, proxy or HF_ENDPOINT"
             ) from exc
         raise
+
+
+def _client_error() -> type[Exception]:
+    """The base error of huggingface_hub's HTTP client (connect, read, protocol failures).
+
+    Taken from `huggingface_hub.errors`, which imports it from the client it uses (httpx2 in 2.x, httpx
+    before): not imported from the client itself, which is huggingface_hub's dependency, not ours.
+    """
+    from huggingface_hub import errors as hf_errors
+
+    found = vars(hf_errors).get("HTTPError")
+    if isinstance(found, type) and issubclass(found, Exception):
+        return found
+    return hf_errors.HfHubHTTPError
 
 
 def api(token: str | None) -> Any:

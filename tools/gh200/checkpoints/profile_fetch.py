@@ -133,6 +133,10 @@ def fetch_profile(
         out["model_dir"] = str(final)
         out["warnings"] = grafted["warnings"]
     changed = any(r["changed"] for r in results) or bool(out.get("graft", {}).get("changed"))
+    # What was found damaged and fetched or grafted again, each named with where it lives.
+    repaired = [f"{r['path']}/{what}" for r in results for what in r["repaired"]]
+    repaired += [f"{out['model_dir']}/{what}" for what in out.get("graft", {}).get("repaired", [])]
+    out["repaired"] = repaired
     out["changed"] = changed
-    out["status"] = "fetched" if changed else "unchanged"
+    out["status"] = ("repaired" if repaired else "fetched") if changed else "unchanged"
     return out

@@ -52,6 +52,8 @@ DTYPE_BITS: dict[str, int] = {
 MAX_HEADER_BYTES = 100_000_000
 _HEADER_ALIGN = 8
 _COPY_CHUNK = 64 * 1024 * 1024
+# The user-space fallback's buffer (module level so that a test can make it small and force many rounds).
+_FALLBACK_BUFFER = 8 * 1024 * 1024
 
 
 Chunk = bytes | memoryview
@@ -160,10 +162,11 @@ def parse_header(
                 "re-download the file",
             )
         cursor = entry.end
+    # Like the reference library, trailing bytes after the last tensor are as wrong as missing ones.
     if file_size is not None and cursor != file_size:
         raise CorruptSafetensors(
             f"{where}: data buffer is {file_size} bytes but the header describes {cursor}"
-            + (" (truncated)" if file_size < cursor else ""),
+            + (" (truncated)" if file_size < cursor else " (trailing bytes)"),
             "re-download the file",
         )
     return tensors, {str(k): str(v) for k, v in metadata_obj.items()}
@@ -252,7 +255,7 @@ def _copy_range(src_fd: int, dst_fd: int, offset: int, count: int, on_bytes: Cal
 def _copy_range_userspace(
     src_fd: int, dst_fd: int, offset: int, count: int, on_bytes: Callable[[int], None]
 ) -> None:
-    buffer = bytearray(8 * 1024 * 1024)
+    buffer = bytearray(min(_FALLBACK_BUFFER, max(count, 1)))
     view = memoryview(buffer)
     pos = offset
     remaining = count
@@ -301,6 +304,42 @@ def write_spliced(
     finally:
         for fd in fds.values():
             os.close(fd)
+
+
+def spliced_sha256(tensors: Sequence[NewTensor], metadata: dict[str, str] | None = None) -> str:
+    """sha256 of the file `write_spliced` writes for these tensors, computed from the sources.
+
+    It is what the file must hold, not what landed: a record made from it lets `models verify` catch
+    a faulty copy. Run beside `write_spliced` (another thread: hashlib and preadv release the GIL), it
+    reads the same page-cached source bytes and costs little wall time.
+    """
+    digest = hashlib.sha256(build_header(tensors, metadata))
+    buffer = bytearray(_FALLBACK_BUFFER)
+    view = memoryview(buffer)
+    fds: dict[Path, int] = {}
+    try:
+        for tensor in tensors:
+            if tensor.nbytes == 0:
+                continue
+            if tensor.source is None:
+                raise ValueError(f"{tensor.name}: no source for a non-empty tensor")
+            src = fds.get(tensor.source)
+            if src is None:
+                src = fds[tensor.source] = os.open(tensor.source, os.O_RDONLY)
+            pos, remaining = tensor.offset, tensor.nbytes
+            while remaining > 0:
+                got = os.preadv(src, [view[: min(remaining, len(buffer))]], pos)
+                if got == 0:
+                    raise CorruptSafetensors(
+                        f"{tensor.source}: ended early at offset {pos}", "re-download the source"
+                    )
+                digest.update(view[:got])
+                pos += got
+                remaining -= got
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    return digest.hexdigest()
 
 
 def write_file(

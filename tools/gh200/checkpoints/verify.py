@@ -4,6 +4,8 @@
 - With a safetensors index: every weight_map entry names a tensor present in that shard's header (whose
   dtype and shape are well-formed and fit the byte range), no shard on disk is unreferenced, and
   metadata.total_size matches the headers.
+- With a graft record (`.gh200-graft.json`): every output it lists has its size, and the sha256 it
+  recorded (the files the graft wrote; linked base shards when the base had a fetch manifest).
 - For a graft (config.json has mtp_quantization_config, or OUT has the graft record): the MTP layer
   passes the graft's checks again, its tensors have the dtype and shape the record lists, and config.json
   carries what vLLM needs (architectures, quantization_config, mtp_quantization_config with the FP8
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gh200.checkpoints.checks import GraftCheckFailed, block_size, check_mtp_layer, natural_key
-from gh200.checkpoints.graft import RECORD_NAME, read_record
+from gh200.checkpoints.graft import GRAFT_FORMAT, RECORD_NAME, read_record
 from gh200.checkpoints.layout import layer_of
 from gh200.checkpoints.local import CONFIG_NAME, INDEX_NAME, open_checkpoint
 from gh200.checkpoints.safetensors_io import CorruptSafetensors, TensorEntry, read_header
@@ -91,18 +93,22 @@ def hash_workers() -> int:
 
 
 def check_manifest(
-    root: Path, manifest: dict[str, Any], report: VerifyReport, on_bytes: Callable[[int], None]
+    root: Path,
+    manifest: dict[str, Any],
+    report: VerifyReport,
+    on_bytes: Callable[[int], None],
+    source: str = "manifest",
 ) -> None:
     files: dict[str, Any] = manifest["files"]
     todo: list[tuple[str, Path, dict[str, Any]]] = []
     for rel, info in sorted(files.items()):
         path = root / rel
         if not path.is_file():
-            report.problems.append(f"{rel}: listed in the manifest but missing")
+            report.problems.append(f"{rel}: listed in the {source} but missing")
             continue
         size = path.stat().st_size
         if size != info.get("size"):
-            report.problems.append(f"{rel}: size {size}, manifest says {info.get('size')}")
+            report.problems.append(f"{rel}: size {size}, {source} says {info.get('size')}")
             continue
         todo.append((rel, path, info))
 
@@ -110,7 +116,7 @@ def check_manifest(
         rel, path, info = item
         got = sha256_file(path, on_bytes)
         if got != info.get("sha256"):
-            return f"{rel}: sha256 {got[:12]}…, manifest says {str(info.get('sha256'))[:12]}…"
+            return f"{rel}: sha256 {got[:12]}…, {source} says {str(info.get('sha256'))[:12]}…"
         return None
 
     with ThreadPoolExecutor(max_workers=hash_workers()) as pool:
@@ -119,7 +125,38 @@ def check_manifest(
             report.bytes_hashed += path.stat().st_size
             if problem:
                 report.problems.append(problem)
-    report.checks.append(f"sha256 of {len(files)} files against {MANIFEST_NAME} ({manifest.get('repo')})")
+    what = f"{MANIFEST_NAME} ({manifest.get('repo')})" if source == "manifest" else RECORD_NAME
+    report.checks.append(f"sha256 of {len(files)} files against {what}")
+
+
+def check_record(
+    root: Path, record: dict[str, Any], report: VerifyReport, on_bytes: Callable[[int], None]
+) -> None:
+    """Sizes and sha256 of the outputs a graft recorded."""
+    outputs = record.get("outputs")
+    if record.get("format") != GRAFT_FORMAT or not isinstance(outputs, dict):
+        report.warnings.append(
+            f"{RECORD_NAME} has format {record.get('format')!r}, no sha256 of the outputs: "
+            "re-run `gh200 models graft` to record them"
+        )
+        return
+    manifest = {
+        "files": {
+            rel: {"size": info.get("size"), "sha256": info["sha256"]}
+            for rel, info in outputs.items()
+            if isinstance(info, dict) and "sha256" in info
+        }
+    }
+    unhashed = sorted(rel for rel in outputs if rel not in manifest["files"])
+    for rel in unhashed:
+        info = outputs[rel]
+        size = info.get("size") if isinstance(info, dict) else None
+        path = root / rel
+        if not path.is_file():
+            report.problems.append(f"{rel}: listed in the graft record but missing")
+        elif path.stat().st_size != size:
+            report.problems.append(f"{rel}: size {path.stat().st_size}, graft record says {size}")
+    check_manifest(root, manifest, report, on_bytes, source="graft record")
 
 
 def check_structure(root: Path, report: VerifyReport) -> dict[str, TensorEntry]:
@@ -224,8 +261,18 @@ def verify_dir(
     on_phase: Callable[[str, int], None] = lambda _p, _t: None,
     on_bytes: Callable[[int], None] = lambda _n: None,
 ) -> VerifyReport:
-    if not root.is_dir():
+    if not root.exists():
         raise BadInput(f"{root}: no such directory", "pass a model directory")
+    if not root.is_dir():
+        raise BadInput(f"{root}: not a directory", "pass the model's directory, not a file in it")
+    has_weights = any(root.glob("*.safetensors")) or (root / INDEX_NAME).exists()
+    record = read_record(root)
+    if not has_weights and record is None and not (root / MANIFEST_NAME).exists():
+        # Nothing to check is not a pass: an empty or mistyped directory must not print "ok".
+        raise BadInput(
+            f"{root}: no model here (no {MANIFEST_NAME}, no {RECORD_NAME}, no *.safetensors)",
+            "pass a directory made by `gh200 models fetch` or `gh200 models graft`",
+        )
     report = VerifyReport(root)
     manifest = read_manifest(root)
     config: dict[str, Any] = {}
@@ -240,15 +287,26 @@ def verify_dir(
         total = sum(int(info.get("size", 0)) for info in manifest["files"].values())
         on_phase("sha256", total)
         check_manifest(root, manifest, report, on_bytes)
-    elif not report.grafted:
+    elif record is None:
         report.warnings.append(f"no {MANIFEST_NAME}: file hashes not checked (fetch writes one)")
-    has_weights = any(root.glob("*.safetensors")) or (root / INDEX_NAME).exists()
     if has_weights:
         try:
             mtp = check_structure(root, report)
         except BadInput as err:
             report.problems.append(err.message)
-            return report
-        if report.grafted:
-            check_graft(root, mtp, report)
+        else:
+            if report.grafted:
+                check_graft(root, mtp, report)
+    if record is None and (root / RECORD_NAME).exists():
+        report.problems.append(f"{RECORD_NAME}: not a readable JSON object")
+    if record is not None:
+        # After the structure checks: a truncated shard is named by its header first, then by the hash.
+        outputs = record.get("outputs")
+        total = sum(
+            int(info.get("size", 0))
+            for info in (outputs.values() if isinstance(outputs, dict) else [])
+            if isinstance(info, dict) and "sha256" in info
+        )
+        on_phase("sha256", total)
+        check_record(root, record, report, on_bytes)
     return report
