@@ -176,6 +176,28 @@ def resolve_base(
     return BaseChoice(spec.ref, f"unlocked:{spec.ref}", False)
 
 
+def check_request(name: str, *, platform: str | None = None, unlocked: bool = False) -> Recipe:
+    """What a build request can be refused for without an engine: recipe, platform, upstream pins.
+
+    Runs before the engine is reached (which may start Podman or debootstrap a base image).
+    """
+    recipe = load_recipe(name)
+    if platform is not None and not PLATFORM.match(platform):
+        raise BadInput(f"unsupported platform {platform!r}", "use linux/amd64 or linux/arm64")
+    if platform is not None and platform not in recipe.platforms:
+        raise BadInput(
+            f"recipe {name} does not build for {platform}", f"use one of: {', '.join(recipe.platforms)}"
+        )
+    for up in recipe.upstream:
+        if up.sha256 is None and not unlocked:
+            raise LockError(
+                f"recipe {name}: {up.name} {up.commit[:12]} has no archive sha256 pinned",
+                f"on a host that reaches it, compute sha256 of {up.url.format(commit=up.commit)} and set "
+                f"`sha256:` in {recipe.directory / 'recipe.yaml'}, or pass --unlocked",
+            )
+    return recipe
+
+
 def plan_build(
     client: docker.DockerClient,
     name: str,
@@ -186,13 +208,7 @@ def plan_build(
     build_args: dict[str, str] | None = None,
     create_local: bool = True,
 ) -> BuildPlan:
-    recipe = load_recipe(name)
-    if platform is not None and not PLATFORM.match(platform):
-        raise BadInput(f"unsupported platform {platform!r}", "use linux/amd64 or linux/arm64")
-    if platform is not None and platform not in recipe.platforms:
-        raise BadInput(
-            f"recipe {name} does not build for {platform}", f"use one of: {', '.join(recipe.platforms)}"
-        )
+    recipe = check_request(name, platform=platform, unlocked=unlocked)
     native = engine_platform(client)
     if platform is None and base is None and native is not None and native not in recipe.platforms:
         # e.g. the arm64-only vLLM image on an x86 host: say so rather than fail mid-build.
@@ -220,12 +236,6 @@ def plan_build(
         labels[f"{LABEL}.upstream.{src.package}"] = f"{src.version} sha256:{src.sha256}"
         sdists.append((pin, ""))
     for up in recipe.upstream:
-        if up.sha256 is None and not unlocked:
-            raise LockError(
-                f"recipe {name}: {up.name} {up.commit[:12]} has no archive sha256 pinned",
-                f"on a host that reaches it, compute sha256 of {up.url.format(commit=up.commit)} and set "
-                f"`sha256:` in {recipe.directory / 'recipe.yaml'}, or pass --unlocked",
-            )
         args[up.commit_arg] = up.commit
         args[up.sha256_arg] = up.sha256 or ""
         labels[f"{LABEL}.upstream.{up.name}"] = f"{up.commit}" + (f" sha256:{up.sha256}" if up.sha256 else "")
