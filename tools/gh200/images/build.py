@@ -92,12 +92,12 @@ class BuildResult:
 
 def known_sdist_pins() -> dict[tuple[str, str], str]:
     """(normalized package, version) -> sha256 from every recipe and the vLLM patch series."""
-    from gh200.images.pypi import normalize
+    from packaging.utils import canonicalize_name
 
     pins: dict[tuple[str, str], str] = {}
     for name in recipe_names():
         for src in load_recipe(name).sources:
-            pins[(normalize(src.package), src.version)] = src.sha256
+            pins[(canonicalize_name(src.package), src.version)] = src.sha256
     with contextlib.suppress(BadInput):
         from gh200.images.patches import load_series
 
@@ -108,9 +108,9 @@ def known_sdist_pins() -> dict[tuple[str, str], str]:
 
 def sdist_path(package: str, version: str, *, progress: bool = False) -> Path:
     """The cached, sha256-verified sdist of package==version (downloaded from PyPI on first use)."""
-    from gh200.images.pypi import normalize
+    from packaging.utils import canonicalize_name
 
-    sha = known_sdist_pins().get((normalize(package), version))
+    sha = known_sdist_pins().get((canonicalize_name(package), version))
     if sha is None:
         raise SourceNotPinned(
             f"{package}=={version} is not pinned by any recipe or the patch series",
