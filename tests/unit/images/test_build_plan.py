@@ -9,10 +9,13 @@ import pytest
 
 from gh200.errors import BadInput, LockError
 from gh200.images.build import LABEL, plan_build
-from gh200.images.lock import read_images_lock, strip_tag
+from gh200.images.lock import check_images_lock
 from gh200.images.recipe import load_recipe, recipe_names
+from gh200.profiles import load_profile
+from gh200.profiles.locks import image_pin, strip_tag
 
 DIGEST = "sha256:" + "d" * 64
+KEY = "vllm-openai-0.33.0-aarch64"
 
 
 def _lock(bundle: Path, text: str) -> None:
@@ -77,18 +80,48 @@ def test_registry_base_from_the_lead_lock_format(bundle: Path, fake_client: Any)
     # A new digest is a new recipe identity.
     _lock(
         bundle,
-        f"schema: 1\nimages:\n  vllm-openai-0.33.0-aarch64:\n    ref: x\n    digest: 'sha256:{'e' * 64}'\n",
+        "schema: 1\nimages:\n  vllm-openai-0.33.0-aarch64:\n"
+        f"    ref: vllm/vllm-openai:v0.33.0-aarch64\n    digest: 'sha256:{'e' * 64}'\n",
     )
     assert plan_build(fake_client, "vllm").recipe_hash != plan.recipe_hash
+
+
+@pytest.mark.parametrize(
+    ("entries", "pinned"),
+    [
+        # The entry under the recipe's key, for the recipe's ref.
+        (f"  {KEY}: {{ref: 'vllm/vllm-openai:v0.33.0-aarch64', digest: '{DIGEST}'}}\n", True),
+        # No entry under the key: one for the same ref (another key) pins it too.
+        (f"  other: {{ref: 'vllm/vllm-openai:v0.33.0-aarch64', digest: '{DIGEST}'}}\n", True),
+        # The key's entry was resolved for another ref (stale): it pins nothing.
+        (f"  {KEY}: {{ref: 'vllm/vllm-openai:v0.32.0-aarch64', digest: '{DIGEST}'}}\n", False),
+        # Not resolved yet.
+        ("  vllm-openai-0.33.0-aarch64: {ref: 'vllm/vllm-openai:v0.33.0-aarch64', digest: null}\n", False),
+    ],
+)
+def test_the_builder_and_the_profiles_read_one_pin(
+    bundle: Path, fake_client: Any, entries: str, pinned: bool
+) -> None:
+    """glm52-awq-mtp3 runs the image the vllm recipe builds on: both must see the same pin, same form."""
+    _lock(bundle, "schema: 1\nimages:\n" + entries)
+    profile = load_profile("glm52-awq-mtp3", Path(__file__).resolve().parents[3] / "profiles")
+    profile_pin = image_pin(profile, bundle / "profiles")
+    assert profile_pin.state == ("locked" if pinned else "unlocked")
+    if pinned:
+        plan = plan_build(fake_client, "vllm")
+        assert plan.build_args["BASE"] == profile_pin.pinned_ref == f"vllm/vllm-openai@{DIGEST}"
+    else:
+        with pytest.raises(LockError, match="no digest"):
+            plan_build(fake_client, "vllm")
 
 
 def test_malformed_lock_is_a_lock_error(bundle: Path) -> None:
     _lock(bundle, "images:\n  k: {ref: a, digest: 'sha256:short'}\n")
     with pytest.raises(LockError, match="malformed digest"):
-        read_images_lock()
+        check_images_lock()
     _lock(bundle, "images: [1, 2]\n")
     with pytest.raises(LockError):
-        read_images_lock()
+        check_images_lock()
 
 
 def test_upstream_archive_without_sha256_is_refused_unless_unlocked(bundle: Path, fake_client: Any) -> None:

@@ -319,7 +319,9 @@ def test_stale_or_hand_edited_entries_count_as_unlocked(tmp_path: Path) -> None:
         assert model_pins(profile, tmp_path)[0].state == "unlocked", entry
     _write_lock(tmp_path, "models.lock", "models", {key_m: model})
     assert lock_state(profile, tmp_path) == "locked"
-    assert image_pin(profile, tmp_path).pinned_ref == f"{profile.image.ref}@{digest}"
+    # The tag is dropped: the digest alone names the image (one form for profiles and image builds).
+    assert profile.image.ref == "vllm/vllm-openai:v0.33.0-aarch64"
+    assert image_pin(profile, tmp_path).pinned_ref == f"vllm/vllm-openai@{digest}"
     assert model_pins(profile, tmp_path)[0].pinned_ref == f"{profile.model.repo}@{sha}"
 
 
@@ -355,8 +357,9 @@ def test_locked_container_spec_pulls_by_digest(pinned_bundle: Path) -> None:
     profile = load_profile("glm52-awq-mtp3")
     spec = container_spec(profile)
     digest = fake_digest("vllm/vllm-openai:v0.33.0-aarch64")
-    # name:tag@digest: the digest decides what is pulled, the tag stays readable.
-    pinned = f"vllm/vllm-openai:v0.33.0-aarch64@{digest}"
+    # name@digest, the form the image builder uses too (one reader, one form): the digest alone
+    # decides what is pulled, and not every engine or builder accepts a tag beside a digest.
+    pinned = f"vllm/vllm-openai@{digest}"
     assert spec["image"] == {"base": pinned, "state": "locked", "recipe": "vllm"}
     assert spec["labels"]["io.gh200.image"] == pinned
     assert spec["labels"]["io.gh200.model-revision"] == fake_sha("cyankiwi/GLM-5.2-AWQ-INT4", "main")

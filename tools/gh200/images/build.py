@@ -165,8 +165,8 @@ def resolve_base(
         return BaseChoice(spec.local, local_id, True)
     assert spec.ref is not None
     locked = find_locked(spec.ref, spec.lock_key)
-    if locked and locked.pinned_ref and locked.digest:
-        return BaseChoice(locked.pinned_ref, locked.digest, True)
+    if locked.state == "locked" and locked.value:
+        return BaseChoice(locked.pinned_ref, locked.value, True)
     if not unlocked:
         raise LockError(
             f"base image {spec.ref} of recipe {recipe.name} has no digest in {images_lock_path()}"
