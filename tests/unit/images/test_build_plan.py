@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shlex
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +15,7 @@ from gh200.images.build import LABEL, plan_build
 from gh200.images.lock import check_images_lock
 from gh200.images.recipe import load_recipe, recipe_names
 from gh200.profiles import load_profile
+from gh200.profiles.flags import rendered_server_args
 from gh200.profiles.locks import image_pin, strip_tag
 
 DIGEST = "sha256:" + "d" * 64
@@ -178,3 +182,47 @@ def test_arm64_only_recipe_on_an_x86_engine(bundle: Path, fake_client: Any) -> N
     # On an arm64 engine, no --platform and --platform linux/arm64 name the same image.
     fake_client.version = lambda: {"Os": "linux", "Arch": "arm64"}
     assert plan_build(fake_client, "vllm", unlocked=True).tag == explicit.tag
+
+
+def test_the_ik_llama_build_is_given_what_its_profiles_render(bundle: Path, fake_client: Any) -> None:
+    """SERVER_ARGS carries each rendered argument list; the build's check script reads it line by line."""
+    repo = Path(__file__).resolve().parents[3]
+    shutil.copytree(repo / "profiles", bundle / "profiles", dirs_exist_ok=True)
+    plan = plan_build(fake_client, "ik_llama", unlocked=True)
+    lines = plan.build_args["SERVER_ARGS"].splitlines()
+    assert [shlex.split(line) for line in lines] == rendered_server_args("ik_llama")
+    assert any("-fa on" in line and "--numa numactl" in line for line in lines)
+    # A render change is a new recipe identity: the image was checked against other arguments.
+    edited = (bundle / "profiles" / "glm52-iq2xxs-cpu.yaml").read_text().replace("threads: 72", "threads: 71")
+    (bundle / "profiles" / "glm52-iq2xxs-cpu.yaml").write_text(edited)
+    assert plan_build(fake_client, "ik_llama", unlocked=True).recipe_hash != plan.recipe_hash
+
+
+@pytest.mark.parametrize(
+    ("lines", "code", "said"),
+    [
+        ("-m '/m/a b.gguf' --port 8080 --metrics\n-t 2\n", 0, "llama-server takes: -t 2"),
+        ("-t 2 --metrcs\n", 1, "error: unknown argument: --metrcs"),
+        ("", 1, "no argument lines to check"),
+    ],
+)
+def test_the_build_check_script(tmp_path: Path, lines: str, code: int, said: str) -> None:
+    """check-server-args.sh's own logic, on a stand-in server that parses like ik_llama.cpp's
+    (help and errors both exit 1); the real binaries run it in the image build and the engine test."""
+    server = tmp_path / "llama-server"
+    server.write_text(
+        "#!/bin/sh\n"
+        'usage() { echo "usage: llama-server [options]"; echo "  --port PORT"; exit 1; }\n'
+        'while [ $# -gt 0 ]; do case "$1" in\n'
+        "  --help) usage;;\n"
+        "  -m|--port|-t) shift 2;;\n"
+        "  --metrics) shift;;\n"
+        '  *) echo "error: unknown argument: $1"; usage;;\n'
+        "esac; done\n"
+    )
+    server.chmod(0o755)
+    script = Path(__file__).resolve().parents[3] / "containers" / "ik_llama" / "check-server-args.sh"
+    run = subprocess.run(
+        ["sh", str(script), str(server)], input=lines, capture_output=True, text=True, check=False
+    )
+    assert run.returncode == code and said in run.stdout, run.stdout

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import os
 import re
+import shlex
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from gh200.images.recipe import Recipe, content_hash, load_recipe, recipe_names,
 from gh200.output import console
 from gh200.output import progress as progress_bar
 from gh200.paths import cache_dir, containers_dir
+from gh200.profiles.flags import rendered_server_args
 from gh200.profiles.render import LABEL_PREFIX
 
 LABEL = LABEL_PREFIX
@@ -239,6 +241,9 @@ def plan_build(
         args[up.commit_arg] = up.commit
         args[up.sha256_arg] = up.sha256 or ""
         labels[f"{LABEL}.upstream.{up.name}"] = f"{up.commit}" + (f" sha256:{up.sha256}" if up.sha256 else "")
+    if recipe.check_server_args:
+        check = recipe.check_server_args
+        args[check.arg] = "\n".join(shlex.join(a) for a in rendered_server_args(check.engine))
     if recipe.patch_series:
         labels[f"{LABEL}.patch-series"] = tree_hash(recipe.directory / recipe.patch_series)
     args.update(build_args or {})
