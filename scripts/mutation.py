@@ -13,8 +13,11 @@ loaded by its tests by file path under the module name `gh200_apply_patches`, so
 mutated copy.
 
     make mutation                          # every module
-    make mutation MODULES=stats,render     # a subset (names below)
-    python scripts/mutation.py --list
+    make mutation MODULES=stats,render     # a subset (names below); JOBS=N mutants at once
+    .venv/bin/python scripts/mutation.py --list
+    cd $GH200_CACHE/mutation/stats && <repo>/.venv/bin/python -m mutmut show NAME   # a survivor's diff
+
+Survivors are listed in $GH200_CACHE/mutation/<name>/survivors.txt.
 """
 
 from __future__ import annotations
