@@ -54,8 +54,33 @@ MODULES: dict[str, Module] = {
     "graft": _pkg("checkpoints/graft.py", "tests/unit/checkpoints"),
     "safetensors_io": _pkg("checkpoints/safetensors_io.py", "tests/unit/checkpoints"),
     "fetch": _pkg("checkpoints/fetch.py", "tests/unit/checkpoints"),
-    "render": _pkg("profiles/render.py", "tests/unit/profiles"),
-    "validate": _pkg("profiles/validate.py", "tests/unit/profiles"),
+    # The profiles suite also drives the CLI, locks and the hub stand-in; only these files test
+    # rendering or validation, and the full suite makes each profiles mutant several times slower.
+    "render": _pkg(
+        "profiles/render.py",
+        *(
+            f"tests/unit/profiles/{t}.py"
+            for t in (
+                "test_profiles_render",
+                "test_profiles_golden",
+                "test_profiles_reference",
+                "test_server_flags",
+            )
+        ),
+        "tests/unit/profiles/test_profiles_locks.py::test_locked_container_spec_pulls_by_digest",
+    ),
+    "validate": _pkg(
+        "profiles/validate.py",
+        *(
+            f"tests/unit/profiles/{t}.py"
+            for t in (
+                "test_profiles_validate",
+                "test_profiles_broken",
+                "test_profiles_reference",
+                "test_profiles_property",
+            )
+        ),
+    ),
     "apply_patches": Module(
         "containers/vllm/apply_patches.py",
         "src/gh200_apply_patches.py",
