@@ -12,12 +12,13 @@ PROFILE ?= local-tiny
 INV ?= ansible/inventory/example
 
 .PHONY: help setup apt demo test test-unit lint lock provision images models deploy smoke verify \
-        bench-graft bench-client
+        bench-graft bench-client mutation
 
 help:
 	@echo "make demo   - build the llama.cpp image, deploy local-tiny, smoke-benchmark it, print the report"
 	@echo "make test   - install what the suite needs and run all of it (lint, types, unit, engine, ansible)"
 	@echo "make setup  - create .venv with the locked dependencies"
+	@echo "make mutation [MODULES=stats,render] - share of mutants the unit tests kill, per core module (slow)"
 	@echo "make lint | lock | provision | images | models | deploy | smoke | verify | bench-graft | bench-client"
 
 $(UV):
@@ -34,8 +35,8 @@ $(VENV)/.synced: $(UV) pyproject.toml uv.lock
 setup: apt $(VENV)/.synced
 
 lint: $(VENV)/.synced
-	$(VENV)/bin/ruff check tools tests
-	$(VENV)/bin/ruff format --check tools tests
+	$(VENV)/bin/ruff check tools tests scripts
+	$(VENV)/bin/ruff format --check tools tests scripts
 	$(VENV)/bin/mypy
 	$(VENV)/bin/yamllint -s profiles ansible
 	cd ansible && ../$(VENV)/bin/ansible-lint --profile production -q
@@ -44,6 +45,11 @@ test: setup lint
 	@# The real vLLM source the patch series targets (also cached for the profile flag checks).
 	$(GH200) patches check --vllm 0.33.0
 	GH200_REQUIRE_ENGINE=1 $(VENV)/bin/pytest -p no:cacheprovider
+
+# A benchmark, not part of `make test`: mutmut over the core decision modules (scripts/mutation.py --list).
+MODULES ?=
+mutation: $(VENV)/.synced
+	$(PY) scripts/mutation.py --modules "$(MODULES)" $(if $(JOBS),--jobs $(JOBS))
 
 test-unit: $(VENV)/.synced
 	$(VENV)/bin/pytest tests/unit -q

@@ -47,11 +47,13 @@ def test_usage_errors_exit_2_without_traceback(args: list[str]) -> None:
     assert "Error" in run.stderr
 
 
-def test_no_arguments_shows_help_without_traceback() -> None:
-    run = _run()
+@pytest.mark.parametrize("args", [[], ["images"]])
+def test_no_command_shows_help_and_is_a_usage_error(args: list[str]) -> None:
+    """No command given is a usage error (exit 2, like any other), and the help says what to type."""
+    run = _run(*args)
     assert "Traceback" not in run.stderr
     assert "Usage" in run.stdout + run.stderr
-    assert run.returncode in (0, 2)
+    assert run.returncode == 2
 
 
 def test_exit_code_of_a_command_reaches_the_shell(tmp_path: Path) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shlex
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -9,10 +12,14 @@ import pytest
 
 from gh200.errors import BadInput, LockError
 from gh200.images.build import LABEL, plan_build
-from gh200.images.lock import read_images_lock, strip_tag
+from gh200.images.lock import check_images_lock
 from gh200.images.recipe import load_recipe, recipe_names
+from gh200.profiles import load_profile
+from gh200.profiles.flags import rendered_server_args
+from gh200.profiles.locks import image_pin, strip_tag
 
 DIGEST = "sha256:" + "d" * 64
+KEY = "vllm-openai-0.33.0-aarch64"
 
 
 def _lock(bundle: Path, text: str) -> None:
@@ -77,18 +84,48 @@ def test_registry_base_from_the_lead_lock_format(bundle: Path, fake_client: Any)
     # A new digest is a new recipe identity.
     _lock(
         bundle,
-        f"schema: 1\nimages:\n  vllm-openai-0.33.0-aarch64:\n    ref: x\n    digest: 'sha256:{'e' * 64}'\n",
+        "schema: 1\nimages:\n  vllm-openai-0.33.0-aarch64:\n"
+        f"    ref: vllm/vllm-openai:v0.33.0-aarch64\n    digest: 'sha256:{'e' * 64}'\n",
     )
     assert plan_build(fake_client, "vllm").recipe_hash != plan.recipe_hash
+
+
+@pytest.mark.parametrize(
+    ("entries", "pinned"),
+    [
+        # The entry under the recipe's key, for the recipe's ref.
+        (f"  {KEY}: {{ref: 'vllm/vllm-openai:v0.33.0-aarch64', digest: '{DIGEST}'}}\n", True),
+        # No entry under the key: one for the same ref (another key) pins it too.
+        (f"  other: {{ref: 'vllm/vllm-openai:v0.33.0-aarch64', digest: '{DIGEST}'}}\n", True),
+        # The key's entry was resolved for another ref (stale): it pins nothing.
+        (f"  {KEY}: {{ref: 'vllm/vllm-openai:v0.32.0-aarch64', digest: '{DIGEST}'}}\n", False),
+        # Not resolved yet.
+        ("  vllm-openai-0.33.0-aarch64: {ref: 'vllm/vllm-openai:v0.33.0-aarch64', digest: null}\n", False),
+    ],
+)
+def test_the_builder_and_the_profiles_read_one_pin(
+    bundle: Path, fake_client: Any, entries: str, pinned: bool
+) -> None:
+    """glm52-awq-mtp3 runs the image the vllm recipe builds on: both must see the same pin, same form."""
+    _lock(bundle, "schema: 1\nimages:\n" + entries)
+    profile = load_profile("glm52-awq-mtp3", Path(__file__).resolve().parents[3] / "profiles")
+    profile_pin = image_pin(profile, bundle / "profiles")
+    assert profile_pin.state == ("locked" if pinned else "unlocked")
+    if pinned:
+        plan = plan_build(fake_client, "vllm")
+        assert plan.build_args["BASE"] == profile_pin.pinned_ref == f"vllm/vllm-openai@{DIGEST}"
+    else:
+        with pytest.raises(LockError, match="no digest"):
+            plan_build(fake_client, "vllm")
 
 
 def test_malformed_lock_is_a_lock_error(bundle: Path) -> None:
     _lock(bundle, "images:\n  k: {ref: a, digest: 'sha256:short'}\n")
     with pytest.raises(LockError, match="malformed digest"):
-        read_images_lock()
+        check_images_lock()
     _lock(bundle, "images: [1, 2]\n")
     with pytest.raises(LockError):
-        read_images_lock()
+        check_images_lock()
 
 
 def test_upstream_archive_without_sha256_is_refused_unless_unlocked(bundle: Path, fake_client: Any) -> None:
@@ -145,3 +182,47 @@ def test_arm64_only_recipe_on_an_x86_engine(bundle: Path, fake_client: Any) -> N
     # On an arm64 engine, no --platform and --platform linux/arm64 name the same image.
     fake_client.version = lambda: {"Os": "linux", "Arch": "arm64"}
     assert plan_build(fake_client, "vllm", unlocked=True).tag == explicit.tag
+
+
+def test_the_ik_llama_build_is_given_what_its_profiles_render(bundle: Path, fake_client: Any) -> None:
+    """SERVER_ARGS carries each rendered argument list; the build's check script reads it line by line."""
+    repo = Path(__file__).resolve().parents[3]
+    shutil.copytree(repo / "profiles", bundle / "profiles", dirs_exist_ok=True)
+    plan = plan_build(fake_client, "ik_llama", unlocked=True)
+    lines = plan.build_args["SERVER_ARGS"].splitlines()
+    assert [shlex.split(line) for line in lines] == rendered_server_args("ik_llama")
+    assert any("-fa on" in line and "--numa numactl" in line for line in lines)
+    # A render change is a new recipe identity: the image was checked against other arguments.
+    edited = (bundle / "profiles" / "glm52-iq2xxs-cpu.yaml").read_text().replace("threads: 72", "threads: 71")
+    (bundle / "profiles" / "glm52-iq2xxs-cpu.yaml").write_text(edited)
+    assert plan_build(fake_client, "ik_llama", unlocked=True).recipe_hash != plan.recipe_hash
+
+
+@pytest.mark.parametrize(
+    ("lines", "code", "said"),
+    [
+        ("-m '/m/a b.gguf' --port 8080 --metrics\n-t 2\n", 0, "llama-server takes: -t 2"),
+        ("-t 2 --metrcs\n", 1, "error: unknown argument: --metrcs"),
+        ("", 1, "no argument lines to check"),
+    ],
+)
+def test_the_build_check_script(tmp_path: Path, lines: str, code: int, said: str) -> None:
+    """check-server-args.sh's own logic, on a stand-in server that parses like ik_llama.cpp's
+    (help and errors both exit 1); the real binaries run it in the image build and the engine test."""
+    server = tmp_path / "llama-server"
+    server.write_text(
+        "#!/bin/sh\n"
+        'usage() { echo "usage: llama-server [options]"; echo "  --port PORT"; exit 1; }\n'
+        'while [ $# -gt 0 ]; do case "$1" in\n'
+        "  --help) usage;;\n"
+        "  -m|--port|-t) shift 2;;\n"
+        "  --metrics) shift;;\n"
+        '  *) echo "error: unknown argument: $1"; usage;;\n'
+        "esac; done\n"
+    )
+    server.chmod(0o755)
+    script = Path(__file__).resolve().parents[3] / "containers" / "ik_llama" / "check-server-args.sh"
+    run = subprocess.run(
+        ["sh", str(script), str(server)], input=lines, capture_output=True, text=True, check=False
+    )
+    assert run.returncode == code and said in run.stdout, run.stdout

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from gh200.errors import BadInput
-from gh200.images import pypi
+from gh200.images import build, pypi
 from gh200.images.build import sdist_path
 from gh200.images.patches import load_series, resolve_pin
 from gh200.images.pypi import SdistPin, SourceFetchFailed, SourceNotPinned, fetch_sdist
@@ -43,6 +43,7 @@ def pypi_fake(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     state: dict[str, Any] = {"body": PAYLOAD, "published": SHA, "downloads": 0}
 
     def get(url: str, **_: Any) -> httpx.Response:
+        state.setdefault("asked", []).append(url)
         files = [
             {
                 "packagetype": "bdist_wheel",
@@ -104,6 +105,25 @@ def test_published_digest_differing_from_pin_is_refused(bundle: Path, pypi_fake:
 def test_unknown_version_is_bad_input(bundle: Path, pypi_fake: dict[str, Any]) -> None:
     with pytest.raises(BadInput, match=r"PyPI has no demo version 9\.9"):
         fetch_sdist(SdistPin("demo", "9.9", SHA), progress=False)
+
+
+@pytest.mark.parametrize(
+    ("spelling", "project"), [("demo", "demo"), ("DEMO", "demo"), ("Foo__Bar", "foo-bar"), ("a._-b", "a-b")]
+)
+def test_the_project_is_asked_for_by_its_pep503_name(
+    bundle: Path, pypi_fake: dict[str, Any], spelling: str, project: str
+) -> None:
+    """PEP 503: lower case, and each run of `-`, `_`, `.` is one `-`."""
+    fetch_sdist(SdistPin(spelling, "1.0", SHA), progress=False)
+    assert pypi_fake["asked"] == [f"https://pypi.org/pypi/{project}/json"]
+
+
+def test_a_pin_is_found_under_any_spelling_of_its_name(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """llama-cpp-python 0.3.36 is pinned by the llama_cpp recipe, whatever the caller's spelling."""
+    asked: list[SdistPin] = []
+    monkeypatch.setattr(build, "fetch_sdist", lambda pin, **_: asked.append(pin) or Path("x"))
+    sdist_path("Llama__CPP.python", "0.3.36")
+    assert [(p.normalized, p.version) for p in asked] == [("llama-cpp-python", "0.3.36")]
 
 
 def test_sdist_path_needs_a_pin(bundle: Path) -> None:

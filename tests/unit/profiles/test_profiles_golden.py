@@ -1,7 +1,9 @@
 """Golden files: `gh200 profiles render` for every profile, byte for byte.
 
 Regenerate after an intended change with `GH200_UPDATE_GOLDEN=1 pytest tests/unit/profiles`,
-then review the diff of tests/unit/profiles/golden/ like any other code change.
+then review the diff of tests/unit/profiles/golden/ like any other code change. An update run never
+passes: a rewritten file fails and an unchanged one is skipped, so only a run without the variable
+(comparing against files a person reviewed) can turn the golden test green.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from profiles_testlib import GOLDEN, PROFILES, REFERENCE_PROFILES
 from typer.testing import CliRunner
 
 from gh200.cli import app
+from gh200.fsutil import atomic_write_text
 from gh200.profiles import loader
 from gh200.profiles.schema import Stack
 
@@ -52,7 +55,10 @@ def test_render_matches_golden(pinned_bundle: Path, name: str, fmt: str) -> None
     text = _render(name, fmt)
     golden = _golden_path(name, fmt)
     if UPDATE:
-        golden.write_text(text)
+        if golden.exists() and golden.read_text() == text:
+            pytest.skip(f"GH200_UPDATE_GOLDEN=1: {golden.name} unchanged; rerun without it to test")
+        atomic_write_text(golden, text)
+        pytest.fail(f"GH200_UPDATE_GOLDEN=1: rewrote {golden.name}; review the diff, rerun without it")
     assert golden.exists(), f"no golden file {golden.name}: run with GH200_UPDATE_GOLDEN=1 and review it"
     assert text == golden.read_text(), f"{name} --as {fmt} differs from {golden.name}"
 

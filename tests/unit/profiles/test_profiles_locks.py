@@ -97,12 +97,75 @@ def test_unlocked_without_entries(tmp_path: Path) -> None:
         assert all(p.value is None for p in pins if p.state == "unlocked")
 
 
+def _lock_file_problems(directory: Path) -> list[str]:
+    """What is wrong with the lock files in `directory`, as `gh200 lock` would have written them."""
+    problems = []
+    for name, section, fields in (
+        ("images.lock", "images", {"ref": None, "digest": DIGEST_RE}),
+        ("models.lock", "models", {"repo": None, "revision": None, "sha": SHA_RE}),
+    ):
+        data = yaml.safe_load((directory / name).read_text())
+        if not isinstance(data, dict) or data.get("schema") != 1 or not isinstance(data.get(section), dict):
+            problems.append(f"{name}: not `schema: 1` with a `{section}:` mapping")
+            continue
+        for key, entry in data[section].items():
+            for field, pattern in fields.items():
+                value = entry.get(field) if isinstance(entry, dict) else None
+                if not isinstance(value, str) or (pattern is not None and not pattern.fullmatch(value)):
+                    problems.append(f"{name}: {key}.{field} is {value!r}")
+    return problems
+
+
+def _pins_match_entries(directory: Path) -> None:
+    """Every pin reads as exactly what the files hold: an entry's value when present, else unlocked."""
+    images = yaml.safe_load((directory / "images.lock").read_text())["images"] or {}
+    models = yaml.safe_load((directory / "models.lock").read_text())["models"] or {}
+    for profile in _profiles():
+        for pin in all_pins(profile, directory):
+            if pin.state == "local":
+                continue
+            entry = (images if pin.kind == "image" else models).get(pin.key)
+            value = None if entry is None else entry["digest" if pin.kind == "image" else "sha"]
+            assert pin.value == value, (profile.name, pin)
+            assert pin.state == ("unlocked" if value is None else "locked"), (profile.name, pin)
+
+
 def test_the_committed_locks_invent_nothing() -> None:
-    """Whatever profiles/*.lock hold was resolved: every value matches its pattern."""
-    images = yaml.safe_load((PROFILES / "images.lock").read_text())["images"] or {}
-    models = yaml.safe_load((PROFILES / "models.lock").read_text())["models"] or {}
-    assert all(DIGEST_RE.match(e["digest"]) for e in images.values())
-    assert all(SHA_RE.match(e["sha"]) for e in models.values())
+    """Whatever profiles/*.lock hold was resolved, and each profile reads exactly that.
+
+    While the committed files are empty (they are resolved on a connected host) this says every
+    registry image and hub model is unlocked; the check itself is shown to bite below.
+    """
+    assert _lock_file_problems(PROFILES) == []
+    _pins_match_entries(PROFILES)
+
+
+def test_the_lock_file_check_bites(tmp_path: Path) -> None:
+    shutil.copy(PROFILES / "images.lock", tmp_path)
+    shutil.copy(PROFILES / "models.lock", tmp_path)
+    _lock(tmp_path, Resolvers())
+    assert _lock_file_problems(tmp_path) == []
+    _pins_match_entries(tmp_path)
+    assert all(lock_state(p, tmp_path) in ("locked", "local") for p in _profiles())
+
+    images = tmp_path / "images.lock"
+    key = "vllm-openai-0.33.0-aarch64"
+    data = yaml.safe_load(images.read_text())
+    short = data["images"][key]["digest"][:20]
+    data["images"][key]["digest"] = short
+    images.write_text(yaml.safe_dump(data))
+    assert _lock_file_problems(tmp_path) == [f"images.lock: {key}.digest is {short!r}"]
+    # A malformed digest pins nothing: the profile reads as unlocked, never with the bad value.
+    assert image_pin(load_profile("glm52-awq-mtp3", PROFILES), tmp_path).state == "unlocked"
+
+    models = tmp_path / "models.lock"
+    data = yaml.safe_load(models.read_text())
+    first = next(iter(data["models"]))
+    del data["models"][first]["sha"]
+    models.write_text(yaml.safe_dump(data))
+    assert f"models.lock: {first}.sha is None" in _lock_file_problems(tmp_path)
+    models.write_text("models: {}\n")
+    assert "models.lock: not `schema: 1` with a `models:` mapping" in _lock_file_problems(tmp_path)
 
 
 def test_require_locked_names_the_missing_pin(tmp_path: Path) -> None:
@@ -256,7 +319,9 @@ def test_stale_or_hand_edited_entries_count_as_unlocked(tmp_path: Path) -> None:
         assert model_pins(profile, tmp_path)[0].state == "unlocked", entry
     _write_lock(tmp_path, "models.lock", "models", {key_m: model})
     assert lock_state(profile, tmp_path) == "locked"
-    assert image_pin(profile, tmp_path).pinned_ref == f"{profile.image.ref}@{digest}"
+    # The tag is dropped: the digest alone names the image (one form for profiles and image builds).
+    assert profile.image.ref == "vllm/vllm-openai:v0.33.0-aarch64"
+    assert image_pin(profile, tmp_path).pinned_ref == f"vllm/vllm-openai@{digest}"
     assert model_pins(profile, tmp_path)[0].pinned_ref == f"{profile.model.repo}@{sha}"
 
 
@@ -292,8 +357,9 @@ def test_locked_container_spec_pulls_by_digest(pinned_bundle: Path) -> None:
     profile = load_profile("glm52-awq-mtp3")
     spec = container_spec(profile)
     digest = fake_digest("vllm/vllm-openai:v0.33.0-aarch64")
-    # name:tag@digest: the digest decides what is pulled, the tag stays readable.
-    pinned = f"vllm/vllm-openai:v0.33.0-aarch64@{digest}"
+    # name@digest, the form the image builder uses too (one reader, one form): the digest alone
+    # decides what is pulled, and not every engine or builder accepts a tag beside a digest.
+    pinned = f"vllm/vllm-openai@{digest}"
     assert spec["image"] == {"base": pinned, "state": "locked", "recipe": "vllm"}
     assert spec["labels"]["io.gh200.image"] == pinned
     assert spec["labels"]["io.gh200.model-revision"] == fake_sha("cyankiwi/GLM-5.2-AWQ-INT4", "main")

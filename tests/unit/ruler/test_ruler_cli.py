@@ -235,3 +235,31 @@ def test_probe_without_torch(
 def test_probe_bad_size(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = gh200(["probe", "--size", "lots", "--json"], monkeypatch, capsys)
     assert code == 2 and "cannot read the size" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--reps", "-2"], "--reps -2"),
+        (["--reps", "0"], "--reps 0"),
+        (["--warmup", "-1"], "--warmup -1"),
+        (["--size", "4KiB"], "--size 4096 bytes"),
+        (["--copy-size", "1KiB"], "--copy-size 1024 bytes"),
+        (["--gpus", "a"], "--gpus 'a'"),
+        (["--nodes", "4096"], "--nodes: NUMA node(s) [4096]"),
+        (["--out", "."], "--out . is a directory"),
+    ],
+)
+def test_probe_refuses_bad_options_before_drawing_anything(
+    args: list[str],
+    named: str,
+    isolated_state: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Without --json the progress bar is on; a bad option must end the command before it draws."""
+    code, out, err = gh200(["probe", *args], monkeypatch, capsys)
+    assert code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and named in lines[0], err
+    assert not (isolated_state / "topology.json").exists()

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import os
 import re
+import shlex
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from gh200.images.recipe import Recipe, content_hash, load_recipe, recipe_names,
 from gh200.output import console
 from gh200.output import progress as progress_bar
 from gh200.paths import cache_dir, containers_dir
+from gh200.profiles.flags import rendered_server_args
 from gh200.profiles.render import LABEL_PREFIX
 
 LABEL = LABEL_PREFIX
@@ -92,12 +94,12 @@ class BuildResult:
 
 def known_sdist_pins() -> dict[tuple[str, str], str]:
     """(normalized package, version) -> sha256 from every recipe and the vLLM patch series."""
-    from gh200.images.pypi import normalize
+    from packaging.utils import canonicalize_name
 
     pins: dict[tuple[str, str], str] = {}
     for name in recipe_names():
         for src in load_recipe(name).sources:
-            pins[(normalize(src.package), src.version)] = src.sha256
+            pins[(canonicalize_name(src.package), src.version)] = src.sha256
     with contextlib.suppress(BadInput):
         from gh200.images.patches import load_series
 
@@ -108,9 +110,9 @@ def known_sdist_pins() -> dict[tuple[str, str], str]:
 
 def sdist_path(package: str, version: str, *, progress: bool = False) -> Path:
     """The cached, sha256-verified sdist of package==version (downloaded from PyPI on first use)."""
-    from gh200.images.pypi import normalize
+    from packaging.utils import canonicalize_name
 
-    sha = known_sdist_pins().get((normalize(package), version))
+    sha = known_sdist_pins().get((canonicalize_name(package), version))
     if sha is None:
         raise SourceNotPinned(
             f"{package}=={version} is not pinned by any recipe or the patch series",
@@ -165,8 +167,8 @@ def resolve_base(
         return BaseChoice(spec.local, local_id, True)
     assert spec.ref is not None
     locked = find_locked(spec.ref, spec.lock_key)
-    if locked and locked.pinned_ref and locked.digest:
-        return BaseChoice(locked.pinned_ref, locked.digest, True)
+    if locked.state == "locked" and locked.value:
+        return BaseChoice(locked.pinned_ref, locked.value, True)
     if not unlocked:
         raise LockError(
             f"base image {spec.ref} of recipe {recipe.name} has no digest in {images_lock_path()}"
@@ -174,6 +176,28 @@ def resolve_base(
             "run `gh200 lock` on a host that reaches the registry, or pass --unlocked to build from the tag",
         )
     return BaseChoice(spec.ref, f"unlocked:{spec.ref}", False)
+
+
+def check_request(name: str, *, platform: str | None = None, unlocked: bool = False) -> Recipe:
+    """What a build request can be refused for without an engine: recipe, platform, upstream pins.
+
+    Runs before the engine is reached (which may start Podman or debootstrap a base image).
+    """
+    recipe = load_recipe(name)
+    if platform is not None and not PLATFORM.match(platform):
+        raise BadInput(f"unsupported platform {platform!r}", "use linux/amd64 or linux/arm64")
+    if platform is not None and platform not in recipe.platforms:
+        raise BadInput(
+            f"recipe {name} does not build for {platform}", f"use one of: {', '.join(recipe.platforms)}"
+        )
+    for up in recipe.upstream:
+        if up.sha256 is None and not unlocked:
+            raise LockError(
+                f"recipe {name}: {up.name} {up.commit[:12]} has no archive sha256 pinned",
+                f"on a host that reaches it, compute sha256 of {up.url.format(commit=up.commit)} and set "
+                f"`sha256:` in {recipe.directory / 'recipe.yaml'}, or pass --unlocked",
+            )
+    return recipe
 
 
 def plan_build(
@@ -186,13 +210,7 @@ def plan_build(
     build_args: dict[str, str] | None = None,
     create_local: bool = True,
 ) -> BuildPlan:
-    recipe = load_recipe(name)
-    if platform is not None and not PLATFORM.match(platform):
-        raise BadInput(f"unsupported platform {platform!r}", "use linux/amd64 or linux/arm64")
-    if platform is not None and platform not in recipe.platforms:
-        raise BadInput(
-            f"recipe {name} does not build for {platform}", f"use one of: {', '.join(recipe.platforms)}"
-        )
+    recipe = check_request(name, platform=platform, unlocked=unlocked)
     native = engine_platform(client)
     if platform is None and base is None and native is not None and native not in recipe.platforms:
         # e.g. the arm64-only vLLM image on an x86 host: say so rather than fail mid-build.
@@ -220,15 +238,12 @@ def plan_build(
         labels[f"{LABEL}.upstream.{src.package}"] = f"{src.version} sha256:{src.sha256}"
         sdists.append((pin, ""))
     for up in recipe.upstream:
-        if up.sha256 is None and not unlocked:
-            raise LockError(
-                f"recipe {name}: {up.name} {up.commit[:12]} has no archive sha256 pinned",
-                f"on a host that reaches it, compute sha256 of {up.url.format(commit=up.commit)} and set "
-                f"`sha256:` in {recipe.directory / 'recipe.yaml'}, or pass --unlocked",
-            )
         args[up.commit_arg] = up.commit
         args[up.sha256_arg] = up.sha256 or ""
         labels[f"{LABEL}.upstream.{up.name}"] = f"{up.commit}" + (f" sha256:{up.sha256}" if up.sha256 else "")
+    if recipe.check_server_args:
+        check = recipe.check_server_args
+        args[check.arg] = "\n".join(shlex.join(a) for a in rendered_server_args(check.engine))
     if recipe.patch_series:
         labels[f"{LABEL}.patch-series"] = tree_hash(recipe.directory / recipe.patch_series)
     args.update(build_args or {})

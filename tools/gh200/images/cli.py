@@ -29,7 +29,7 @@ def build_cmd(  # noqa: PLR0917 - typer maps each option to a parameter
     """Build an image, tagged by its recipe's content hash (an unchanged recipe is not rebuilt)."""
     from gh200.engine import connect
     from gh200.errors import BadInput
-    from gh200.images.build import build_image
+    from gh200.images.build import build_image, check_request
 
     overrides: dict[str, str] = {}
     for item in build_arg:
@@ -37,6 +37,8 @@ def build_cmd(  # noqa: PLR0917 - typer maps each option to a parameter
         if not sep or not key.isidentifier():
             raise BadInput(f"--build-arg {item!r} is not KEY=VALUE", "write e.g. --build-arg SMOKE=compile")
         overrides[key] = value
+    # Refuse what can be refused before connecting: connecting may start the Podman service.
+    check_request(name, platform=platform, unlocked=unlocked)
     client = connect()
     result = build_image(
         client,

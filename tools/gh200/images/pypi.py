@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from packaging.utils import canonicalize_name
 
 from gh200.errors import BadInput, OperationFailed
 from gh200.fsutil import file_lock, sha256_file
@@ -40,15 +41,8 @@ class SdistPin:
 
     @property
     def normalized(self) -> str:
-        return normalize(self.package)
-
-
-def normalize(package: str) -> str:
-    """PEP 503 name normalisation (sdist file names use underscores)."""
-    out = package.lower()
-    for char in "-_.":
-        out = out.replace(char, "-")
-    return out
+        """PEP 503 name: runs of `-`, `_` and `.` become one `-` (so `Foo__Bar` is `foo-bar`)."""
+        return canonicalize_name(self.package)
 
 
 def sources_dir() -> Path:
@@ -60,7 +54,7 @@ def sources_dir() -> Path:
 def _sdist_entry(package: str, version: str) -> dict[str, Any]:
     """The PyPI JSON entry of the sdist of package==version."""
     # The project endpoint lists every release; the per-version endpoint is missing on some mirrors.
-    url = f"{PYPI}/pypi/{normalize(package)}/json"
+    url = f"{PYPI}/pypi/{canonicalize_name(package)}/json"
     try:
         answer = httpx.get(url, timeout=60, follow_redirects=True)
     except httpx.HTTPError as err:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -66,6 +66,14 @@ class UpstreamSource(_Strict):
     sha256_arg: str
 
 
+class ServerArgsCheck(_Strict):
+    """The image build runs the llama-server it built on every argument list our renders emit for
+    `engine`'s profiles (passed, one shell-quoted line each, as build arg `arg`)."""
+
+    engine: Literal["llama_cpp", "ik_llama"]
+    arg: str = "SERVER_ARGS"
+
+
 class Recipe(_Strict):
     name: str
     image: str
@@ -75,6 +83,7 @@ class Recipe(_Strict):
     sources: list[SdistSource] = Field(default_factory=list)
     upstream: list[UpstreamSource] = Field(default_factory=list)
     build_args: dict[str, str] = Field(default_factory=dict)
+    check_server_args: ServerArgsCheck | None = None
     patch_series: str | None = None  # directory (relative) whose content hash becomes a label
     containerfile: str = "Containerfile"
 

@@ -40,12 +40,25 @@ class Pin:
 
     @property
     def pinned_ref(self) -> str:
-        """The reference to pull: by digest for images, `repo@sha` for models, when locked."""
+        """The reference to pull when locked: `repo@sha256:...` for images, `repo@sha` for models.
+
+        An image's tag is dropped: the digest alone names it, and not every engine or builder
+        accepts a reference with both a tag and a digest.
+        """
         if self.state != "locked" or self.value is None:
             return self.ref
         if self.kind == "image":
-            return f"{self.ref.split('@', 1)[0]}@{self.value}"
+            return f"{strip_tag(self.ref)}@{self.value}"
         return f"{self.ref}@{self.value}"
+
+
+def strip_tag(ref: str) -> str:
+    """`docker.io/vllm/vllm-openai:v1` -> `docker.io/vllm/vllm-openai` (a registry port is kept)."""
+    ref = ref.split("@", 1)[0]
+    last = ref.rsplit("/", 1)[-1]
+    if ":" in last:
+        return ref[: len(ref) - len(last)] + last.split(":", 1)[0]
+    return ref
 
 
 def load_lock_section(path: Path, section: str) -> dict[str, dict[str, Any]]:
@@ -76,11 +89,26 @@ def image_pin(profile: Profile, directory: Path | None = None) -> Pin:
     spec = profile.image
     if _is_local_image(spec.ref):
         return Pin("image", spec.lock_key, spec.ref, None, "local")
-    entry = load_lock_section(root / IMAGES_LOCK, "images").get(spec.lock_key) or {}
-    digest = entry.get("digest")
-    if isinstance(digest, str) and DIGEST_RE.fullmatch(digest) and entry.get("ref") == spec.ref:
-        return Pin("image", spec.lock_key, spec.ref, digest, "locked")
-    return Pin("image", spec.lock_key, spec.ref, None, "unlocked")
+    return locked_image(spec.ref, spec.lock_key, root / IMAGES_LOCK)
+
+
+def locked_image(ref: str, lock_key: str | None, path: Path) -> Pin:
+    """The one reading of an images.lock entry, for profiles and image builds alike.
+
+    The entry under `lock_key` (else, with no entry under that key, one whose ref is `ref`) pins
+    `ref` only if it records that same ref and a well-formed digest; anything else is unlocked.
+    """
+    entries = load_lock_section(path, "images")
+    if lock_key is not None and lock_key in entries:
+        candidates = [entries[lock_key]]
+    else:
+        candidates = [e for e in entries.values() if e.get("ref") == ref]
+    key = lock_key or ref
+    for entry in candidates:
+        digest = entry.get("digest")
+        if isinstance(digest, str) and DIGEST_RE.fullmatch(digest) and entry.get("ref") == ref:
+            return Pin("image", key, ref, digest, "locked")
+    return Pin("image", key, ref, None, "unlocked")
 
 
 def model_pins(profile: Profile, directory: Path | None = None) -> list[Pin]:

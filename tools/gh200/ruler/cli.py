@@ -165,9 +165,18 @@ def probe_command(
     from gh200.fsutil import atomic_write_text
     from gh200.ruler import probe
 
+    # Every option is checked before the progress bar is drawn or the GPUs are touched.
     size_bytes = inputs.parse_size(size)
     copy_bytes = inputs.parse_size(copy_size)
     assert size_bytes is not None and copy_bytes is not None
+    probe.check_options(size_bytes=size_bytes, copy_size_bytes=copy_bytes, reps=reps, warmup=warmup)
+    node_ids, gpu_ids = _ints(nodes, "--nodes"), _ints(gpus, "--gpus")
+    if node_ids is not None:
+        probe.check_nodes(node_ids)
+    target = out or inputs.default_topology_path()
+    for flag, path in (("--out", target), ("--report", report)):
+        if path is not None and path.is_dir():
+            raise inputs.RulerError(f"{flag} {path} is a directory", f"pass a file path to {flag}")
     with progress(enabled=not json_out) as bar:
         task = bar.add_task("probe", total=None)
         doc = probe.run_probe(
@@ -175,11 +184,10 @@ def probe_command(
             copy_size_bytes=copy_bytes,
             reps=reps,
             warmup=warmup,
-            nodes=_ints(nodes, "--nodes"),
-            gpus=_ints(gpus, "--gpus"),
+            nodes=node_ids,
+            gpus=gpu_ids,
             step=lambda msg: bar.update(task, description=msg),
         )
-    target = out or inputs.default_topology_path()
     topology.write_topology(target, doc)
     if report is not None:
         atomic_write_text(report, topology.format_report(doc) + "\n")

@@ -337,6 +337,31 @@ def _run_text(argv: list[str]) -> str | None:
     return done.stdout if done.returncode == 0 else None
 
 
+def check_options(*, size_bytes: int, copy_size_bytes: int, reps: int, warmup: int) -> None:
+    """The probe's own options, checked before anything is imported, allocated or drawn."""
+    for flag, value in (("--size", size_bytes), ("--copy-size", copy_size_bytes)):
+        if value < 1 << 20:
+            raise ProbeInputError(
+                f"{flag} {value} bytes is below 1 MiB, which measures latency, not bandwidth",
+                f"use {flag} 256MiB or more",
+            )
+    if reps < 1:
+        raise ProbeInputError(f"--reps {reps}: need at least one timed repetition", "pass --reps 1 or more")
+    if warmup < 0:
+        raise ProbeInputError(f"--warmup {warmup} is negative", "pass --warmup 0 or more")
+
+
+def check_nodes(nodes: list[int], all_nodes: list[dict[str, Any]] | None = None) -> None:
+    """--nodes names NUMA nodes this host has (read from sysfs; nothing is touched)."""
+    known = {n["id"] for n in (list_nodes() if all_nodes is None else all_nodes)}
+    missing = [n for n in nodes if n not in known]
+    if missing:
+        raise ProbeInputError(
+            f"--nodes: NUMA node(s) {missing} not in /sys/devices/system/node (have {sorted(known)})",
+            "pass --nodes with existing node ids",
+        )
+
+
 def run_probe(
     *,
     size_bytes: int = GIB,
@@ -348,27 +373,14 @@ def run_probe(
     step: Step | None = None,
 ) -> dict[str, Any]:
     """Measure every path and return the topology document (see gh200.ruler.topology)."""
-    if size_bytes < 1 << 20 or copy_size_bytes < 1 << 20:
-        raise ProbeInputError(
-            "probe sizes below 1 MiB measure latency, not bandwidth", "use --size 256MiB or more"
-        )
-    if reps < 1 or warmup < 0:
-        raise ProbeInputError(
-            "need at least one timed repetition", "pass --reps 1 or more, --warmup 0 or more"
-        )
+    check_options(size_bytes=size_bytes, copy_size_bytes=copy_size_bytes, reps=reps, warmup=warmup)
     torch = _import_torch()
     say = step or (lambda _msg: None)
     policy = MemPolicy()
 
     all_nodes = list_nodes()
     if nodes is not None:
-        known = {n["id"] for n in all_nodes}
-        missing = [n for n in nodes if n not in known]
-        if missing:
-            raise ProbeInputError(
-                f"NUMA node(s) {missing} not in /sys/devices/system/node (have {sorted(known)})",
-                "pass --nodes with existing node ids",
-            )
+        check_nodes(nodes, all_nodes)
         probe_nodes: list[dict[str, Any] | None] = [n for n in all_nodes if n["id"] in nodes]
     else:
         # Nodes with CPUs hold host memory; on a GH200 the CPU-less nodes are the GPUs' own HBM.
