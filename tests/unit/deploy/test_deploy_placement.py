@@ -326,7 +326,7 @@ def test_deploy_refuses_an_unresolved_pattern_before_any_side_effect(
         "gh200.deploy.deploy.resolve_image", lambda *_a, **_k: pytest.fail("image step reached")
     )
     with pytest.raises(ModelFileUnresolved):
-        deploy(_NoTouch(), load_profile("glm52-iq2xxs-cpu"), progress=False)  # type: ignore[arg-type]
+        deploy(_NoTouch(), load_profile("glm52-iq2xxs-cpu"), progress=False)
 
 
 def test_validate_checks_the_pattern_where_the_model_is_present(

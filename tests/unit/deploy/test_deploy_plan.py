@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from gh200.deploy.deploy import (
-    API_KEY_IN_CONTAINER,
     L_GPUS,
     L_KEY_FILE,
     L_PORT,
@@ -25,6 +24,7 @@ from gh200.deploy.deploy import (
 )
 from gh200.errors import BadInput
 from gh200.profiles import container_spec, load_profile
+from gh200.profiles.render import API_KEY_IN_CONTAINER
 from gh200.profiles.schema import Profile
 
 
