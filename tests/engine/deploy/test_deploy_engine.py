@@ -28,7 +28,7 @@ from gh200.deploy.deploy import (
     status,
     stop,
 )
-from gh200.profiles import profile_hash
+from gh200.profiles import container_spec, profile_hash
 from gh200.profiles.schema import CpuPlacement, Expected, Placement, Profile
 
 pytestmark = pytest.mark.engine
@@ -61,6 +61,8 @@ def test_deployed_container_is_labelled_ready_and_unchanged_on_redeploy(
     assert again.changed is False and again.targets[0]["container"] == container.name
     rows = [r for r in status(engine) if r["profile"] == tiny_server.name]
     assert len(rows) == 1 and rows[0]["health"] == "ready" and rows[0]["state"] == "running"
+    # The launch argv (what run records carry) is exactly the rendered command.
+    assert rows[0]["argv"] == container_spec(tiny_server)["command"] == again.targets[0]["argv"]
 
 
 def test_never_ready_prints_the_log_tail_and_leaves_nothing(

@@ -686,6 +686,7 @@ def _describe(container: Any) -> dict[str, Any]:
         "image": labels.get(L_IMAGE_TAG),
         "url": labels.get(L_HEALTH, "").rsplit("/", 1)[0] or None,
         "stack": labels.get(L_STACK),
+        "argv": launch_argv(container),
     }
 
 
