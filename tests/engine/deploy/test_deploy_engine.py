@@ -383,6 +383,7 @@ def test_llama_server_takes_the_key_from_a_read_only_file(engine: Any, prepared:
     key_file.chmod(0o600)
     profile = variant("keyfile", api_key_file=str(key_file))
     base = f"http://127.0.0.1:{profile.port}"
+    copy: Path | None = None
     try:
         deploy(engine, profile, progress=False, smoke=None)  # readiness passed with the key
         (container,) = _running(engine, profile.name)
@@ -403,7 +404,7 @@ def test_llama_server_takes_the_key_from_a_read_only_file(engine: Any, prepared:
         assert copy.is_file()
     finally:
         stop(engine, profile.name)
-    assert not copy.exists()
+    assert copy is not None and not copy.exists()  # the copy goes with the container
 
 
 def test_shard_pattern_resolves_to_the_one_file_it_names(
