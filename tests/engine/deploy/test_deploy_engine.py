@@ -34,6 +34,12 @@ from gh200.profiles.schema import CpuPlacement, Expected, Placement, Profile
 pytestmark = pytest.mark.engine
 
 
+@pytest.fixture(autouse=True)
+def _private_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Saved logs, key copies and results of a test go under its own directory, not the user's."""
+    monkeypatch.setenv("GH200_STATE", str(tmp_path / "state"))
+
+
 def _running(engine: Any, name: str) -> list[Any]:
     return [c for c in gh200_containers(engine, profile=name) if c.status == "running"]
 
