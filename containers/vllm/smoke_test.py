@@ -13,6 +13,7 @@ import argparse
 import ast
 import importlib
 import py_compile
+import shutil
 import sys
 from pathlib import Path
 
@@ -45,6 +46,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     version = vllm_version(root)
     failures = 0
+    # vLLM's --numa-bind runs its workers under numactl and raises when it is missing.
+    if shutil.which("numactl") is None:
+        print(
+            "error: numactl is not on PATH; --numa-bind needs it (install the numactl package)",
+            file=sys.stderr,
+        )
+        failures += 1
+    else:
+        print(f"smoke: numactl at {shutil.which('numactl')}")
     for entry in series["patches"]:
         if entry["status"] != "carried" or version not in (entry.get("vllm") or []):
             continue

@@ -17,17 +17,27 @@ from deploy_testlib import leftovers, variant
 from gh200.deploy.deploy import (
     ApiKeyFileInsecure,
     DeployFailed,
+    ModelFileUnresolved,
+    PlacementRefused,
     PortTaken,
     deploy,
     gh200_containers,
+    key_copy_path,
+    launch_argv,
     probe_ready,
     status,
     stop,
 )
-from gh200.profiles import profile_hash
-from gh200.profiles.schema import Expected, Profile
+from gh200.profiles import container_spec, profile_hash
+from gh200.profiles.schema import CpuPlacement, Expected, Placement, Profile
 
 pytestmark = pytest.mark.engine
+
+
+@pytest.fixture(autouse=True)
+def _private_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Saved logs, key copies and results of a test go under its own directory, not the user's."""
+    monkeypatch.setenv("GH200_STATE", str(tmp_path / "state"))
 
 
 def _running(engine: Any, name: str) -> list[Any]:
@@ -57,6 +67,8 @@ def test_deployed_container_is_labelled_ready_and_unchanged_on_redeploy(
     assert again.changed is False and again.targets[0]["container"] == container.name
     rows = [r for r in status(engine) if r["profile"] == tiny_server.name]
     assert len(rows) == 1 and rows[0]["health"] == "ready" and rows[0]["state"] == "running"
+    # The launch argv (what run records carry) is exactly the rendered command.
+    assert rows[0]["argv"] == container_spec(tiny_server)["command"] == again.targets[0]["argv"]
 
 
 def test_never_ready_prints_the_log_tail_and_leaves_nothing(
@@ -71,12 +83,22 @@ def test_never_ready_prints_the_log_tail_and_leaves_nothing(
     assert gh200_containers(engine, profile=profile.name) == []
 
 
-def test_exit_before_ready_fails_fast(engine: Any, prepared: str) -> None:
+def test_exit_before_ready_fails_fast_and_keeps_the_whole_log(
+    engine: Any, prepared: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GH200_STATE", str(tmp_path))
     profile = variant("crash", settings={"extra_args": ["--no-such-flag"]})
     with pytest.raises(DeployFailed) as caught:
         deploy(engine, profile, progress=False)
-    assert "exited (code" in caught.value.message and "before it was ready" in caught.value.message
+    message = caught.value.message
+    assert "exited (code" in message and "before it was ready" in message
     assert gh200_containers(engine, profile=profile.name) == []
+    # The container is gone, its whole log is not: saved, named in the error, first error shown.
+    (saved,) = (tmp_path / "logs" / profile.name).iterdir()
+    assert f"log saved to {saved}" in message
+    text = saved.read_text()
+    assert "--no-such-flag" in text and len(text.splitlines()) > 1
+    assert "first error: " in message and "--no-such-flag" in message.split("first error: ", 1)[1]
 
 
 def test_port_taken_by_another_process(engine: Any, prepared: str) -> None:
@@ -285,5 +307,150 @@ def test_unhealthy_copy_of_the_same_version_is_replaced(engine: Any, prepared: s
         assert result.changed and result.stopped == []
         (fresh,) = gh200_containers(engine, profile=profile.name)
         assert fresh.id != container.id and _ready(profile)
+    finally:
+        stop(engine, profile.name)
+
+
+# --- placement under Docker's real default seccomp profile, the API key file, shard patterns ----------
+
+DOCKER_SECCOMP = Path("/usr/share/gocode/src/github.com/docker/docker/profiles/seccomp/default.json")
+
+
+@pytest.fixture(scope="module")
+def docker_seccomp() -> list[str]:
+    """Docker's own default profile (Debian's golang-github-docker-docker-dev), passed to Podman:
+    it allows set_mempolicy/mbind only with CAP_SYS_NICE, where Podman's profile always allows them."""
+    if not DOCKER_SECCOMP.is_file():
+        pytest.fail(f"needs {DOCKER_SECCOMP}: run scripts/ensure-apt.sh (golang-github-docker-docker-dev)")
+    policy = json.loads(DOCKER_SECCOMP.read_text())
+    gated = [s for s in policy["syscalls"] if "set_mempolicy" in s["names"]]
+    assert gated and all(s.get("includes", {}).get("caps") == ["CAP_SYS_NICE"] for s in gated)
+    return [f"seccomp={DOCKER_SECCOMP}"]
+
+
+def _membind(name: str, **updates: Any) -> Profile:
+    """local-tiny bound to NUMA node 0 (CPUs and memory): the server runs under numactl --membind."""
+    return variant(name, placement=Placement(cpu=CpuPlacement(numa_node=0, membind=True)), **updates)
+
+
+def test_memory_binding_without_cap_sys_nice_is_refused_with_the_log_line(
+    engine: Any,
+    prepared: str,
+    docker_seccomp: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gh200.profiles import container_spec as rendered
+
+    monkeypatch.setenv("GH200_STATE", str(tmp_path))
+
+    def without_capability(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        spec = rendered(*args, **kwargs)
+        assert spec.pop("cap_add") == ["SYS_NICE"]  # what render gives a memory-binding profile
+        return spec
+
+    monkeypatch.setattr("gh200.deploy.deploy.container_spec", without_capability)
+    profile = _membind("nocap")
+    with pytest.raises(PlacementRefused) as caught:
+        deploy(engine, profile, progress=False, smoke=None, security_opt=docker_seccomp)
+    message = caught.value.message
+    assert "NUMA memory binding was refused" in message and "Operation not permitted" in message
+    assert "CAP_SYS_NICE" in str(caught.value.fix)
+    (saved,) = (tmp_path / "logs" / profile.name).iterdir()
+    assert str(saved) in message
+    assert gh200_containers(engine, profile=profile.name) == []
+
+
+def test_memory_binding_holds_with_the_rendered_capability(
+    engine: Any, prepared: str, docker_seccomp: list[str]
+) -> None:
+    profile = _membind("membind")
+    try:
+        deploy(engine, profile, progress=False, smoke=None, security_opt=docker_seccomp)
+        (container,) = _running(engine, profile.name)
+        assert "CAP_SYS_NICE" in (container.attrs["HostConfig"].get("CapAdd") or [])
+        assert launch_argv(container)[:3] == ["numactl", "--cpunodebind=0", "--membind=0"]
+        # PID 1 is llama-server (numactl execs it): every mapping follows the bind policy.
+        code, out = container.exec_run(["cat", "/proc/1/numa_maps"])
+        assert code == 0, out
+        policies = {line.split()[1] for line in out.decode().splitlines() if line.strip()}
+        assert policies == {"bind:0"}, policies
+        assert _ready(profile)
+    finally:
+        stop(engine, profile.name)
+
+
+def test_llama_server_takes_the_key_from_a_read_only_file(engine: Any, prepared: str, tmp_path: Path) -> None:
+    import httpx
+
+    key = "sk-tdep-keyfile-42"
+    key_file = tmp_path / "api-key"
+    key_file.write_text(key + "\n")
+    key_file.chmod(0o600)
+    profile = variant("keyfile", api_key_file=str(key_file))
+    base = f"http://127.0.0.1:{profile.port}"
+    copy: Path | None = None
+    try:
+        deploy(engine, profile, progress=False, smoke=None)  # readiness passed with the key
+        (container,) = _running(engine, profile.name)
+        assert key not in json.dumps(container.attrs["Config"].get("Env") or [])
+        mounts = {m["Destination"]: m for m in container.attrs["Mounts"]}
+        assert mounts["/run/secrets/gh200-api-key"]["RW"] is False
+        body = {"model": profile.model.served_name, "prompt": "hello", "max_tokens": 2}
+        refused = httpx.post(f"{base}/v1/completions", json=body, timeout=30)
+        assert refused.status_code == 401
+        wrong = {"Authorization": "Bearer sk-wrong"}
+        assert httpx.post(f"{base}/v1/completions", json=body, headers=wrong, timeout=30).status_code == 401
+        served = httpx.post(
+            f"{base}/v1/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30
+        )
+        assert served.status_code == 200, served.text
+        assert probe_ready(f"{base}/health", f"{base}/v1/models", profile.model.served_name, key)[0]
+        copy = key_copy_path(container.name)
+        assert copy.is_file()
+    finally:
+        stop(engine, profile.name)
+    assert copy is not None and not copy.exists()  # the copy goes with the container
+
+
+def test_shard_pattern_resolves_to_the_one_file_it_names(
+    engine: Any, prepared: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """glm52-iq2xxs-cpu's form (`UD-IQ2_XXS/*-00001-of-*.gguf`) on a store laid out like the real one,
+    holding the tiny model's files under shard names: no shell in the container expands it."""
+    import shutil
+
+    from gh200.deploy.tinymodel import ensure_tiny_model
+    from gh200.profiles import load_profile
+
+    tiny = ensure_tiny_model(load_profile("local-tiny"))
+    store = tmp_path / "store"
+    shards = store / "tdep--shards" / "UD-TINY"
+    shards.mkdir(parents=True)
+    shutil.copy(tiny.target, shards / "tiny-llama-spm-00001-of-00002.gguf")
+    (shards / "tiny-llama-spm-00002-of-00002.gguf").write_bytes(b"")  # never opened by name
+    shutil.copy(tiny.draft, shards.parent / "tiny-llama-spm-draft.gguf")
+    for path in [store, *store.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)  # the server's own user reads the mount
+    monkeypatch.setenv("GH200_MODELS", str(store))
+    model = load_profile("local-tiny").model.model_copy(
+        update={"repo": "tdep/shards", "gguf_file": "UD-TINY/*-00001-of-*.gguf"}
+    )
+    profile = variant("shards", model=model)
+    (shards / "other-00001-of-00003.gguf").write_bytes(b"")
+    with pytest.raises(ModelFileUnresolved) as caught:
+        deploy(engine, profile, progress=False, smoke=None)
+    message = caught.value.message
+    assert "2 files" in message and "other-00001-of-00003.gguf" in message
+    assert caught.value.exit_code == 2
+    assert gh200_containers(engine, profile=profile.name) == []
+    (shards / "other-00001-of-00003.gguf").unlink()
+    try:
+        deploy(engine, profile, progress=False, smoke=None)
+        (container,) = _running(engine, profile.name)
+        wanted = "/models/tiny-llama/UD-TINY/tiny-llama-spm-00001-of-00002.gguf"
+        argv = launch_argv(container)
+        assert argv[argv.index("-m") + 1] == wanted
+        assert _ready(profile)
     finally:
         stop(engine, profile.name)

@@ -24,6 +24,7 @@ from gh200.deploy.deploy import (
 )
 from gh200.errors import BadInput
 from gh200.profiles import container_spec, load_profile
+from gh200.profiles.render import API_KEY_IN_CONTAINER
 from gh200.profiles.schema import Profile
 
 
@@ -53,15 +54,24 @@ def test_vllm_container_request_carries_gpus_numa_ipc_and_memlock() -> None:
     (request,) = kw["device_requests"]
     assert request["DeviceIDs"] == ["0", "1"] and request["Capabilities"] == [["gpu"]]
     assert kw["cpuset_cpus"] == "0-143" and kw["cpuset_mems"] == "0-1"
-    assert kw["ipc_mode"] == "host" and kw["shm_size"] == "16g"
+    # The host's IPC namespace means the host's /dev/shm: Podman refuses a size with it.
+    assert kw["ipc_mode"] == "host" and "shm_size" not in kw
+    # --numa-bind sets a memory policy: Docker's default seccomp profile needs CAP_SYS_NICE for it.
+    assert kw["cap_add"] == ["SYS_NICE"] and "security_opt" not in kw
     limits = {u["Name"]: (u["Soft"], u["Hard"]) for u in kw["ulimits"]}
     assert limits["memlock"] == (-1, -1)
     assert kw["ports"] == {"8000/tcp": ("127.0.0.1", 8000)}
-    ((host_dir, mount),) = kw["volumes"].items()
-    assert host_dir.endswith("cyankiwi--GLM-5.2-AWQ-INT4--mtp-graft") and mount == {
+    (model_dir,) = [h for h in kw["volumes"] if h.startswith("/")]
+    assert model_dir.endswith("cyankiwi--GLM-5.2-AWQ-INT4--mtp-graft") and kw["volumes"][model_dir] == {
         "bind": "/models/glm-5.2",
         "mode": "ro",
     }
+    # The compile caches: one named volume per profile, where vLLM, Triton and DeepGEMM look.
+    assert kw["volumes"]["gh200-cache-glm52-awq-mtp3"] == {"bind": "/var/cache/gh200", "mode": "rw"}
+    env = kw["environment"]
+    assert env["VLLM_CACHE_ROOT"].startswith("/var/cache/gh200/")
+    assert env["TRITON_CACHE_DIR"].startswith("/var/cache/gh200/")
+    assert env["DG_JIT_CACHE_DIR"].startswith("/var/cache/gh200/")
     assert kw["environment"]["NCCL_P2P_DISABLE"] == "1"
     labels = kw["labels"]
     assert (
@@ -94,7 +104,10 @@ def test_numa_bound_cpu_profile_runs_under_numactl() -> None:
     assert client.kwargs["cpuset_mems"] == "1"
 
 
-def test_api_key_goes_to_the_environment_only(tmp_path: Path) -> None:
+def test_api_key_reaches_the_server_but_no_label_or_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GH200_STATE", str(tmp_path / "state"))
     key_file = tmp_path / "key"
     key_file.write_text("# comment\nsk-secret-123\n")
     key_file.chmod(0o600)
@@ -108,9 +121,21 @@ def test_api_key_goes_to_the_environment_only(tmp_path: Path) -> None:
     assert all(key not in str(v) for v in client.kwargs["labels"].values())
     assert key not in " ".join(client.kwargs["command"])
     assert client.kwargs["labels"][L_KEY_FILE] == str(key_file)
-    llama = _target(load_profile("local-tiny").model_copy(update={"api_key_file": str(key_file)}))
-    create_container(client, llama, "img:1", key)  # type: ignore[arg-type]
-    assert client.kwargs["environment"]["LLAMA_API_KEY"] == key
+    # llama.cpp and ik_llama.cpp ignore LLAMA_API_KEY: the key goes in through --api-key-file,
+    # a read-only copy the image's own user can read.
+    for name in ("local-tiny", "glm52-iq2xxs-cpu"):
+        llama = _target(load_profile(name).model_copy(update={"api_key_file": str(key_file)}))
+        create_container(client, llama, "img:1", key)  # type: ignore[arg-type]
+        kw = client.kwargs
+        assert key not in str(kw["environment"]) and key not in " ".join(kw["command"])
+        at = kw["command"].index("--api-key-file")
+        assert kw["command"][at + 1] == API_KEY_IN_CONTAINER
+        (copy,) = [h for h, m in kw["volumes"].items() if m["bind"] == API_KEY_IN_CONTAINER]
+        assert kw["volumes"][copy]["mode"] == "ro"
+        assert Path(copy).read_text() == key + "\n"
+        assert Path(copy).stat().st_mode & 0o777 == 0o444
+        assert Path(copy).parent.stat().st_mode & 0o777 == 0o700
+        assert Path(copy).name == f"{kw['name']}.key"
 
 
 def test_api_key_file_permissions_and_content(tmp_path: Path) -> None:

@@ -12,11 +12,13 @@ they are healthy again (roll-back).
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +27,19 @@ import httpx
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
 from gh200.errors import BadInput, OperationFailed
+from gh200.fsutil import atomic_write_text
 from gh200.output import console
 from gh200.output import progress as progress_bar
-from gh200.paths import bundle_root
+from gh200.paths import bundle_root, state_dir
 from gh200.profiles import container_spec, load_any, load_profile, profile_hash
-from gh200.profiles.render import LABEL_PREFIX, model_host_dir
+from gh200.profiles.render import (
+    API_KEY_IN_CONTAINER,
+    LABEL_PREFIX,
+    NUMA_CAPABILITY,
+    binds_memory,
+    model_host_dir,
+    resolve_model_files,
+)
 from gh200.profiles.schema import Profile, Stack
 
 L = LABEL_PREFIX
@@ -46,9 +56,27 @@ L_MODELS = f"{L}.models-url"
 L_SERVED = f"{L}.served-name"
 L_TIMEOUT = f"{L}.health-timeout"
 L_KEY_FILE = f"{L}.api-key-file"
+L_CAPS = f"{L}.cap-add"
 LOG_TAIL_LINES = 40
 STOP_TIMEOUT_S = 30
 TINY_MODEL_REPO = "local/tiny-llama-spm"
+PLACEMENT_POLL_S = 5.0
+# What a refused NUMA memory policy looks like in a server's log. vLLM 0.33.0
+# (vllm/utils/numa_utils.py, _resolve_numactl_args) drops --membind and only warns; numactl and
+# libnuma print the failed call with strerror(EPERM) and exit.
+PLACEMENT_REFUSED = re.compile(
+    r"numactl args .* rejected; falling back"
+    r"|lacks permission to set NUMA memory policy"
+    r"|(set_mempolicy|mbind|membind|numa_set\w*).*(Operation not permitted|Permission denied)"
+)
+LOG_PREFIX = re.compile(
+    r"^(\([^)]*\)\s+)?(ERROR|WARNING|INFO|DEBUG|CRITICAL)\s+\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?\s+\[[^]]*\]\s?"
+)
+# The first line worth showing from a failed server's log: a Python traceback (shown with the
+# exception that ends it), else the first error line.
+ERROR_LINE = re.compile(
+    r"\b(ERROR|FATAL|CRITICAL)\b|\berror\b|\w+Error\b|\w+Exception\b|Operation not permitted|not permitted"
+)
 
 
 class DeployFailed(OperationFailed):
@@ -65,6 +93,14 @@ class ApiKeyFileInsecure(BadInput):
 
 class ModelMissing(BadInput):
     """The profile's model directory is not in the model store."""
+
+
+class ModelFileUnresolved(BadInput):
+    """A model file (or shard pattern) of the profile names no single file in the model store."""
+
+
+class PlacementRefused(DeployFailed):
+    """The server could not set the NUMA memory policy its profile asks for."""
 
 
 @dataclass
@@ -214,6 +250,17 @@ def ensure_model(profile: Profile) -> Path:
     return directory
 
 
+def model_files_for(profile: Profile, directory: Path) -> dict[str, str]:
+    """The files the engine loads (shard patterns expanded), each exactly one file in `directory`."""
+    try:
+        return resolve_model_files(profile, directory)
+    except ValueError as err:
+        raise ModelFileUnresolved(
+            f"{profile.name}: model file {err}",
+            "fetch the model again (`gh200 models fetch`) or make the profile's gguf_file name one file",
+        ) from err
+
+
 # --- containers -------------------------------------------------------------------------------------
 
 
@@ -284,6 +331,8 @@ def deploy_labels(target: Target, image_tag: str) -> dict[str, str]:
             L_TIMEOUT: str(spec["health"]["timeout_s"]),
         }
     )
+    if spec.get("cap_add"):
+        labels[L_CAPS] = ",".join(spec["cap_add"])
     key_path = api_key_path(target.profile)
     if key_path:
         labels[L_KEY_FILE] = str(key_path)  # the path only: the key itself never goes in a label
@@ -297,23 +346,72 @@ def container_name(target: Target) -> str:
     return f"{target.spec['name']}-{target.hash[:8]}"
 
 
-def create_container(client: docker.DockerClient, target: Target, image_tag: str, api_key: str | None) -> Any:
+def key_copy_path(name: str) -> Path:
+    return state_dir() / "deploy" / "keys" / f"{name}.key"
+
+
+def write_key_copy(name: str, api_key: str) -> Path:
+    """A copy of the key the container's own user can read, mounted read-only into the container.
+
+    The profile's key file is 0600 and owned by whoever deploys; llama-server runs as another uid
+    in its image and could not read it through a bind mount. The copy is world-readable but sits
+    in a 0700 directory, so on the host only the deploying user reaches it; it goes with the
+    container.
+    """
+    path = key_copy_path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.chmod(0o700)
+    atomic_write_text(path, api_key + "\n", mode=0o444)
+    return path
+
+
+def remove_key_copy(name: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        key_copy_path(name).unlink()
+
+
+def launch_argv(container: Any) -> list[str]:
+    """The argv a deployed container was started with (entrypoint + command), for run records."""
+    config = container.attrs.get("Config", {}) or {}
+    return [str(a) for a in [*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])]]
+
+
+def create_container(
+    client: docker.DockerClient,
+    target: Target,
+    image_tag: str,
+    api_key: str | None,
+    security_opt: list[str] | None = None,
+) -> Any:
+    """Create (not start) the target's container. `security_opt` is the engine-level setting
+    (e.g. `seccomp=<Docker's default profile>` in the tests); the profile decides everything else."""
     spec = target.spec
     command = list(spec["command"])
     environment = dict(spec["environment"])
+    volumes = dict(spec["volumes"])
+    name = container_name(target)
     if api_key:
-        environment["VLLM_API_KEY" if target.profile.engine == "vllm" else "LLAMA_API_KEY"] = api_key
+        if target.profile.engine == "vllm":
+            environment["VLLM_API_KEY"] = api_key
+        else:
+            # llama-server reads the key from --api-key-file (rendered into the command).
+            copy = write_key_copy(name, api_key)
+            volumes[str(copy)] = {"bind": API_KEY_IN_CONTAINER, "mode": "ro"}
     kwargs: dict[str, Any] = {
         "image": image_tag,
         "entrypoint": [command[0]],
         "command": command[1:],
-        "name": container_name(target),
+        "name": name,
         "environment": environment,
         "labels": deploy_labels(target, image_tag),
         "ports": {key: (value[0], value[1]) for key, value in spec["ports"].items()},
-        "volumes": spec["volumes"],
+        "volumes": volumes,
         "detach": True,
     }
+    if spec.get("cap_add"):
+        kwargs["cap_add"] = list(spec["cap_add"])
+    if security_opt:
+        kwargs["security_opt"] = list(security_opt)
     if spec["gpus"]:
         kwargs["device_requests"] = [
             docker.types.DeviceRequest(device_ids=[str(g) for g in spec["gpus"]], capabilities=[["gpu"]])
@@ -334,6 +432,7 @@ def create_container(client: docker.DockerClient, target: Target, image_tag: str
     try:
         return client.containers.create(**kwargs)
     except DockerException as err:
+        remove_key_copy(name)
         raise DeployFailed(
             f"creating the container for {target.name} failed: {_engine_error(err)}", "see the engine's log"
         ) from err
@@ -358,6 +457,78 @@ def print_log_tail(name: str, container: Any) -> None:
         console.print(tail, markup=False, highlight=False, soft_wrap=True)
 
 
+def full_log(container: Any) -> str:
+    try:
+        return bytes(container.logs()).decode(errors="replace")
+    except DockerException:
+        return ""
+
+
+def first_error(text: str) -> str | None:
+    """The first Traceback (with the exception line that ends it) or error line of a log."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        at = line.find("Traceback (most recent call last)")
+        if at >= 0:
+            for after in lines[i + 1 :]:
+                # vLLM prefixes each line of a worker's traceback with "(proc) ERROR date [file]".
+                body = LOG_PREFIX.sub("", after, count=1)
+                if body.strip() and not body[0].isspace():
+                    return f"{line[at:].strip()} ... {body.strip()}"[:300]
+            return line.strip()[:300]
+        if ERROR_LINE.search(line):
+            return line.strip()[:300]
+    return None
+
+
+def placement_refusal(text: str) -> str | None:
+    """The log line saying the NUMA memory policy was refused, if there is one."""
+    for line in text.splitlines():
+        if PLACEMENT_REFUSED.search(line):
+            return line.strip()[:300]
+    return None
+
+
+@dataclass(frozen=True)
+class SavedLog:
+    """A container's whole log, saved under the state directory."""
+
+    path: Path
+    first_error: str | None
+
+    def describe(self) -> str:
+        text = f"log saved to {self.path}"
+        return text + (f"; first error: {self.first_error}" if self.first_error else "")
+
+
+def save_container_log(container: Any, profile: str, event: str = "deploy", *, show: bool = True) -> SavedLog:
+    """Save the whole log of `container` as <state>/logs/<profile>/<UTC time>-<event>.log.
+
+    For a failed deploy (called here) or a failed smoke (called by the orchestration while the
+    container still exists). Prints the path and the first Traceback/error line on stderr (even
+    under --json: it is the clue left once the container is gone) unless `show` is False.
+    """
+    text = full_log(container)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    path = state_dir() / "logs" / profile / f"{stamp}-{event}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, text)
+    saved = SavedLog(path, first_error(text))
+    if show:
+        line = f"{profile}: {event} failed; {saved.describe()}"
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    return saved
+
+
+def save_profile_log(client: docker.DockerClient, profile: str, event: str = "smoke") -> SavedLog | None:
+    """save_container_log for the profile's current container (None when there is none)."""
+    try:
+        container = find_for_logs(client, profile)
+    except BadInput:
+        return None
+    return save_container_log(container, profile, event)
+
+
 def remove_container(container: Any) -> None:
     with contextlib.suppress(NotFound):
         try:
@@ -365,6 +536,15 @@ def remove_container(container: Any) -> None:
         except APIError as err:
             if getattr(err, "status_code", None) != 404:
                 raise
+    remove_key_copy(str(getattr(container, "name", "")))
+
+
+def _placement_failed(name: str, line: str) -> PlacementRefused:
+    return PlacementRefused(
+        f"{name}: the NUMA memory binding was refused inside the container ({line})",
+        f"the container needs CAP_SYS_NICE where the engine's seccomp profile is Docker's default: "
+        f"run it with cap_add {NUMA_CAPABILITY} (gh200 renders it for profiles that bind memory)",
+    )
 
 
 # --- readiness ---------------------------------------------------------------------------------------
@@ -394,13 +574,26 @@ def probe_ready(health_url: str, models_url: str, served: str, api_key: str | No
     return True, "ready"
 
 
-def wait_ready(container: Any, name: str, labels: dict[str, str], api_key: str | None, bar: Any) -> None:
-    """Poll until ready, the container exits, or the health timeout passes (DeployFailed)."""
+def wait_ready(
+    container: Any,
+    name: str,
+    labels: dict[str, str],
+    api_key: str | None,
+    bar: Any,
+    *,
+    binds_memory: bool = False,
+) -> None:
+    """Poll until ready, the container exits, or the health timeout passes (DeployFailed).
+
+    With `binds_memory` the log is also watched for a refused NUMA memory policy (PlacementRefused):
+    vLLM then serves without --membind and numactl exits, and neither must pass as a deploy.
+    """
     timeout = float(labels.get(L_TIMEOUT, "600"))
     task = bar.add_task(f"{name}: starting", total=timeout)
     started = time.monotonic()
     last = "no answer yet"
     delay = 0.25
+    checked = float("-inf")
     while True:
         elapsed = time.monotonic() - started
         bar.update(task, completed=min(elapsed, timeout))
@@ -408,21 +601,32 @@ def wait_ready(container: Any, name: str, labels: dict[str, str], api_key: str |
             container.reload()
         except NotFound as err:
             raise DeployFailed(f"{name}: container vanished while starting", "check the engine") from err
+        if binds_memory and elapsed - checked >= PLACEMENT_POLL_S:
+            checked = elapsed
+            refused = placement_refusal(full_log(container))
+            if refused:
+                raise _placement_failed(name, refused)
         if container.status in ("exited", "dead"):
             code = container.attrs.get("State", {}).get("ExitCode")
+            refused = placement_refusal(full_log(container)) if binds_memory else None
+            if refused:
+                raise _placement_failed(name, refused)
             raise DeployFailed(
                 f"{name}: container exited (code {code}) before it was ready",
-                "read the log tail above; `gh200 logs` keeps nothing once it is removed",
+                "read the saved log named above",
             )
         ok, last = probe_ready(labels[L_HEALTH], labels[L_MODELS], labels[L_SERVED], api_key)
         if ok:
+            refused = placement_refusal(full_log(container)) if binds_memory else None
+            if refused:
+                raise _placement_failed(name, refused)
             bar.update(task, description=f"{name}: ready", completed=timeout)
             return
         bar.update(task, description=f"{name}: waiting ({last[:60]})")
         if elapsed >= timeout:
             raise DeployFailed(
                 f"{name}: not ready after {timeout:.0f}s ({last})",
-                "read the log tail above; raise health.timeout_s if the model is merely slow to load",
+                "read the saved log named above; raise health.timeout_s if the model is merely slow to load",
             )
         time.sleep(min(delay, max(0.05, timeout - elapsed)))
         delay = min(delay * 1.5, 5.0)
@@ -482,6 +686,7 @@ def _describe(container: Any) -> dict[str, Any]:
         "image": labels.get(L_IMAGE_TAG),
         "url": labels.get(L_HEALTH, "").rsplit("/", 1)[0] or None,
         "stack": labels.get(L_STACK),
+        "argv": launch_argv(container),
     }
 
 
@@ -493,8 +698,12 @@ def deploy(
     progress: bool = True,
     smoke: SmokeCheck | None = short_smoke,
     unlocked: bool = False,
+    security_opt: list[str] | None = None,
 ) -> DeployResult:
-    """Deploy a profile (or a stack's profiles) with roll-out and roll-back; see the module doc."""
+    """Deploy a profile (or a stack's profiles) with roll-out and roll-back; see the module doc.
+
+    `security_opt` is passed to the engine for every container started (e.g. a seccomp profile).
+    """
     if isinstance(what, list):
         profiles = what
     else:
@@ -511,7 +720,9 @@ def deploy(
     # Everything that can fail without touching the running service happens first.
     images: dict[str, str] = {}
     for target in todo:
-        ensure_model(target.profile)
+        directory = ensure_model(target.profile)
+        # Shard patterns become the one file each names: there is no shell in the container.
+        target.spec = container_spec(target.profile, stack, model_files_for(target.profile, directory))
         images[target.name] = resolve_image(client, target.profile, progress=progress, unlocked=unlocked)
 
     kept_ids = {c.id for c in kept.values() if c is not None}
@@ -558,7 +769,9 @@ def deploy(
     try:
         with progress_bar(progress) as bar:
             for target in todo:
-                container = create_container(client, target, images[target.name], keys[target.name])
+                container = create_container(
+                    client, target, images[target.name], keys[target.name], security_opt
+                )
                 started.append((target, container))
                 try:
                     container.start()
@@ -568,9 +781,16 @@ def deploy(
                     ) from err
             for target, container in started:
                 try:
-                    wait_ready(container, target.name, _labels(container), keys[target.name], bar)
+                    wait_ready(
+                        container,
+                        target.name,
+                        _labels(container),
+                        keys[target.name],
+                        bar,
+                        binds_memory=binds_memory(target.profile),
+                    )
                 except DeployFailed as err:
-                    # On stderr even under --json: it is the one clue left once the container is gone.
+                    # On stderr even under --json: the whole log is saved below, before removal.
                     print_log_tail(target.name, container)
                     last = [line for line in log_tail(container, 5).splitlines() if line.strip()]
                     if last:
@@ -580,15 +800,21 @@ def deploy(
             for target, _container in started:
                 smoke_results.append(smoke(target, keys[target.name]))
     except (DeployFailed, OperationFailed, BadInput, DockerException, KeyboardInterrupt) as err:
-        for _target, container in started:
+        saved: list[SavedLog] = []
+        for target, container in started:
+            with contextlib.suppress(OSError):
+                saved.append(save_container_log(container, target.name, "deploy"))
             remove_container(container)
         restored = _roll_back(previous, progress)
         if isinstance(err, KeyboardInterrupt):
             raise
         message = err.message if isinstance(err, OperationFailed | BadInput) else _engine_error(err)
+        for log in saved:
+            message += f"; {log.describe()}"
         if previous:
             message += f"; rolled back: {restored}"
-        raise DeployFailed(message, getattr(err, "fix", None) or "see the log tail above") from err
+        kind = type(err) if isinstance(err, DeployFailed) else DeployFailed
+        raise kind(message, getattr(err, "fix", None) or "read the saved log") from err
 
     for container in previous:
         remove_container(container)

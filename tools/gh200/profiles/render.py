@@ -21,6 +21,25 @@ from gh200.profiles.schema import Profile
 MODELS_IN_CONTAINER = "/models"
 LABEL_PREFIX = "io.gh200"
 DEFAULT_MODEL_STORE = "/srv/models"
+# Docker's default seccomp profile allows mbind/set_mempolicy/get_mempolicy only with CAP_SYS_NICE
+# (Podman's own profile allows them always, which hides the problem): without it numactl's
+# --membind exits and vLLM's --numa-bind silently drops --membind.
+NUMA_CAPABILITY = "SYS_NICE"
+# llama.cpp and ik_llama.cpp read the key only from --api-key / --api-key-file (not LLAMA_API_KEY);
+# deploy mounts a read-only copy of the profile's key file here.
+API_KEY_IN_CONTAINER = "/run/secrets/gh200-api-key"
+# vLLM's compile caches (torch.compile/Inductor and Triton under VLLM_CACHE_ROOT, Triton kernels
+# built outside torch.compile, DeepGEMM's JIT, FlashInfer's JIT, the CUDA PTX cache) live in one
+# named volume per profile, so a redeploy reuses them instead of recompiling.
+COMPILE_CACHE_IN_CONTAINER = "/var/cache/gh200"
+COMPILE_CACHE_ENV = {
+    "VLLM_CACHE_ROOT": f"{COMPILE_CACHE_IN_CONTAINER}/vllm",
+    "TRITON_CACHE_DIR": f"{COMPILE_CACHE_IN_CONTAINER}/triton",
+    "DG_JIT_CACHE_DIR": f"{COMPILE_CACHE_IN_CONTAINER}/deep_gemm",
+    "FLASHINFER_WORKSPACE_BASE": f"{COMPILE_CACHE_IN_CONTAINER}/flashinfer",
+    "CUDA_CACHE_PATH": f"{COMPILE_CACHE_IN_CONTAINER}/nv-compute",
+}
+PATTERN_CHARS = frozenset("*?[")
 
 
 def model_store() -> Path:
@@ -44,6 +63,48 @@ def model_host_dir(profile: Profile, store: Path | None = None) -> Path:
 
 def model_container_dir(profile: Profile) -> str:
     return f"{MODELS_IN_CONTAINER}/{profile.model.served_name}"
+
+
+def binds_memory(profile: Profile) -> bool:
+    """Whether the server sets a NUMA memory policy (vLLM --numa-bind, numactl --membind)."""
+    if profile.engine == "vllm":
+        return profile.settings.numa_bind and bool(profile.placement.ranks)
+    cpu = profile.placement.cpu
+    return cpu is not None and cpu.numa_node is not None and cpu.membind
+
+
+def compile_cache_volume(profile: Profile) -> str:
+    """The named volume holding a vLLM profile's compile caches (kept across redeploys)."""
+    return f"gh200-cache-{profile.name}"
+
+
+def model_files(profile: Profile) -> list[str]:
+    """Files the engine loads by name, relative to the model directory (may be shard patterns)."""
+    files = [profile.model.gguf_file] if profile.model.gguf_file else []
+    if profile.model.draft is not None:
+        files.append(profile.model.draft.file)
+    return files
+
+
+def is_pattern(name: str) -> bool:
+    return any(ch in PATTERN_CHARS for ch in name)
+
+
+def resolve_model_files(profile: Profile, directory: Path) -> dict[str, str]:
+    """Each file the engine loads, resolved against the fetched model: exactly one match each.
+
+    There is no shell in the container to expand `UD-IQ2_XXS/*-00001-of-*.gguf`, so the pattern
+    becomes the one file it names here. ValueError says what was found instead.
+    """
+    resolved: dict[str, str] = {}
+    for name in model_files(profile):
+        found = sorted(str(p.relative_to(directory)) for p in directory.glob(name) if p.is_file())
+        if len(found) != 1:
+            what = "nothing" if not found else f"{len(found)} files: {', '.join(found[:4])}"
+            what += " ..." if len(found) > 4 else ""
+            raise ValueError(f"{name!r} matches {what} in {directory}")
+        resolved[name] = found[0]
+    return resolved
 
 
 def profile_hash(profile: Profile) -> str:
@@ -98,13 +159,22 @@ def vllm_argv(profile: Profile) -> list[str]:
             "num_speculative_tokens": s.speculative.num_speculative_tokens,
         }
         argv += ["--speculative-config", json.dumps(config, separators=(",", ":"))]
+        # Acceptance per response (rate, mean acceptance length, histogram): other traffic on the
+        # server cannot pollute it the way it pollutes /metrics deltas.
+        argv += ["--per-request-spec-decode-metrics", "summary"]
+    # usage.prompt_tokens_details.cached_tokens: the bench's prefix-cache guard needs it.
+    argv.append("--enable-prompt-tokens-details")
     return argv + list(s.extra_args)
 
 
-def llama_argv(profile: Profile) -> list[str]:
-    """llama.cpp and ik_llama.cpp `llama-server`; a node-bound CPU profile runs under numactl."""
+def llama_argv(profile: Profile, files: dict[str, str] | None = None) -> list[str]:
+    """llama.cpp and ik_llama.cpp `llama-server`; a node-bound CPU profile runs under numactl.
+
+    `files` maps a model file pattern to the file deploy resolved it to (see resolve_model_files).
+    """
     s = profile.settings
     model_dir = model_container_dir(profile)
+    files = files or {}
     argv: list[str] = []
     cpu = profile.placement.cpu
     if cpu is not None and cpu.numa_node is not None:
@@ -114,7 +184,7 @@ def llama_argv(profile: Profile) -> list[str]:
     argv += [
         "llama-server",
         "-m",
-        f"{model_dir}/{profile.model.gguf_file}",
+        f"{model_dir}/{files.get(profile.model.gguf_file or '', profile.model.gguf_file)}",
         "--alias",
         profile.model.served_name,
     ]
@@ -130,7 +200,8 @@ def llama_argv(profile: Profile) -> list[str]:
     if s.metrics:
         argv.append("--metrics")
     if s.speculative is not None and s.speculative.method == "draft" and profile.model.draft is not None:
-        argv += ["-md", f"{model_dir}/{profile.model.draft.file}"]
+        draft = profile.model.draft.file
+        argv += ["-md", f"{model_dir}/{files.get(draft, draft)}"]
         if profile.engine == "llama_cpp":
             argv += [
                 "--spec-type",
@@ -140,11 +211,13 @@ def llama_argv(profile: Profile) -> list[str]:
             ]
         else:
             argv += ["--draft-max", str(s.speculative.num_speculative_tokens)]
+    if profile.api_key_file:
+        argv += ["--api-key-file", API_KEY_IN_CONTAINER]
     return argv + list(s.extra_args)
 
 
-def argv(profile: Profile) -> list[str]:
-    return vllm_argv(profile) if profile.engine == "vllm" else llama_argv(profile)
+def argv(profile: Profile, files: dict[str, str] | None = None) -> list[str]:
+    return vllm_argv(profile) if profile.engine == "vllm" else llama_argv(profile, files)
 
 
 def env(profile: Profile) -> dict[str, str]:
@@ -158,6 +231,9 @@ def container_env(profile: Profile) -> dict[str, str]:
     variables = env(profile)
     if profile.engine != "vllm":
         variables.setdefault("LLAMA_ARG_PORT", str(profile.port))
+    else:
+        for key, value in COMPILE_CACHE_ENV.items():
+            variables.setdefault(key, value)
     return dict(sorted(variables.items()))
 
 
@@ -214,14 +290,20 @@ def labels(profile: Profile, stack: str | None = None) -> dict[str, str]:
     return out
 
 
-def container_spec(profile: Profile, stack: str | None = None) -> dict[str, Any]:
-    """Everything `gh200 deploy` passes to the Docker SDK, with the image still by recipe/base."""
+def container_spec(
+    profile: Profile, stack: str | None = None, files: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Everything `gh200 deploy` passes to the Docker SDK, with the image still by recipe/base.
+
+    `files`: model file patterns resolved against the model store (deploy passes them; a render
+    shows the patterns as written).
+    """
     cpus, mems = _cpuset(profile)
     image = image_pin(profile)
     spec: dict[str, Any] = {
         "name": f"gh200-{profile.name}",
         "image": {"base": image.pinned_ref, "state": image.state, "recipe": profile.image.recipe},
-        "command": argv(profile),
+        "command": argv(profile, files),
         "environment": container_env(profile),
         "ports": {f"{profile.port}/tcp": [profile.bind_address, profile.port]},
         "gpus": [r.gpu for r in sorted(profile.placement.ranks, key=lambda r: r.rank)],
@@ -239,11 +321,15 @@ def container_spec(profile: Profile, stack: str | None = None) -> dict[str, Any]
     }
     if profile.engine == "vllm":
         # Tensor-parallel workers share tensors over /dev/shm and pin host memory for offload.
+        # With the host's IPC namespace the host's /dev/shm is used: no shm_size (Podman refuses
+        # the pair, Docker ignores the size).
         spec["ipc_mode"] = "host"
-        spec["shm_size"] = profile.shm_size
         spec["ulimits"] = {"memlock": [-1, -1], "stack": [67108864, 67108864]}
+        spec["volumes"][compile_cache_volume(profile)] = {"bind": COMPILE_CACHE_IN_CONTAINER, "mode": "rw"}
     elif profile.shm_size:
         spec["shm_size"] = profile.shm_size
+    if binds_memory(profile):
+        spec["cap_add"] = [NUMA_CAPABILITY]
     if profile.api_key_file:
         spec["api_key_file"] = profile.api_key_file
     return spec
@@ -251,6 +337,7 @@ def container_spec(profile: Profile, stack: str | None = None) -> dict[str, Any]
 
 def compose(profiles: list[Profile], stack: str | None = None) -> str:
     services: dict[str, Any] = {}
+    named_volumes: dict[str, Any] = {}
     for profile in profiles:
         spec = container_spec(profile, stack)
         service: dict[str, Any] = {
@@ -290,5 +377,11 @@ def compose(profiles: list[Profile], stack: str | None = None) -> str:
             service["shm_size"] = spec["shm_size"]
         if spec.get("ulimits"):
             service["ulimits"] = {"memlock": -1, "stack": 67108864}
+        if spec.get("cap_add"):
+            service["cap_add"] = spec["cap_add"]
+        named_volumes.update({host: {} for host in spec["volumes"] if not host.startswith("/")})
         services[profile.name] = service
-    return yaml.safe_dump({"services": services}, sort_keys=True, width=120)
+    document: dict[str, Any] = {"services": services}
+    if named_volumes:
+        document["volumes"] = named_volumes
+    return yaml.safe_dump(document, sort_keys=True, width=120)

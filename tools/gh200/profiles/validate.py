@@ -8,6 +8,7 @@ from pathlib import Path
 
 from gh200.errors import ProfileError
 from gh200.profiles.loader import load_host, load_profile, profile_path
+from gh200.profiles.render import model_files, model_host_dir, resolve_model_files
 from gh200.profiles.schema import HostSpec, Profile, Stack, parse_cpu_list
 
 __all__ = ["Problem", "check_profile", "check_stack", "parse_cpu_list", "validate", "validate_or_raise"]
@@ -199,6 +200,18 @@ def check_profile(profile: Profile, host: HostSpec, where: str) -> list[Problem]
             "more than max_model_len x max_num_seqs can ever schedule",
             "lower max_num_batched_tokens",
         )
+    # On a host with the model fetched: each file (or shard pattern) the engine loads must name
+    # exactly one file, as deploy will require.
+    directory = model_host_dir(profile)
+    if model_files(profile) and directory.is_dir():
+        try:
+            resolve_model_files(profile, directory)
+        except ValueError as err:
+            add(
+                "model.gguf_file",
+                f"model file {err}",
+                f"fetch the model again (`gh200 models fetch {profile.name}`) or name one file",
+            )
     return problems
 
 
