@@ -40,6 +40,7 @@ class FakeServer:
     completions: int = 0
     in_flight: int = 0
     max_in_flight: int = 0
+    vocab: dict[str, int] = field(default_factory=dict)
     counters: dict[str, float] = field(
         default_factory=lambda: {"draft_tokens": 0.0, "accepted_tokens": 0.0, "drafts": 0.0}
     )
@@ -72,7 +73,8 @@ class FakeServer:
         if path == "/tokenize":
             body = json.loads(request.content)
             text = body.get("content") if self.kind == "llama_cpp" else body.get("prompt")
-            # One token per word, ids from a stable hash: enough for length calibration.
+            # One token per word; a word keeps its id and distinct words never share one, as in a
+            # real vocabulary (a hash would collide on the random prompt nonces).
             return httpx.Response(200, json={"tokens": [self._id(w) for w in str(text).split()]})
         if path == "/metrics":
             prefix = "llamacpp" if self.kind == "llama_cpp" else "vllm"
@@ -95,9 +97,8 @@ class FakeServer:
             return httpx.Response(200, stream=_Stream(self, body, path, self.completions))
         return httpx.Response(404)
 
-    @staticmethod
-    def _id(word: str) -> int:
-        return 100 + sum(ord(c) * (i + 1) for i, c in enumerate(word)) % 30000
+    def _id(self, word: str) -> int:
+        return self.vocab.setdefault(word, 100 + len(self.vocab))
 
 
 class _Stream(httpx.AsyncByteStream):

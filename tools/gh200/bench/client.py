@@ -55,6 +55,14 @@ class RequestFailed(OperationFailed):
         self.kind = kind
 
 
+class ModelNotServed(RequestFailed):
+    """The server answers but does not serve the asked model; `served` is what it listed."""
+
+    def __init__(self, message: str, served: list[str], fix: str | None = None) -> None:
+        super().__init__("model", message, fix)
+        self.served = served
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """Where the server is and how to talk to it. The key never appears in repr or records."""
@@ -385,8 +393,8 @@ async def probe(
         listed = [m for m in (models.json().get("data") or []) if isinstance(m, dict)]
         ids = [str(m.get("id")) for m in listed]
         if model is not None and model not in ids:
-            raise RequestFailed(
-                "model", f"{base} serves {', '.join(ids) or 'no model'}, not {model!r}", "deploy the profile"
+            raise ModelNotServed(
+                f"{base} serves {', '.join(ids) or 'no model'}, not {model!r}", ids, "deploy the profile"
             )
         chosen = model or (ids[0] if ids else None)
         if chosen is None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gh200.bench import report
-from gh200.bench.client import Endpoint, probe
+from gh200.bench.client import Endpoint, ModelNotServed, probe
 from gh200.bench.results import append_records, default_results_path, make_record
 from gh200.bench.smoke import (
     DEFAULT_SHAPES,
@@ -131,7 +131,13 @@ def target_for_profile(profile: Profile, client: Any | None = None) -> Target:
 
 
 def target_for_url(url: str, api_key: str | None = None, model: str | None = None) -> Target:
-    endpoint = asyncio.run(probe(url, api_key=api_key, model=model))
+    try:
+        endpoint = asyncio.run(probe(url, api_key=api_key, model=model))
+    except ModelNotServed as err:
+        # The user named the model: their input is wrong, and the fix is one the server listed.
+        served = ", ".join(err.served)
+        fix = f"pass --model with one it lists: {served}" if err.served else "the server lists no model"
+        raise BadInput(err.message, fix) from err
     context = {
         "profile": None,
         "image": None,
