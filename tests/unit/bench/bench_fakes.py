@@ -41,6 +41,9 @@ class FakeServer:
     in_flight: int = 0
     max_in_flight: int = 0
     vocab: dict[str, int] = field(default_factory=dict)
+    spec_metrics: bool = False  # vLLM: per-request metrics.speculative_decoding in the usage chunk
+    reasoning_field: str | None = None  # chat: stream text as delta[reasoning_field] instead of content
+    counter_noise: float = 0.0  # added to the accepted and drafted counters at every /metrics read
     counters: dict[str, float] = field(
         default_factory=lambda: {"draft_tokens": 0.0, "accepted_tokens": 0.0, "drafts": 0.0}
     )
@@ -63,7 +66,9 @@ class FakeServer:
         if path == "/props":
             if self.kind != "llama_cpp":
                 return httpx.Response(404)
-            return httpx.Response(200, json={"default_generation_settings": {"n_ctx": self.context}})
+            return httpx.Response(
+                200, json={"default_generation_settings": {"n_ctx": self.context}, "build_info": "b7000-fake"}
+            )
         if path == "/version":
             return (
                 httpx.Response(200, json={"version": "0.33.0"})
@@ -83,8 +88,15 @@ class FakeServer:
                 f"{self.counters['draft_tokens']}",
                 f"{prefix}:spec_decode_num_accepted_tokens_total {self.counters['accepted_tokens']}",
                 f"{prefix}:spec_decode_num_drafts_total {self.counters['drafts']}",
-                f'{prefix}:spec_decode_num_accepted_tokens_per_pos_total{{position="0"}} 99999',
             ]
+            lines += [
+                f'{prefix}:spec_decode_num_accepted_tokens_per_pos_total{{position="{i}"}} '
+                f"{self.counters.get(f'pos_{i}', 0.0)}"
+                for i in range(self.draft_per_token[0])
+            ]
+            # Traffic the benchmark did not send (another client of the same server).
+            self.counters["accepted_tokens"] += self.counter_noise
+            self.counters["draft_tokens"] += self.counter_noise
             return httpx.Response(200, text="\n".join(lines) + "\n")
         if path in ("/v1/completions", "/v1/chat/completions"):
             if self.status != 200:
@@ -128,7 +140,7 @@ class _Stream(httpx.AsyncByteStream):
                 if self.chat:
                     choice: dict[str, Any] = {
                         "index": 0,
-                        "delta": {"content": f"t{i} "},
+                        "delta": {s.reasoning_field or "content": f"t{i} "},
                         "finish_reason": None,
                     }
                 else:
@@ -139,6 +151,8 @@ class _Stream(httpx.AsyncByteStream):
             s.counters["draft_tokens"] += drafted
             s.counters["accepted_tokens"] += accepted
             s.counters["drafts"] += n // 4
+            for position in range(s.draft_per_token[1]):
+                s.counters[f"pos_{position}"] = s.counters.get(f"pos_{position}", 0.0) + n // 4
             final: dict[str, Any] = {
                 "choices": [
                     {
@@ -158,6 +172,24 @@ class _Stream(httpx.AsyncByteStream):
                 if s.kind == "vllm":
                     yield _sse(final)
                     final = {"choices": [], "usage": usage}
+                    if s.spec_metrics:
+                        # vllm/v1/metrics/stats.py RequestSpecDecodeMetrics.to_dict: histogram[j] =
+                        # verify steps that accepted exactly j drafts.
+                        k, a = s.draft_per_token
+                        steps = n // 4
+                        histogram = [0] * (k + 1)
+                        histogram[a] = steps
+                        final["metrics"] = {
+                            "speculative_decoding": {
+                                "mean_acceptance_length": 1 + a if steps else 1.0,
+                                "draft_acceptance_rate": a / k if steps else 0.0,
+                                "acceptance_histogram": histogram,
+                                "num_spec_steps": steps,
+                                "num_accepted_draft_tokens": accepted,
+                                "num_draft_tokens": drafted,
+                                "num_spec_tokens": k,
+                            }
+                        }
                 else:
                     final["usage"] = usage
             if s.kind == "llama_cpp":

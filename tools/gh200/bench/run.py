@@ -7,6 +7,7 @@ runs the very code a GH200 profile does.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,8 +127,50 @@ def target_for_profile(profile: Profile, client: Any | None = None) -> Target:
         "container": running[0].name,
         "url": endpoint.url,
         "engine": endpoint.kind,
+        "server_version": endpoint.server_version,
+        "launch_args": launch_args(running[0]),
     }
     return Target(endpoint, profile.name, context, profile)
+
+
+SECRET_FLAGS = ("--api-key", "--hf-token")
+
+
+def launch_args(container: Any) -> list[str] | None:
+    """The server's argv: a label carrying it (JSON list) if the deploy set one, else the container's
+    entrypoint and command. Values of secret flags are masked."""
+    argv: list[str] | None = None
+    for key, value in (getattr(container, "labels", None) or {}).items():
+        if key.rsplit(".", 1)[-1] in ("argv", "args", "launch-args", "command"):
+            try:
+                parsed = json.loads(value)
+            except (TypeError, ValueError):
+                parsed = None
+            if isinstance(parsed, list) and all(isinstance(a, str) for a in parsed):
+                argv = list(parsed)
+                break
+    if argv is None:
+        attrs = getattr(container, "attrs", None)
+        config = (attrs.get("Config") if isinstance(attrs, dict) else None) or {}
+        parts: list[str] = []
+        for field_name in ("Entrypoint", "Cmd"):
+            value = config.get(field_name)
+            if isinstance(value, str):
+                parts.append(value)
+            elif isinstance(value, list):
+                parts += [str(v) for v in value]
+        argv = parts or None
+    if argv is None:
+        return None
+    masked: list[str] = []
+    for i, arg in enumerate(argv):
+        if i > 0 and argv[i - 1] in SECRET_FLAGS:
+            masked.append("***")
+        elif any(arg.startswith(flag + "=") for flag in SECRET_FLAGS):
+            masked.append(arg.split("=", 1)[0] + "=***")
+        else:
+            masked.append(arg)
+    return masked
 
 
 def target_for_url(url: str, api_key: str | None = None, model: str | None = None) -> Target:
@@ -146,6 +189,8 @@ def target_for_url(url: str, api_key: str | None = None, model: str | None = Non
         "served_model": endpoint.model,
         "url": endpoint.url,
         "engine": endpoint.kind,
+        "server_version": endpoint.server_version,
+        "launch_args": None,
     }
     return Target(endpoint, url, context)
 

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 Engine = Literal["vllm", "ik_llama", "llama_cpp"]
-Metric = Literal["output_tok_s", "total_tok_s", "prompt_tok_s", "tpot_ms", "acceptance"]
+Metric = Literal["output_tok_s", "total_tok_s", "prompt_tok_s", "decode_tok_s", "tpot_ms", "acceptance"]
 
 KV_CACHE_DTYPES = ("auto", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_inc", "fp8_ds_mla", "f16", "q8_0")
 SHAPE_RE = re.compile(r"^(\d+):(\d+)$")
@@ -194,6 +194,7 @@ class Expected(Strict):
     value: float = Field(gt=0)
     source: str = Field(description="post and table the number comes from")
     tolerance: float | None = Field(default=None, gt=0, lt=1)
+    warm_only: bool = Field(default=False, description="the post's figure leaves out the cold run")
 
     @field_validator("shape")
     @classmethod
