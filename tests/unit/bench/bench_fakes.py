@@ -41,6 +41,9 @@ class FakeServer:
     in_flight: int = 0
     max_in_flight: int = 0
     vocab: dict[str, int] = field(default_factory=dict)
+    vocab_size: int = 32000
+    tokenize_calls: int = 0
+    report_cached: bool = True  # vLLM reports cached_tokens only with --enable-prompt-tokens-details
     spec_metrics: bool = False  # vLLM: per-request metrics.speculative_decoding in the usage chunk
     reasoning_field: str | None = None  # chat: stream text as delta[reasoning_field] instead of content
     counter_noise: float = 0.0  # added to the accepted and drafted counters at every /metrics read
@@ -62,6 +65,8 @@ class FakeServer:
             entry: dict[str, Any] = {"id": self.model}
             if self.kind == "vllm":
                 entry["max_model_len"] = self.context
+            else:
+                entry["meta"] = {"n_vocab": self.vocab_size, "n_ctx": self.context}
             return httpx.Response(200, json={"object": "list", "data": [entry]})
         if path == "/props":
             if self.kind != "llama_cpp":
@@ -76,6 +81,7 @@ class FakeServer:
                 else httpx.Response(404)
             )
         if path == "/tokenize":
+            self.tokenize_calls += 1
             body = json.loads(request.content)
             text = body.get("content") if self.kind == "llama_cpp" else body.get("prompt")
             # One token per word; a word keeps its id and distinct words never share one, as in a
@@ -167,8 +173,9 @@ class _Stream(httpx.AsyncByteStream):
                     "completion_tokens": n,
                     "prompt_tokens": prompt_tokens,
                     "total_tokens": n + prompt_tokens,
-                    "prompt_tokens_details": {"cached_tokens": s.cached_tokens},
                 }
+                if s.report_cached:
+                    usage["prompt_tokens_details"] = {"cached_tokens": s.cached_tokens}
                 if s.kind == "vllm":
                     yield _sse(final)
                     final = {"choices": [], "usage": usage}
@@ -194,7 +201,7 @@ class _Stream(httpx.AsyncByteStream):
                     final["usage"] = usage
             if s.kind == "llama_cpp":
                 final["timings"] = {
-                    "cache_n": s.cached_tokens,
+                    **({"cache_n": s.cached_tokens} if s.report_cached else {}),
                     "predicted_n": n,
                     "predicted_per_token_ms": max(s.token_delay * 1000.0, 0.001),
                     "prompt_ms": 1.0,

@@ -12,6 +12,7 @@ from bench_fakes import FakeServer, profile_with, request_result
 from gh200.bench.client import BenchClient, Endpoint, RequestResult, probe
 from gh200.bench.run import launch_args
 from gh200.bench.smoke import RunResult, RunSet, SetPlan, Smoke, gate, plan_sets
+from gh200.errors import BadInput
 from gh200.profiles import load_profile
 from gh200.profiles.schema import Expected
 
@@ -167,3 +168,54 @@ def test_warm_only_expectations_leave_the_cold_run_out() -> None:
     assert "warm mean" in result.describe()
     with_cold = mean.model_copy(update={"warm_only": False})
     assert not gate(profile.model_copy(update={"expected": [with_cold]}), [run_set])[0].passed
+
+
+# --- random-token prompts, like `vllm bench`'s random dataset -------------------------------------
+
+
+def test_random_prompts_are_uniform_ids_of_exact_length_without_tokenizing() -> None:
+    server = FakeServer(vocab_size=500)
+    endpoint = asyncio.run(probe("http://fake", transport=server.transport()))
+    assert endpoint.vocab_size == 500
+    plans = plan_sets([(64, 8)], [2], warm=2, real_output=None)
+    asyncio.run(Smoke(endpoint, plans, transport=server.transport(), prompt_mode="random").run())
+    prompts = [r["prompt"] for r in server.requests]
+    assert len(prompts) == 6 and all(len(p) == 64 for p in prompts)
+    assert all(0 <= t < 500 for p in prompts for t in p)
+    assert len({tuple(p[:4]) for p in prompts}) == 6  # each request its own prompt from the start
+    assert server.tokenize_calls == 0
+    # Uniform over the vocabulary, not a few prose words: 384 draws from 500 ids spread wide.
+    assert len({t for p in prompts for t in p}) > 200
+
+
+def test_random_prompts_need_a_vocabulary_size() -> None:
+    server = FakeServer(kind="vllm")
+    endpoint = asyncio.run(probe("http://fake", transport=server.transport()))
+    assert endpoint.vocab_size is None
+    plans = plan_sets([(16, 8)], [1], warm=0, real_output=None)
+    with pytest.raises(BadInput) as caught:
+        Smoke(endpoint, plans, transport=server.transport(), prompt_mode="random")
+    assert "--vocab-size" in caught.value.one_line()
+    assert server.completions == 0
+
+
+def test_report_shows_decode_rate_positions_sources_and_notes() -> None:
+    from gh200.bench import report
+
+    server = FakeServer(kind="vllm", spec_metrics=True, draft_per_token=(4, 1), counter_noise=50.0)
+    sets = _run(server, plan_sets([(16, 40)], [1], warm=1, real_output=None))
+    text = report.markdown("p", sets)
+    lines = text.splitlines()
+    detail = lines[lines.index("| " + " | ".join(report.DETAIL_COLUMNS) + " |") + 2]
+    cells = [c.strip() for c in detail.strip("|").split("|")]
+    header = list(report.DETAIL_COLUMNS)
+    assert cells[header.index("Acceptance by position")] == "100% / 0% / 0% / 0%"
+    assert cells[header.index("Acceptance histogram")] == "0 / 20 / 0 / 0 / 0"
+    assert cells[header.index("Acceptance from")] == "responses"
+    assert float(cells[header.index("Median decode tok/s")]) > 0
+    assert "per-response acceptance and the server's counters differ by up to" in text
+    assert "reported no cached prompt tokens" not in text
+    quiet = _run(
+        FakeServer(kind="vllm", report_cached=False), plan_sets([(16, 8)], [1], warm=0, real_output=None)
+    )
+    assert "--enable-prompt-tokens-details" in report.markdown("p", quiet)

@@ -55,6 +55,14 @@ def smoke_command(
     model: str | None = typer.Option(
         None, "--model", help="Model name at --url (default: the first listed)."
     ),
+    prompt_mode: str = typer.Option(
+        "words",
+        "--prompts",
+        help="Synthetic prompts: words (server-tokenized prose) or random (token ids, like vllm bench).",
+    ),
+    vocab_size: int | None = typer.Option(
+        None, "--vocab-size", help="Vocabulary size for --prompts random where the server does not list it."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object; no progress."),
 ) -> None:
     """Stream requests of exact lengths: one cold and N warm runs per shape; the posts' statistics."""
@@ -76,6 +84,14 @@ def smoke_command(
     if real_repeats < 1 or real_output < 2:
         raise BadInput("--real-repeats must be >= 1 and --real-output >= 2", "fix the value")
     _check_common(timeout=timeout, warm=warm, concurrency=concurrency)
+    from gh200.bench.prompts import PROMPT_MODES
+
+    if prompt_mode not in PROMPT_MODES:
+        raise BadInput(
+            f"--prompts {prompt_mode!r} is not a prompt mode", "pass --prompts words or --prompts random"
+        )
+    if vocab_size is not None and vocab_size < 2:
+        raise BadInput(f"--vocab-size {vocab_size} is too small", "pass the tokenizer's vocabulary size")
     if shape:
         from gh200.bench.smoke import parse_shapes
 
@@ -93,6 +109,10 @@ def smoke_command(
     else:
         assert url is not None
         target = target_for_url(url, api_key=_api_key(api_key_file), model=model)
+    if vocab_size is not None:
+        import dataclasses
+
+        target.endpoint = dataclasses.replace(target.endpoint, vocab_size=vocab_size)
     plans = default_plans(
         target,
         shapes=shape or None,
@@ -112,6 +132,7 @@ def smoke_command(
         seed=seed,
         do_gate=do_gate,
         tolerance=tolerance,
+        prompt_mode=prompt_mode,
     )
     if json_out:
         emit_json(outcome.as_json())

@@ -73,6 +73,7 @@ class Endpoint:
     api_key: str | None = field(default=None, repr=False)
     context: int | None = None  # tokens one request may use (llama.cpp: per slot), when the server says
     server_version: str | None = None  # vLLM's /version, llama.cpp's /props build_info
+    vocab_size: int | None = None  # llama.cpp lists it (meta.n_vocab); vLLM does not
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
@@ -447,6 +448,9 @@ async def probe(
         chosen = model or (ids[0] if ids else None)
         if chosen is None:
             raise RequestFailed("model", f"{base} lists no model under /v1/models")
+        meta = next((m for m in listed if m.get("id") == chosen), {}).get("meta")
+        n_vocab = meta.get("n_vocab") if isinstance(meta, dict) else None
+        vocab_size = n_vocab if isinstance(n_vocab, int) and n_vocab > 1 else None
         context: int | None = None
         server_version: str | None = None
         with_props = await _get_json(http, "/props")
@@ -465,7 +469,13 @@ async def probe(
             max_len = entry.get("max_model_len")
             context = int(max_len) if isinstance(max_len, int) and max_len > 0 else None
     return Endpoint(
-        url=base, model=chosen, kind=kind, api_key=api_key, context=context, server_version=server_version
+        url=base,
+        model=chosen,
+        kind=kind,
+        api_key=api_key,
+        context=context,
+        server_version=server_version,
+        vocab_size=vocab_size,
     )
 
 

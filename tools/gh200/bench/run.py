@@ -15,6 +15,7 @@ from typing import Any
 
 from gh200.bench import report
 from gh200.bench.client import Endpoint, ModelNotServed, probe
+from gh200.bench.prompts import PromptMode
 from gh200.bench.results import append_records, default_results_path, make_record
 from gh200.bench.smoke import (
     DEFAULT_SHAPES,
@@ -27,6 +28,7 @@ from gh200.bench.smoke import (
     gate,
     parse_shapes,
     plan_sets,
+    require_vocab,
 )
 from gh200.errors import BadInput, OperationFailed
 from gh200.output import console, progress
@@ -263,9 +265,12 @@ def run(
     seed: int = 0,
     do_gate: bool = False,
     tolerance: float = 0.10,
+    prompt_mode: PromptMode = "words",
 ) -> Outcome:
     """Run the plans; append one record per set (finished or not) to the results file."""
+    require_vocab(target.endpoint, prompt_mode)
     run_id = uuid.uuid4().hex[:12]
+    target.context["prompt_mode"] = prompt_mode
     path = (results_path or default_results_path()) if write_results else None
     with progress(show_progress) as bar:
         tasks: dict[int, Any] = {}
@@ -282,7 +287,9 @@ def run(
                     description=f"{target.label} {run_set.plan.label}: {run.output_tok_s:.1f} tok/s{extra}",
                 )
 
-        smoke = Smoke(target.endpoint, plans, timeout_s=timeout_s, seed=seed, on_run=on_run)
+        smoke = Smoke(
+            target.endpoint, plans, timeout_s=timeout_s, seed=seed, on_run=on_run, prompt_mode=prompt_mode
+        )
         try:
             sets = asyncio.run(smoke.run())
         except KeyboardInterrupt:

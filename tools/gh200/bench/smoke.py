@@ -387,6 +387,14 @@ def plan_sets(
 ProgressHook = Callable[[RunSet, RunResult | None], None]
 
 
+def require_vocab(endpoint: Endpoint, prompt_mode: prompts.PromptMode) -> None:
+    if prompt_mode == "random" and not endpoint.vocab_size:
+        raise BadInput(
+            f"random-token prompts need the vocabulary size; {endpoint.url} does not list it",
+            "pass --vocab-size N (the tokenizer's size), or --prompts words",
+        )
+
+
 class Smoke:
     """Runs the planned sets against one endpoint. `run()` returns every set, finished or not."""
 
@@ -400,7 +408,10 @@ class Smoke:
         on_run: ProgressHook | None = None,
         check_cache: bool = True,
         transport: Any | None = None,
+        prompt_mode: prompts.PromptMode = "words",
     ) -> None:
+        require_vocab(endpoint, prompt_mode)
+        self.prompt_mode = prompt_mode
         self.transport = transport
         self.endpoint = endpoint
         self.plans = plans
@@ -431,6 +442,9 @@ class Smoke:
 
     async def _prompt_ids(self, client: BenchClient, length: int, seed: int) -> list[int]:
         tag = prompts.nonce()
+        if self.prompt_mode == "random":
+            assert self.endpoint.vocab_size is not None
+            return prompts.random_ids(tag, length, self.endpoint.vocab_size, seed)
         words = max(16, length)
         for _ in range(6):
             tokens = await client.tokenize(prompts.synthetic_text(tag, words, seed))
