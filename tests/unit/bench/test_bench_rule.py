@@ -179,3 +179,59 @@ def test_sweep_points_feed_the_rule_and_skip_real_prompts() -> None:
     points = points_for(2, [synthetic, real])
     assert [(p.tokens, p.shape, p.runs, p.median) for p in points] == [(2, "256->512", 3, 21.0)]
     assert judge(points).chosen == 2
+
+
+# Part 3's medians and sub-60 counts per depth and shape (data/part3-awq-sweep.md).
+PART3 = {
+    0: {"256->512": (25.15, 0), "2048->512": (24.03, 0), "4096->512": (23.06, 0), "8192->512": (21.36, 0)},
+    3: {"256->512": (47.27, 1), "2048->512": (43.39, 2), "4096->512": (42.97, 0), "8192->512": (35.69, 1)},
+    4: {"256->512": (45.77, 2), "2048->512": (46.87, 2), "4096->512": (45.97, 0), "8192->512": (29.58, 6)},
+}
+
+
+def test_sweep_starts_at_mtp0_runs_every_expected_shape_and_restores(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gh200.deploy.deploy
+    from gh200.bench import sweep as sweep_module
+    from gh200.bench.client import Endpoint
+    from gh200.bench.run import Outcome, Target
+    from gh200.profiles import load_profile
+    from gh200.profiles.schema import Profile
+
+    deployed: list[int] = []
+    measured: list[tuple[int, list[str]]] = []
+
+    def fake_deploy(_client: object, profile: Profile, **_: object) -> None:
+        spec = profile.settings.speculative
+        deployed.append(0 if spec is None else spec.num_speculative_tokens)
+
+    def fake_target(profile: Profile, _client: object) -> Target:
+        return Target(Endpoint("http://x", "m", "vllm"), profile.name, {}, profile)
+
+    def fake_run(target: Target, plans: list[SetPlan], **_: object) -> Outcome:
+        tokens = deployed[-1]
+        sets = []
+        for plan in plans:
+            median, sub60 = PART3[tokens][plan.label]
+            s = RunSet(plan)
+            accepted = [None if tokens == 0 else (50 if i < sub60 else 90) for i in range(11)]
+            s.runs = [run_result(i, 100 / median, a) for i, a in enumerate(accepted)]
+            sets.append(s)
+        measured.append((tokens, [p.label for p in plans]))
+        return Outcome(target, sets, None)
+
+    monkeypatch.setattr(gh200.deploy.deploy, "deploy", fake_deploy)
+    monkeypatch.setattr(sweep_module, "target_for_profile", fake_target)
+    monkeypatch.setattr(sweep_module, "run", fake_run)
+    monkeypatch.setattr(sweep_module, "save_plot", lambda result, path: path)
+    profile = load_profile("glm52-awq-mtp3-bench")
+    result = sweep_module.sweep(
+        None, profile, [3, 4], show_progress=False, plot_path=Path("/nonexistent.png")
+    )
+    shapes = ["256->512", "2048->512", "4096->512", "8192->512"]
+    assert measured == [(0, shapes), (3, shapes), (4, shapes)]
+    assert deployed == [0, 3, 4, 3]  # the last deploy restores the profile as written
+    assert result.chosen == 3 and "8192->512: 6 of 11 runs accepted under 60%" in result.reason
+    verdicts = {(p.tokens, p.shape): p.verdict for p in result.points}
+    assert verdicts[(3, "8192->512")] == "ok"
+    assert "6 of 11 runs accepted under 60%" in verdicts[(4, "8192->512")]
+    assert verdicts[(4, "4096->512")] == "depth stopped"
