@@ -98,6 +98,21 @@ def test_the_reports_own_markdown_is_read_back() -> None:
     assert decision.chosen == 3 and "3 of 3 runs accepted under 60%" in decision.reason
 
 
+def test_a_profile_without_mtp_in_its_name_is_the_baseline_of_its_family() -> None:
+    def set_at(tok_s: float, accepted: int | None) -> RunSet:
+        s = RunSet(SetPlan("synthetic", 2048, 512, 1, 1))
+        s.runs = [run_result(i, 100 / tok_s, accepted) for i in range(2)]
+        return s
+
+    text = report.markdown("glm52-awq", [set_at(24.03, None)]) + report.markdown(
+        "glm52-awq-mtp3", [set_at(43.39, 91)]
+    )
+    text += report.markdown("local-tiny", [set_at(300.0, None)])  # another family: left out
+    ((family, depths),) = read_depths(text).items()
+    assert family == "glm52-awq" and [d.tokens for d in depths] == [0, 3]
+    assert decide(depths).chosen == 3
+
+
 def test_depth_names() -> None:
     assert [
         depth_of(t) for t in ("AWQ non-MTP", "AWQ + MTP-3", "MTP4", "p spec=2", "glm52-awq-mtp3 MTP-4", "7")

@@ -38,25 +38,37 @@ class _Row:
     figures: ShapeFigures
 
 
+def _cells(line: str) -> list[str] | None:
+    stripped = line.strip()
+    if not stripped.startswith("|"):
+        return None
+    inner = stripped[1:-1] if stripped.endswith("|") else stripped[1:]
+    return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", inner)]
+
+
+def _is_separator(cells: list[str]) -> bool:
+    return bool(cells) and all(re.fullmatch(r":?-{3,}:?", c.replace(" ", "")) for c in cells)
+
+
 def split_tables(text: str) -> list[tuple[list[str], list[list[str]]]]:
-    """(header, rows) of every pipe table in the text; cells stripped, escaped pipes kept."""
+    """(header, rows) of every pipe table in the text. A table starts at a header row followed by a
+    separator row, even right under another table's last row (concatenated reports)."""
     tables: list[tuple[list[str], list[list[str]]]] = []
-    block: list[list[str]] = []
-
-    def flush() -> None:
-        if len(block) >= 2 and all(re.fullmatch(r":?-{3,}:?", c.replace(" ", "")) for c in block[1]):
-            tables.append((block[0], block[2:]))
-        block.clear()
-
+    previous: list[str] | None = None
+    current: tuple[list[str], list[list[str]]] | None = None
     for line in text.splitlines():
-        stripped = line.strip()
-        if stripped.startswith("|"):
-            inner = stripped[1:-1] if stripped.endswith("|") else stripped[1:]
-            cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", inner)]
-            block.append(cells)
-        else:
-            flush()
-    flush()
+        cells = _cells(line)
+        if cells is None:
+            current, previous = None, None
+            continue
+        if _is_separator(cells) and previous is not None:
+            if current is not None and current[1] and current[1][-1] is previous:
+                current[1].pop()  # that row was the next table's header
+            current = (previous, [])
+            tables.append(current)
+        elif current is not None:
+            current[1].append(cells)
+        previous = cells
     return tables
 
 
@@ -160,6 +172,7 @@ def _row_figures(header: list[str], row: list[str]) -> ShapeFigures | None:
 def read_depths(text: str) -> dict[str, list[Depth]]:
     """Per family, the depths found in the text's tables. Bad or empty input is BadInput."""
     rows: list[_Row] = []
+    unmarked: list[_Row] = []  # `glm52-awq` beside `glm52-awq-mtp3`: the same family without MTP
     for header, body in split_tables(text):
         depth_col = _col(header, _DEPTH_COLUMNS)
         name_col = _col(header, _NAME_COLUMNS)
@@ -173,7 +186,7 @@ def read_depths(text: str) -> dict[str, list[Depth]]:
             name = row[name_col] if name_col is not None and name_col < len(row) else ""
             source = row[depth_col] if depth_col is not None and depth_col < len(row) else name
             tokens = depth_of(source)
-            if tokens is None:
+            if tokens is None and (depth_col is not None or not name.strip()):
                 continue
             shape_cell = row[shape_col] if shape_col is not None and shape_col < len(row) else ""
             if shape_cell.lower().startswith("real"):
@@ -183,7 +196,13 @@ def read_depths(text: str) -> dict[str, list[Depth]]:
                 continue
             conc = row[conc_col] if conc_col is not None and conc_col < len(row) else None
             family = _family(name) if depth_col is None else name.strip()
-            rows.append(_Row(family, tokens, _shape(shape_cell, conc) if shape_cell else NO_SHAPE, figures))
+            shape = _shape(shape_cell, conc) if shape_cell else NO_SHAPE
+            if tokens is None:
+                unmarked.append(_Row(family, 0, shape, figures))
+            else:
+                rows.append(_Row(family, tokens, shape, figures))
+    families_seen = {r.family for r in rows}
+    rows += [r for r in unmarked if r.family in families_seen]
     if not rows:
         raise BadInput(
             "no table rows with a speculative depth and an output tok/s figure",
