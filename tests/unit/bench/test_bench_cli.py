@@ -52,6 +52,8 @@ def _one_line_error(code: int, err: str, needle: str) -> None:
         (["sweep", "glm52-awq-mtp3", "--timeout", "0"], "--timeout 0 is not a positive"),
         (["sweep", "glm52-awq-mtp3", "--warm", "-1"], "--warm -1 is negative"),
         (["sweep", "glm52-awq-mtp3", "--shape", "2048"], "bad shape '2048'"),
+        (["sweep", "glm52-awq-mtp3", "--prompts", "x"], "--prompts 'x' is not a prompt mode"),
+        (["sweep", "glm52-awq-mtp3", "--plot", "/tmp"], "--plot /tmp is a directory"),
         (["smoke", "local-tiny", "--timeout", "-5"], "--timeout -5 is not a positive number of seconds"),
         (["smoke", "local-tiny", "-c", "0"], "--concurrency 0 is below 1"),
         (["smoke", "local-tiny", "--shape", "10:1"], "bad shape '10:1'"),

@@ -12,6 +12,17 @@ from gh200.errors import BadInput
 from gh200.output import console, emit_json
 
 
+def _check_prompts(prompt_mode: str, vocab_size: int | None) -> None:
+    from gh200.bench.prompts import PROMPT_MODES
+
+    if prompt_mode not in PROMPT_MODES:
+        raise BadInput(
+            f"--prompts {prompt_mode!r} is not a prompt mode", "pass --prompts words or --prompts random"
+        )
+    if vocab_size is not None and vocab_size < 2:
+        raise BadInput(f"--vocab-size {vocab_size} is too small", "pass the tokenizer's vocabulary size")
+
+
 def _check_common(*, timeout: float, warm: int, concurrency: list[int]) -> None:
     """Flags every benchmark command shares, checked before anything is contacted."""
     if not timeout > 0:
@@ -179,6 +190,10 @@ def sweep_command(
         True, "--restore/--keep", help="Redeploy the profile as written afterwards."
     ),
     unlocked: bool = typer.Option(False, "--unlocked", help="Allow building an image from an unpinned base."),
+    prompt_mode: str = typer.Option("words", "--prompts", help="Synthetic prompts: words or random."),
+    vocab_size: int | None = typer.Option(
+        None, "--vocab-size", help="Vocabulary size for --prompts random where the server does not list it."
+    ),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Redeploy at MTP-0, 1, 2, ... over every expected shape; stop when a shape gets worse."""
@@ -187,6 +202,7 @@ def sweep_command(
     from gh200.profiles import load_profile
 
     _check_common(timeout=timeout, warm=warm, concurrency=concurrency)
+    _check_prompts(prompt_mode, vocab_size)
     loaded = load_profile(profile)
     values = parse_spec_tokens(spec_tokens)
     with_spec_tokens(loaded, values[0])  # a profile without speculative decoding fails here, exit 2
@@ -220,6 +236,8 @@ def sweep_command(
         timeout_s=timeout,
         restore=restore,
         unlocked=unlocked,
+        prompt_mode="random" if prompt_mode == "random" else "words",
+        vocab_size=vocab_size,
     )
     if json_out:
         emit_json(result.as_json())

@@ -8,6 +8,7 @@ is kept. MTP-0 (the profile without speculative decoding) is the baseline every 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
 import re
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gh200.bench.prompts import PromptMode
 from gh200.bench.rule import Decision, Depth, ShapeFigures, decide
 from gh200.bench.run import Outcome, print_report, run, target_for_profile
 from gh200.bench.smoke import RunSet, SetPlan
@@ -204,6 +206,8 @@ def sweep(
     timeout_s: float = 600.0,
     restore: bool = True,
     unlocked: bool = False,
+    prompt_mode: PromptMode = "words",
+    vocab_size: int | None = None,
 ) -> SweepResult:
     """MTP-0, then each value in turn, every shape at each; `plans` default to the expected shapes."""
     from gh200.deploy.deploy import deploy
@@ -222,12 +226,15 @@ def sweep(
             deploy(client, variant, progress=show_progress, smoke=None, unlocked=unlocked)
             target = target_for_profile(variant, client)
             target.label = f"{profile.name} spec={tokens}"
+            if vocab_size is not None:
+                target.endpoint = dataclasses.replace(target.endpoint, vocab_size=vocab_size)
             outcome = run(
                 target,
                 chosen_plans,
                 results_path=results_path,
                 show_progress=show_progress,
                 timeout_s=timeout_s,
+                prompt_mode=prompt_mode,
             )
             result.outcomes.append(outcome)
             if show_progress:
