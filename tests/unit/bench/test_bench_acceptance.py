@@ -161,12 +161,12 @@ def test_warm_only_expectations_leave_the_cold_run_out() -> None:
         RunResult(i, i == 0, 1, 100 / t, [request_result(20.0)]) for i, t in enumerate([12.0, 25.61, 25.66])
     ]
     profile = load_profile("glm52-fp8-mtp3")
-    mean = next(e for e in profile.expected if e.statistic == "mean")
+    mean = next(e for e in profile.expected if e.statistic == "warm_mean")
     assert mean.warm_only
     (result,) = gate(profile.model_copy(update={"expected": [mean]}), [run_set])
     assert result.passed and result.measured == pytest.approx((25.61 + 25.66) / 2)
     assert "warm mean" in result.describe()
-    with_cold = mean.model_copy(update={"warm_only": False})
+    with_cold = mean.model_copy(update={"statistic": "mean"})
     assert not gate(profile.model_copy(update={"expected": [with_cold]}), [run_set])[0].passed
 
 

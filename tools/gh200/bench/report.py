@@ -163,7 +163,7 @@ def gate_rows(gates: list[GateResult]) -> list[list[str]]:
         [
             g.shape,
             str(g.concurrency),
-            f"{'warm ' if g.warm_only else ''}{g.statistic} {g.metric}",
+            f"{g.statistic.replace('_', ' ')} {g.metric}",
             f"{g.expected:g}",
             _num(g.measured),
             "pass" if g.passed else f"FAIL (>{g.tolerance:.0%} off)",

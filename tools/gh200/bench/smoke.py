@@ -549,7 +549,7 @@ class GateResult:
 
     def describe(self) -> str:
         got = "not measured" if self.measured is None else f"{self.measured:.2f}"
-        statistic = f"warm {self.statistic}" if self.warm_only else self.statistic
+        statistic = self.statistic.replace("_", " ")
         return (
             f"{self.shape} c{self.concurrency} {self.metric}: {statistic} {got}, "
             f"expected {self.expected:g} (tolerance {self.tolerance:.0%})"
@@ -574,7 +574,8 @@ def gate(profile: Profile, sets: list[RunSet], tolerance: float = 0.10) -> list[
             None,
         )
         runs = [] if match is None else [r for r in match.runs if not (expected.warm_only and r.cold)]
-        measured = summarise(runs).metric(expected.metric, expected.statistic) if runs else None
+        statistic = expected.statistic.removeprefix("warm_")
+        measured = summarise(runs).metric(expected.metric, statistic) if runs else None
         if measured is None:
             passed = False
         elif expected.metric in METRIC_LOWER_IS_BETTER:
