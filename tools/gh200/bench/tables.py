@@ -21,7 +21,7 @@ from gh200.bench.rule import Depth, ShapeFigures
 from gh200.bench.stats import SUB60_THRESHOLD, describe
 from gh200.errors import BadInput
 
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")  # figures here are never negative; `a-b` is a range
 _DEPTH_COLUMNS = ("spec tokens", "speculative tokens", "mtp level", "mtp", "depth")
 _NAME_COLUMNS = ("profile", "model", "config")
 _MEDIAN_COLUMNS = ("median output tok/s", "output throughput", "output tok/s")
@@ -123,7 +123,7 @@ def _acceptance_sub60(cell: str, runs: int | None) -> tuple[int | None, int | No
     """(runs, runs known under 60%) from an acceptance cell: one median, or a min-max range."""
     if not cell or cell.strip().lower() in ("n/a", "-", ""):
         return runs, None
-    values = [float(v) / 100.0 for v in re.findall(r"\d+(?:\.\d+)?", cell)]
+    values = [float(v) / 100.0 for v in _NUMBER.findall(cell)]
     if not values:
         return runs, None
     n = runs or 1
