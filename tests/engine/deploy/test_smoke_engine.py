@@ -155,25 +155,73 @@ def test_sweep_walks_redeploys_and_restores(engine: Any, prepared: str, tmp_path
             engine,
             profile,
             [1, 2, 3],
-            shape=(32, 48),
-            warm=2,
+            plans=[SetPlan("synthetic", 32, 48, 1, 2), SetPlan("synthetic", 64, 32, 1, 2)],
             results_path=tmp_path / "r.jsonl",
             plot_path=tmp_path / "sweep.png",
             show_progress=False,
         )
-        assert 1 <= len(result.points) <= 3
-        assert [p.tokens for p in result.points] == [1, 2, 3][: len(result.points)]
-        assert result.chosen in (1, 2, 3) and result.reason
+        depths = sorted({p.tokens for p in result.points})
+        assert depths[0] == 0 and depths == [0, 1, 2, 3][: len(depths)] and len(depths) >= 2
+        # Every depth ran every shape; MTP-0 ran without a draft model.
+        assert [(p.tokens, p.shape) for p in result.points] == [
+            (t, s) for t in depths for s in ("32->48", "64->32")
+        ]
+        assert all(p.acceptance is None for p in result.points if p.tokens == 0)
+        assert all(p.acceptance is not None for p in result.points if p.tokens > 0)
+        assert result.chosen in depths and result.reason
         assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
         (container,) = [c for c in gh200_containers(engine, profile=profile.name) if c.status == "running"]
         assert container.labels["io.gh200.profile-hash"] == profile_hash(profile)  # restored as written
-        records = (tmp_path / "r.jsonl").read_text().splitlines()
+        records = [json.loads(r) for r in (tmp_path / "r.jsonl").read_text().splitlines()]
         assert len(records) == len(result.points)
-        assert [json.loads(r)["speculative"]["num_speculative_tokens"] for r in records] == [
+        assert [(r["speculative"] or {}).get("num_speculative_tokens", 0) for r in records] == [
             p.tokens for p in result.points
         ]
     finally:
         stop(engine, profile.name)
+
+
+def test_records_carry_server_version_and_launch_args(tiny_server: Profile, tmp_path: Path) -> None:
+    target = target_for_profile(tiny_server)
+    assert target.endpoint.server_version  # llama-server's /props build_info
+    args = target.context["launch_args"]
+    assert args and any(a.endswith(".gguf") for a in args), args
+    results = tmp_path / "r.jsonl"
+    bench_run.run(target, [SetPlan("synthetic", 16, 8, 1, 0)], results_path=results, show_progress=False)
+    (record,) = [json.loads(line) for line in results.read_text().splitlines()]
+    assert record["server_version"] == target.endpoint.server_version
+    assert record["launch_args"] == args and record["prompt_mode"] == "words"
+
+
+def test_random_token_prompts_against_the_real_server(tiny_server: Profile) -> None:
+    endpoint = _endpoint(tiny_server)
+    assert endpoint.vocab_size is not None and endpoint.vocab_size > 1000  # meta.n_vocab of the model
+    plans = [SetPlan("synthetic", 96, 24, 2, 1)]
+    (run_set,) = asyncio.run(Smoke(endpoint, plans, prompt_mode="random").run())
+    assert run_set.complete, run_set.error
+    for run in run_set.runs:
+        # The server counted exactly the ids sent (the client checks it too) and drafted on them.
+        assert all(r.prompt_tokens == 96 and r.completion_tokens == 24 for r in run.requests)
+        assert run.acceptance is not None and run.acceptance_source == "responses"
+        assert run.decode_tok_s is not None and run.decode_tok_s > run.output_tok_s
+
+
+def test_cli_unknown_model_names_the_served_ones(
+    tiny_server: Profile, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from gh200.cli import main
+
+    url = base_url(tiny_server)
+    monkeypatch.setattr(sys, "argv", ["gh200", "smoke", "--url", url, "--model", "nope", "--no-results"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        main()
+    err = capsys.readouterr().err
+    assert done.value.code == 2, err
+    assert "not 'nope'" in err and f"one it lists: {tiny_server.model.served_name}" in err
+    assert "deploy the profile" not in err
 
 
 def test_demo_end_to_end(engine: Any, prepared: str) -> None:

@@ -40,6 +40,13 @@ class FakeServer:
     completions: int = 0
     in_flight: int = 0
     max_in_flight: int = 0
+    vocab: dict[str, int] = field(default_factory=dict)
+    vocab_size: int = 32000
+    tokenize_calls: int = 0
+    report_cached: bool = True  # vLLM reports cached_tokens only with --enable-prompt-tokens-details
+    spec_metrics: bool = False  # vLLM: per-request metrics.speculative_decoding in the usage chunk
+    reasoning_field: str | None = None  # chat: stream text as delta[reasoning_field] instead of content
+    counter_noise: float = 0.0  # added to the accepted and drafted counters at every /metrics read
     counters: dict[str, float] = field(
         default_factory=lambda: {"draft_tokens": 0.0, "accepted_tokens": 0.0, "drafts": 0.0}
     )
@@ -58,11 +65,15 @@ class FakeServer:
             entry: dict[str, Any] = {"id": self.model}
             if self.kind == "vllm":
                 entry["max_model_len"] = self.context
+            else:
+                entry["meta"] = {"n_vocab": self.vocab_size, "n_ctx": self.context}
             return httpx.Response(200, json={"object": "list", "data": [entry]})
         if path == "/props":
             if self.kind != "llama_cpp":
                 return httpx.Response(404)
-            return httpx.Response(200, json={"default_generation_settings": {"n_ctx": self.context}})
+            return httpx.Response(
+                200, json={"default_generation_settings": {"n_ctx": self.context}, "build_info": "b7000-fake"}
+            )
         if path == "/version":
             return (
                 httpx.Response(200, json={"version": "0.33.0"})
@@ -70,9 +81,11 @@ class FakeServer:
                 else httpx.Response(404)
             )
         if path == "/tokenize":
+            self.tokenize_calls += 1
             body = json.loads(request.content)
             text = body.get("content") if self.kind == "llama_cpp" else body.get("prompt")
-            # One token per word, ids from a stable hash: enough for length calibration.
+            # One token per word; a word keeps its id and distinct words never share one, as in a
+            # real vocabulary (a hash would collide on the random prompt nonces).
             return httpx.Response(200, json={"tokens": [self._id(w) for w in str(text).split()]})
         if path == "/metrics":
             prefix = "llamacpp" if self.kind == "llama_cpp" else "vllm"
@@ -81,8 +94,15 @@ class FakeServer:
                 f"{self.counters['draft_tokens']}",
                 f"{prefix}:spec_decode_num_accepted_tokens_total {self.counters['accepted_tokens']}",
                 f"{prefix}:spec_decode_num_drafts_total {self.counters['drafts']}",
-                f'{prefix}:spec_decode_num_accepted_tokens_per_pos_total{{position="0"}} 99999',
             ]
+            lines += [
+                f'{prefix}:spec_decode_num_accepted_tokens_per_pos_total{{position="{i}"}} '
+                f"{self.counters.get(f'pos_{i}', 0.0)}"
+                for i in range(self.draft_per_token[0])
+            ]
+            # Traffic the benchmark did not send (another client of the same server).
+            self.counters["accepted_tokens"] += self.counter_noise
+            self.counters["draft_tokens"] += self.counter_noise
             return httpx.Response(200, text="\n".join(lines) + "\n")
         if path in ("/v1/completions", "/v1/chat/completions"):
             if self.status != 200:
@@ -95,9 +115,8 @@ class FakeServer:
             return httpx.Response(200, stream=_Stream(self, body, path, self.completions))
         return httpx.Response(404)
 
-    @staticmethod
-    def _id(word: str) -> int:
-        return 100 + sum(ord(c) * (i + 1) for i, c in enumerate(word)) % 30000
+    def _id(self, word: str) -> int:
+        return self.vocab.setdefault(word, 100 + len(self.vocab))
 
 
 class _Stream(httpx.AsyncByteStream):
@@ -127,7 +146,7 @@ class _Stream(httpx.AsyncByteStream):
                 if self.chat:
                     choice: dict[str, Any] = {
                         "index": 0,
-                        "delta": {"content": f"t{i} "},
+                        "delta": {s.reasoning_field or "content": f"t{i} "},
                         "finish_reason": None,
                     }
                 else:
@@ -138,6 +157,8 @@ class _Stream(httpx.AsyncByteStream):
             s.counters["draft_tokens"] += drafted
             s.counters["accepted_tokens"] += accepted
             s.counters["drafts"] += n // 4
+            for position in range(s.draft_per_token[1]):
+                s.counters[f"pos_{position}"] = s.counters.get(f"pos_{position}", 0.0) + n // 4
             final: dict[str, Any] = {
                 "choices": [
                     {
@@ -152,16 +173,35 @@ class _Stream(httpx.AsyncByteStream):
                     "completion_tokens": n,
                     "prompt_tokens": prompt_tokens,
                     "total_tokens": n + prompt_tokens,
-                    "prompt_tokens_details": {"cached_tokens": s.cached_tokens},
                 }
+                if s.report_cached:
+                    usage["prompt_tokens_details"] = {"cached_tokens": s.cached_tokens}
                 if s.kind == "vllm":
                     yield _sse(final)
                     final = {"choices": [], "usage": usage}
+                    if s.spec_metrics:
+                        # vllm/v1/metrics/stats.py RequestSpecDecodeMetrics.to_dict: histogram[j] =
+                        # verify steps that accepted exactly j drafts.
+                        k, a = s.draft_per_token
+                        steps = n // 4
+                        histogram = [0] * (k + 1)
+                        histogram[a] = steps
+                        final["metrics"] = {
+                            "speculative_decoding": {
+                                "mean_acceptance_length": 1 + a if steps else 1.0,
+                                "draft_acceptance_rate": a / k if steps else 0.0,
+                                "acceptance_histogram": histogram,
+                                "num_spec_steps": steps,
+                                "num_accepted_draft_tokens": accepted,
+                                "num_draft_tokens": drafted,
+                                "num_spec_tokens": k,
+                            }
+                        }
                 else:
                     final["usage"] = usage
             if s.kind == "llama_cpp":
                 final["timings"] = {
-                    "cache_n": s.cached_tokens,
+                    **({"cache_n": s.cached_tokens} if s.report_cached else {}),
                     "predicted_n": n,
                     "predicted_per_token_ms": max(s.token_delay * 1000.0, 0.001),
                     "prompt_ms": 1.0,

@@ -126,8 +126,28 @@ vllm:spec_decode_num_accepted_tokens_per_pos_total{position="0"} 99.0
 vllm:spec_decode_num_drafts_total 130
 llamacpp:requests_processing 1
 """
-    assert parse_counters(text) == {"draft_tokens": 400.0, "accepted_tokens": 250.0, "drafts": 130.0}
+    # Per-position counts are kept apart: they never add to the accepted total.
+    assert parse_counters(text) == {
+        "draft_tokens": 400.0,
+        "accepted_tokens": 250.0,
+        "drafts": 130.0,
+        "accepted_tokens_pos_0": 99.0,
+    }
     assert parse_counters("llamacpp:prompt_tokens_total 5\n") == {}
+
+
+def test_parse_counters_does_not_read_a_timestamp_as_the_value() -> None:
+    # The exposition format allows `name{labels} value timestamp_ms`; the value is the middle field.
+    text = (
+        "llamacpp:spec_decode_num_draft_tokens_total 120 1764680000000\n"
+        'vllm:spec_decode_num_accepted_tokens_total{engine="0"} 90 1764680000000\n'
+        'vllm:spec_decode_num_accepted_tokens_per_pos_total{engine="0",position="1"} 40 1764680000000\n'
+    )
+    assert parse_counters(text) == {
+        "draft_tokens": 120.0,
+        "accepted_tokens": 90.0,
+        "accepted_tokens_pos_1": 40.0,
+    }
 
 
 def test_probe_detects_llama_cpp_and_its_slot_context() -> None:

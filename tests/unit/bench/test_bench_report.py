@@ -11,7 +11,7 @@ from bench_fakes import run_result, run_set
 from gh200.bench import report
 from gh200.bench.results import RECORD_VERSION, append_records, make_record, read_records
 from gh200.bench.smoke import RunSet, SetPlan
-from gh200.bench.sweep import Point, SweepResult, decide, parse_spec_tokens, save_plot, with_spec_tokens
+from gh200.bench.sweep import Point, SweepResult, judge, parse_spec_tokens, save_plot, with_spec_tokens
 from gh200.errors import BadInput
 from gh200.profiles import load_profile, profile_hash
 
@@ -90,29 +90,31 @@ def test_spec_tokens_syntax() -> None:
             parse_spec_tokens(bad)
 
 
-def _point(tokens: int, median: float, sub60: int = 0, runs: int = 11) -> Point:
-    return Point(tokens, runs, median, median * 0.9, median * 1.1, 0.1, 0.8, sub60, 10.0)
+def _point(tokens: int, median: float, sub60: int = 0, runs: int = 11, shape: str = "2048->512") -> Point:
+    return Point(tokens, shape, runs, median, median * 0.9, median * 1.1, 0.1, 0.8, sub60, 10.0)
 
 
 def test_walk_stops_when_the_median_gets_worse_part2() -> None:
     # Part 2, Canada checkpoint: MTP1..4 = 152.7, 179.9, 193.0, 162.1 -> MTP3.
     points = [_point(1, 152.7), _point(2, 179.9), _point(3, 193.0), _point(4, 162.1)]
-    chosen, reason = decide(points[:3])
-    assert (chosen, reason) == (3, "continue")
-    chosen, reason = decide(points)
-    assert chosen == 3 and "below 193.00" in reason
-    assert [p.verdict for p in points] == ["ok", "ok", "ok", "worse median"]
+    decision = judge(points[:3])
+    assert (decision.chosen, decision.stopped_at) == (3, None)
+    decision = judge(points)
+    assert decision.chosen == 3 and decision.stopped_at == 4 and "below 193.00" in decision.reason
+    assert [p.verdict.startswith("median") for p in points] == [False, False, False, True]
+    assert [p.verdict for p in points[:3]] == ["ok", "ok", "ok"]
 
 
 def test_walk_stops_when_the_acceptance_tail_collapses_part3() -> None:
     # Part 3 at 8192->512: MTP-4 had 6 of 11 runs under 60% acceptance; even a better median
     # would not save it.
     points = [_point(3, 35.69, sub60=1), _point(4, 36.0, sub60=6)]
-    chosen, reason = decide(points)
-    assert chosen == 3 and "6 of 11 runs accepted under 60%" in reason
-    assert points[1].verdict == "acceptance tail collapsed"
+    decision = judge(points)
+    assert decision.chosen == 3 and "6 of 11 runs accepted under 60%" in decision.reason
+    assert points[1].verdict == "6 of 11 runs accepted under 60%"
     # Two sub-60 runs of eleven (MTP-3 at 2048->512) is noise, not collapse.
-    assert decide([_point(3, 43.39, sub60=2)]) == (3, "continue")
+    decision = judge([_point(3, 43.39, sub60=2)])
+    assert (decision.chosen, decision.stopped_at) == (3, None)
 
 
 def test_variant_profile_changes_only_the_speculative_tokens() -> None:
@@ -126,12 +128,17 @@ def test_variant_profile_changes_only_the_speculative_tokens() -> None:
     assert variant.model_copy(update={"settings": profile.settings}) == profile
     with pytest.raises(BadInput):
         with_spec_tokens(load_profile("glm52-awq"), 2)
+    # MTP-0, the sweep's baseline, is the profile without speculative decoding.
+    baseline = with_spec_tokens(profile, 0)
+    assert baseline.settings.speculative is None
+    assert baseline.model_copy(update={"settings": profile.settings}) == profile
 
 
 def test_plot_is_a_png_written_atomically(tmp_path: Path) -> None:
-    result = SweepResult(
-        "p", "2048:512", 1, points=[_point(1, 20.0), _point(2, 25.0), _point(3, 24.0)], chosen=2
-    )
+    points = [
+        _point(t, m, shape=shape) for shape in ("2048->512", "8192->512") for t, m in ((0, 20.0), (1, 25.0))
+    ]
+    result = SweepResult("p", ["2048->512", "8192->512"], points=points, chosen=1)
     out = save_plot(result, tmp_path / "plots" / "sweep.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in out.parent.iterdir()] == ["sweep.png"]

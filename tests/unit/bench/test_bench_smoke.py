@@ -47,8 +47,18 @@ def test_run_figures_and_acceptance_from_timings_and_counters() -> None:
     # 10 steps of (3 drafted, 2 accepted) per request, seen both in the responses and the counters.
     assert run.acceptance_from_responses == pytest.approx(2 / 3)
     assert run.acceptance_from_counters == pytest.approx(2 / 3)
-    assert run.counters == {"draft_tokens": 60.0, "accepted_tokens": 40.0, "drafts": 20.0}
+    assert run.counters == {
+        "draft_tokens": 60.0,
+        "accepted_tokens": 40.0,
+        "drafts": 20.0,
+        "accepted_tokens_pos_0": 20.0,
+        "accepted_tokens_pos_1": 20.0,
+        "accepted_tokens_pos_2": 0.0,
+    }
     assert run.acceptance_length == pytest.approx(1 + 40 / 20)
+    # llama.cpp gives no histogram: positions come from the per-position counters over drafts.
+    assert run.acceptance_by_position == pytest.approx([1.0, 1.0, 0.0])
+    assert run.acceptance_source == "responses" and run.acceptance_disagreement == pytest.approx(0.0)
 
 
 def test_vllm_acceptance_comes_from_counter_differences() -> None:

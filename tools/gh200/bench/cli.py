@@ -3,11 +3,37 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
+import typer.core
 
 from gh200.errors import BadInput
 from gh200.output import console, emit_json
+
+
+def _check_prompts(prompt_mode: str, vocab_size: int | None) -> None:
+    from gh200.bench.prompts import PROMPT_MODES
+
+    if prompt_mode not in PROMPT_MODES:
+        raise BadInput(
+            f"--prompts {prompt_mode!r} is not a prompt mode", "pass --prompts words or --prompts random"
+        )
+    if vocab_size is not None and vocab_size < 2:
+        raise BadInput(f"--vocab-size {vocab_size} is too small", "pass the tokenizer's vocabulary size")
+
+
+def _check_common(*, timeout: float, warm: int, concurrency: list[int]) -> None:
+    """Flags every benchmark command shares, checked before anything is contacted."""
+    if not timeout > 0:
+        raise BadInput(
+            f"--timeout {timeout:g} is not a positive number of seconds", "pass e.g. --timeout 600"
+        )
+    if warm < 0:
+        raise BadInput(f"--warm {warm} is negative", "pass 0 or more warm runs")
+    bad = [c for c in concurrency if c < 1]
+    if bad:
+        raise BadInput(f"--concurrency {bad[0]} is below 1", "pass 1 or more concurrent requests")
 
 
 def _api_key(path: Path | None) -> str | None:
@@ -40,6 +66,14 @@ def smoke_command(
     model: str | None = typer.Option(
         None, "--model", help="Model name at --url (default: the first listed)."
     ),
+    prompt_mode: str = typer.Option(
+        "words",
+        "--prompts",
+        help="Synthetic prompts: words (server-tokenized prose) or random (token ids, like vllm bench).",
+    ),
+    vocab_size: int | None = typer.Option(
+        None, "--vocab-size", help="Vocabulary size for --prompts random where the server does not list it."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object; no progress."),
 ) -> None:
     """Stream requests of exact lengths: one cold and N warm runs per shape; the posts' statistics."""
@@ -60,17 +94,36 @@ def smoke_command(
         raise BadInput(f"--tolerance {tolerance} is not a fraction", "pass e.g. 0.10 for 10%")
     if real_repeats < 1 or real_output < 2:
         raise BadInput("--real-repeats must be >= 1 and --real-output >= 2", "fix the value")
+    _check_common(timeout=timeout, warm=warm, concurrency=concurrency)
+    from gh200.bench.prompts import PROMPT_MODES
+
+    if prompt_mode not in PROMPT_MODES:
+        raise BadInput(
+            f"--prompts {prompt_mode!r} is not a prompt mode", "pass --prompts words or --prompts random"
+        )
+    if vocab_size is not None and vocab_size < 2:
+        raise BadInput(f"--vocab-size {vocab_size} is too small", "pass the tokenizer's vocabulary size")
+    if shape:
+        from gh200.bench.smoke import parse_shapes
+
+        parse_shapes(shape)
+    if results is not None and not no_results:
+        from gh200.bench.results import check_results_path
+
+        check_results_path(results)
+    if url is not None and do_gate:
+        raise BadInput("--gate needs a PROFILE (its expected values)", "name the profile instead of --url")
     if profile is not None:
         from gh200.profiles import load_profile
 
         target = target_for_profile(load_profile(profile))
     else:
         assert url is not None
-        if do_gate:
-            raise BadInput(
-                "--gate needs a PROFILE (its expected values)", "name the profile instead of --url"
-            )
         target = target_for_url(url, api_key=_api_key(api_key_file), model=model)
+    if vocab_size is not None:
+        import dataclasses
+
+        target.endpoint = dataclasses.replace(target.endpoint, vocab_size=vocab_size)
     plans = default_plans(
         target,
         shapes=shape or None,
@@ -90,6 +143,7 @@ def smoke_command(
         seed=seed,
         do_gate=do_gate,
         tolerance=tolerance,
+        prompt_mode=prompt_mode,
     )
     if json_out:
         emit_json(outcome.as_json())
@@ -98,14 +152,36 @@ def smoke_command(
     raise_for_outcome(outcome)
 
 
+class _SweepGroup(typer.core.TyperGroup):
+    """`gh200 sweep PROFILE ...` runs the walk; `gh200 sweep decide TABLE` applies the rule to a table."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["run", *args]
+        return list(super().parse_args(ctx, args))
+
+
+sweep_app = typer.Typer(
+    cls=_SweepGroup,
+    help="Walk the speculative depth from MTP-0 by the posts' rule, or apply the rule to a table.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@sweep_app.command("run")
 def sweep_command(
     profile: str = typer.Argument(..., help="Profile with speculative decoding to sweep."),
     *,
-    spec_tokens: str = typer.Option("1..", "--spec-tokens", help="Values to walk: 1.. or 1..5 or 1,2,3."),
-    shape: str = typer.Option(
-        "", "--shape", help="INPUT:OUTPUT (default: the profile's first expected shape)."
+    spec_tokens: str = typer.Option(
+        "1..", "--spec-tokens", help="Values to walk after the MTP-0 baseline: 1.. or 1..5 or 1,2,3."
     ),
-    concurrency: int = typer.Option(1, "--concurrency", "-c"),
+    shape: list[str] = typer.Option(
+        [], "--shape", help="INPUT:OUTPUT (repeatable; default: every expected shape of the profile)."
+    ),
+    concurrency: list[int] = typer.Option(
+        [], "--concurrency", "-c", help="With --shape: concurrent requests (repeatable, default 1)."
+    ),
     warm: int = typer.Option(10, "--warm"),
     timeout: float = typer.Option(600.0, "--timeout"),
     results: Path | None = typer.Option(None, "--results", help="Results file (JSON Lines) to append to."),
@@ -114,29 +190,45 @@ def sweep_command(
         True, "--restore/--keep", help="Redeploy the profile as written afterwards."
     ),
     unlocked: bool = typer.Option(False, "--unlocked", help="Allow building an image from an unpinned base."),
+    prompt_mode: str = typer.Option("words", "--prompts", help="Synthetic prompts: words or random."),
+    vocab_size: int | None = typer.Option(
+        None, "--vocab-size", help="Vocabulary size for --prompts random where the server does not list it."
+    ),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Redeploy with 1, 2, ... speculative tokens until the median worsens or acceptance collapses."""
-    from gh200.bench.smoke import parse_shapes
-    from gh200.bench.sweep import parse_spec_tokens, sweep, with_spec_tokens
-    from gh200.engine import connect
+    """Redeploy at MTP-0, 1, 2, ... over every expected shape; stop when a shape gets worse."""
+    from gh200.bench.smoke import SetPlan, parse_shapes
+    from gh200.bench.sweep import expected_plans, parse_spec_tokens, sweep, with_spec_tokens
     from gh200.profiles import load_profile
 
+    _check_common(timeout=timeout, warm=warm, concurrency=concurrency)
+    _check_prompts(prompt_mode, vocab_size)
     loaded = load_profile(profile)
     values = parse_spec_tokens(spec_tokens)
     with_spec_tokens(loaded, values[0])  # a profile without speculative decoding fails here, exit 2
+    if concurrency and not shape:
+        raise BadInput("--concurrency needs --shape", "pass --shape IN:OUT, or leave both to the profile")
     if shape:
-        chosen_shape = parse_shapes([shape])[0]
-    elif loaded.expected:
-        chosen_shape = (loaded.expected[0].input_tokens, loaded.expected[0].output_tokens)
+        plans = [
+            SetPlan("synthetic", inp, out, c, warm)
+            for inp, out in parse_shapes(shape)
+            for c in (concurrency or [1])
+        ]
     else:
-        chosen_shape = (2048, 512)
+        plans = expected_plans(loaded, warm)
+    if results is not None:
+        from gh200.bench.results import check_results_path
+
+        check_results_path(results)
+    if plot is not None and plot.is_dir():
+        raise BadInput(f"--plot {plot} is a directory", f"pass a file path, e.g. --plot {plot / 'sweep.png'}")
+    from gh200.engine import connect
+
     result = sweep(
         connect(),
         loaded,
         values,
-        shape=chosen_shape,
-        concurrency=concurrency,
+        plans=plans,
         warm=warm,
         results_path=results,
         plot_path=plot,
@@ -144,15 +236,18 @@ def sweep_command(
         timeout_s=timeout,
         restore=restore,
         unlocked=unlocked,
+        prompt_mode="random" if prompt_mode == "random" else "words",
+        vocab_size=vocab_size,
     )
     if json_out:
         emit_json(result.as_json())
         return
     from rich.table import Table
 
-    table = Table(title=f"sweep: {loaded.name} {result.shape} c{concurrency}", title_justify="left")
+    table = Table(title=f"sweep: {loaded.name}", title_justify="left")
     for name in (
         "Spec tokens",
+        "Shape",
         "Runs",
         "Median output tok/s",
         "P10",
@@ -167,6 +262,7 @@ def sweep_command(
     for p in result.points:
         table.add_row(
             str(p.tokens),
+            p.shape,
             str(p.runs),
             f"{p.median:.2f}",
             f"{p.p10:.2f}",
@@ -180,12 +276,42 @@ def sweep_command(
     from gh200.bench.report import table_console
 
     table_console().print(table)
-    console.print(f"chosen: {result.chosen} speculative tokens ({result.reason})", highlight=False)
+    console.print(f"chosen: MTP-{result.chosen} ({result.reason})", highlight=False)
     if result.plot:
         console.print(f"plot: {result.plot}", highlight=False)
+
+
+@sweep_app.command("decide")
+def decide_command(
+    table: Path = typer.Argument(..., help="Markdown file with a table in the posts' layout ('-': stdin)."),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Apply the sweep's rule to a table in the posts' layout (or a report's Markdown)."""
+    import sys
+
+    from gh200.bench.rule import decide
+    from gh200.bench.tables import read_depths
+
+    if str(table) == "-":
+        text = sys.stdin.read()
+    else:
+        try:
+            text = table.read_text()
+        except (OSError, UnicodeDecodeError) as err:
+            raise BadInput(
+                f"cannot read {table}: {getattr(err, 'strerror', None) or err}", "pass a Markdown file"
+            ) from err
+    decisions = {family: decide(depths) for family, depths in read_depths(text).items()}
+    if json_out:
+        emit_json({"decisions": [{"family": f, **d.as_json()} for f, d in decisions.items()]})
+        return
+    for family, decision in decisions.items():
+        name = f"{family}: " if family else ""
+        chosen = "none" if decision.chosen is None else f"MTP-{decision.chosen}"
+        print(f"{name}chosen {chosen}: {decision.reason}")
 
 
 def register(app: typer.Typer) -> None:
     """Add this job's commands to the root app."""
     app.command("smoke")(smoke_command)
-    app.command("sweep")(sweep_command)
+    app.add_typer(sweep_app, name="sweep")

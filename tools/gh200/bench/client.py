@@ -55,6 +55,14 @@ class RequestFailed(OperationFailed):
         self.kind = kind
 
 
+class ModelNotServed(RequestFailed):
+    """The server answers but does not serve the asked model; `served` is what it listed."""
+
+    def __init__(self, message: str, served: list[str], fix: str | None = None) -> None:
+        super().__init__("model", message, fix)
+        self.served = served
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """Where the server is and how to talk to it. The key never appears in repr or records."""
@@ -64,6 +72,8 @@ class Endpoint:
     kind: ServerKind
     api_key: str | None = field(default=None, repr=False)
     context: int | None = None  # tokens one request may use (llama.cpp: per slot), when the server says
+    server_version: str | None = None  # vLLM's /version, llama.cpp's /props build_info
+    vocab_size: int | None = None  # llama.cpp lists it (meta.n_vocab); vLLM does not
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
@@ -91,27 +101,49 @@ class RequestResult:
     server_tpot_ms: float | None = None
     server_prompt_ms: float | None = None
     seed: int | None = None
+    # vLLM's per-request speculative metrics (`--per-request-spec-decode-metrics summary`):
+    # verify steps, and how many steps accepted exactly j draft tokens (index j).
+    spec_steps: int | None = None
+    acceptance_histogram: list[int] | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
+POSITION_PREFIX = "accepted_tokens_pos_"
+_PER_POSITION_SUFFIX = "spec_decode_num_accepted_tokens_per_pos_total"
+
+
+def _matches(name: str, suffix: str) -> bool:
+    # The suffix must follow the engine prefix (`vllm:`, `llamacpp:`) directly, so that
+    # `..._per_pos_total` is not read as `..._accepted_tokens_total`.
+    return name.endswith(":" + suffix) or name == suffix
+
+
 def parse_counters(text: str) -> dict[str, float]:
-    """Speculative-decoding counters from a Prometheus text page, summed over their label sets."""
+    """Speculative-decoding counters from a Prometheus text page, summed over their label sets.
+
+    Per-position accepted counts come back as `accepted_tokens_pos_<i>`. The page is read by
+    prometheus_client's parser (a sample's timestamp is not its value).
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
     found: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name_part, _, value = line.rpartition(" ")
-        name = name_part.split("{", 1)[0].strip()
-        for key, suffix in COUNTER_SUFFIXES.items():
-            # `..._per_pos_total` and similar must not match: the name has to end with the suffix
-            # right after the engine prefix (`vllm:` or `llamacpp:`).
-            if name.endswith(":" + suffix) or name == suffix:
-                try:
-                    found[key] = found.get(key, 0.0) + float(value)
-                except ValueError:
-                    continue
+    try:
+        families = list(text_string_to_metric_families(text))
+    except ValueError:
+        return found
+    for family in families:
+        for sample in family.samples:
+            if _matches(sample.name, _PER_POSITION_SUFFIX):
+                position = sample.labels.get("position")
+                if position is not None and position.isdigit():
+                    key = f"{POSITION_PREFIX}{int(position)}"
+                    found[key] = found.get(key, 0.0) + float(sample.value)
+                continue
+            for key, suffix in COUNTER_SUFFIXES.items():
+                if _matches(sample.name, suffix):
+                    found[key] = found.get(key, 0.0) + float(sample.value)
     return found
 
 
@@ -246,6 +278,7 @@ class BenchClient:
         content_times: list[float] = []
         usage: dict[str, Any] | None = None
         timings: dict[str, Any] | None = None
+        spec_metrics: dict[str, Any] | None = None
         finish_reason: str | None = None
         ended: float | None = None
         try:
@@ -270,7 +303,13 @@ class BenchClient:
                         )
                     for choice in chunk.get("choices") or []:
                         delta = choice.get("delta") or {}
-                        text = choice.get("text") or delta.get("content") or delta.get("reasoning_content")
+                        # vLLM streams thinking as `reasoning`; llama.cpp as `reasoning_content`.
+                        text = (
+                            choice.get("text")
+                            or delta.get("content")
+                            or delta.get("reasoning")
+                            or delta.get("reasoning_content")
+                        )
                         if text:
                             content_times.append(now)
                         if choice.get("finish_reason"):
@@ -281,6 +320,9 @@ class BenchClient:
                         ended = ended or now
                     if chunk.get("timings"):
                         timings = chunk["timings"]
+                    metrics = chunk.get("metrics")
+                    if isinstance(metrics, dict) and isinstance(metrics.get("speculative_decoding"), dict):
+                        spec_metrics = metrics["speculative_decoding"]
         except httpx.TimeoutException as err:
             raise RequestFailed(
                 "timeout", f"request to {self.endpoint.url}{path} timed out after {self.timeout_s:g}s"
@@ -345,6 +387,8 @@ class BenchClient:
             finish_reason=finish_reason,
             seed=seed,
         )
+        if spec_metrics is not None:
+            _read_spec_metrics(result, spec_metrics)
         if timings:
             if timings.get("draft_n") is not None:
                 result.draft_tokens = int(timings["draft_n"])
@@ -356,6 +400,19 @@ class BenchClient:
             if isinstance(prompt_ms, int | float):
                 result.server_prompt_ms = float(prompt_ms)
         return result
+
+
+def _read_spec_metrics(result: RequestResult, spec: dict[str, Any]) -> None:
+    """vLLM's `metrics.speculative_decoding` (vllm/v1/metrics/stats.py RequestSpecDecodeMetrics.to_dict)."""
+    drafted, accepted = spec.get("num_draft_tokens"), spec.get("num_accepted_draft_tokens")
+    if isinstance(drafted, int) and isinstance(accepted, int):
+        result.draft_tokens, result.accepted_tokens = drafted, accepted
+    steps = spec.get("num_spec_steps")
+    if isinstance(steps, int):
+        result.spec_steps = steps
+    histogram = spec.get("acceptance_histogram")
+    if isinstance(histogram, list) and all(isinstance(n, int) for n in histogram):
+        result.acceptance_histogram = [int(n) for n in histogram]
 
 
 async def probe(
@@ -385,26 +442,41 @@ async def probe(
         listed = [m for m in (models.json().get("data") or []) if isinstance(m, dict)]
         ids = [str(m.get("id")) for m in listed]
         if model is not None and model not in ids:
-            raise RequestFailed(
-                "model", f"{base} serves {', '.join(ids) or 'no model'}, not {model!r}", "deploy the profile"
+            raise ModelNotServed(
+                f"{base} serves {', '.join(ids) or 'no model'}, not {model!r}", ids, "deploy the profile"
             )
         chosen = model or (ids[0] if ids else None)
         if chosen is None:
             raise RequestFailed("model", f"{base} lists no model under /v1/models")
+        meta = next((m for m in listed if m.get("id") == chosen), {}).get("meta")
+        n_vocab = meta.get("n_vocab") if isinstance(meta, dict) else None
+        vocab_size = n_vocab if isinstance(n_vocab, int) and n_vocab > 1 else None
         context: int | None = None
+        server_version: str | None = None
         with_props = await _get_json(http, "/props")
         if isinstance(with_props, dict) and "default_generation_settings" in with_props:
             kind = "llama_cpp"
             n_ctx = (with_props.get("default_generation_settings") or {}).get("n_ctx")
             context = int(n_ctx) if isinstance(n_ctx, int) and n_ctx > 0 else None
+            build = with_props.get("build_info")
+            server_version = str(build) if build else None
         else:
             version = await _get_json(http, "/version")
             if isinstance(version, dict) and "version" in version:
                 kind = "vllm"
+                server_version = str(version["version"])
             entry = next((m for m in listed if m.get("id") == chosen), {})
             max_len = entry.get("max_model_len")
             context = int(max_len) if isinstance(max_len, int) and max_len > 0 else None
-    return Endpoint(url=base, model=chosen, kind=kind, api_key=api_key, context=context)
+    return Endpoint(
+        url=base,
+        model=chosen,
+        kind=kind,
+        api_key=api_key,
+        context=context,
+        server_version=server_version,
+        vocab_size=vocab_size,
+    )
 
 
 async def _get_json(http: httpx.AsyncClient, path: str) -> Any:

@@ -1,14 +1,19 @@
 """Benchmark prompts: synthetic ones of an exact token length, and a fixed set of real ones.
 
 Every prompt starts with a fresh nonce, so no two requests share a prefix and a server's prefix
-cache cannot flatter warm runs. Synthetic prompts are built as text, tokenized by the server
-itself (/tokenize) and sent as token ids, cut to exactly the asked length.
+cache cannot flatter warm runs. Synthetic prompts come in two modes:
+- `words`: text from a fixed technical vocabulary, tokenized by the server itself (/tokenize) and
+  sent as token ids, cut to exactly the asked length;
+- `random`: token ids drawn uniformly from the model's vocabulary, as `vllm bench`'s random
+  dataset does (the posts' synthetic rows); a draft model accepts these differently from prose.
+The real prompts are a set of their own, never mixed into a synthetic shape.
 """
 
 from __future__ import annotations
 
 import random
 import secrets
+from typing import Literal
 
 # Plain technical vocabulary: tokenizes like prose rather than like random token ids.
 _WORD_TEXT = (
@@ -32,6 +37,16 @@ WORDS = tuple(_WORD_TEXT.split())
 def nonce() -> str:
     """A fresh tag for one request: random, so repeated invocations never share a prefix either."""
     return secrets.token_hex(6)
+
+
+PromptMode = Literal["words", "random"]
+PROMPT_MODES: tuple[PromptMode, ...] = ("words", "random")
+
+
+def random_ids(tag: str, length: int, vocab_size: int, seed: int) -> list[int]:
+    """`length` token ids uniform over the vocabulary; the tag (a fresh nonce) makes each unique."""
+    rng = random.Random(f"{tag}:{seed}")
+    return [rng.randrange(vocab_size) for _ in range(length)]
 
 
 def synthetic_text(tag: str, n_words: int, seed: int) -> str:

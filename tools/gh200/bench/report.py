@@ -25,13 +25,19 @@ COLUMNS = (
 DETAIL_COLUMNS = (
     "Profile",
     "Shape",
+    "Median decode tok/s",
     "Median TTFT",
     "Median ITL",
     "Median total tok/s",
     "Median prompt tok/s",
     "Median acceptance length",
+    "Acceptance by position",
+    "Acceptance histogram",
+    "Acceptance from",
     "Max cached prompt tokens",
 )
+# Per-response and counter acceptance further apart than this: something else used the server.
+DISAGREEMENT_NOTE = 0.02
 
 
 def table_console() -> Console:
@@ -88,11 +94,17 @@ def detail_rows(profile: str, sets: list[RunSet]) -> list[list[str]]:
             [
                 profile,
                 run_set.plan.label,
+                _num(s.decode_tok_s.median if s.decode_tok_s else None),
                 _ms(s.ttft_ms.median if s.ttft_ms else None),
                 _ms(s.itl_ms.median if s.itl_ms else None),
                 _num(s.total_tok_s.median if s.total_tok_s else None),
                 _num(s.prompt_tok_s.median if s.prompt_tok_s else None),
                 _num(s.acceptance_length.median if s.acceptance_length else None),
+                " / ".join(f"{v:.0%}" for v in s.acceptance_by_position)
+                if s.acceptance_by_position
+                else "n/a",
+                " / ".join(str(n) for n in s.acceptance_histogram) if s.acceptance_histogram else "n/a",
+                ", ".join(s.acceptance_sources) or "n/a",
                 str(max(cached)) if cached else "n/a",
             ]
         )
@@ -111,6 +123,7 @@ def markdown(profile: str, sets: list[RunSet], gates: list[GateResult] | None = 
         "",
         markdown_table(DETAIL_COLUMNS, detail_rows(profile, sets)),
     ]
+    parts += notes(sets)
     failed = [s for s in sets if s.error]
     for run_set in failed:
         parts += ["", f"Stopped at {run_set.plan.label}: {run_set.error}"]
@@ -124,12 +137,33 @@ def markdown(profile: str, sets: list[RunSet], gates: list[GateResult] | None = 
     return "\n".join(parts) + "\n"
 
 
+def notes(sets: list[RunSet]) -> list[str]:
+    """Lines under the tables for what the figures alone do not show."""
+    out: list[str] = []
+    for run_set in sets:
+        summary = run_set.summary()
+        gap = summary.acceptance_max_disagreement
+        if gap is not None and gap > DISAGREEMENT_NOTE:
+            out += [
+                "",
+                f"{run_set.plan.label}: per-response acceptance and the server's counters differ by up to "
+                f"{gap:.1%}; the per-response figure is reported (other traffic moves the counters).",
+            ]
+    if any(s.runs for s in sets) and all(r.cached_tokens is None for s in sets for r in s.runs):
+        out += [
+            "",
+            "The server reported no cached prompt tokens, so prefix-cache reuse could not be ruled out "
+            "(vLLM reports them with --enable-prompt-tokens-details).",
+        ]
+    return out
+
+
 def gate_rows(gates: list[GateResult]) -> list[list[str]]:
     return [
         [
             g.shape,
             str(g.concurrency),
-            f"{g.statistic} {g.metric}",
+            f"{g.statistic.replace('_', ' ')} {g.metric}",
             f"{g.expected:g}",
             _num(g.measured),
             "pass" if g.passed else f"FAIL (>{g.tolerance:.0%} off)",

@@ -64,6 +64,28 @@ def make_record(run_set: RunSet, context: dict[str, Any], run_id: str) -> dict[s
     }
 
 
+def check_results_path(path: Path) -> Path:
+    """Refuse, before any benchmark runs, a results path that could not be appended to."""
+    if path.is_dir():
+        raise BadInput(
+            f"--results {path} is a directory", f"pass a file path, e.g. --results {path / 'smoke.jsonl'}"
+        )
+    if path.exists() and not os.access(path, os.W_OK):
+        raise BadInput(f"--results {path} is not writable", "pass --results PATH somewhere writable")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise BadInput(
+            f"--results {path}: {ancestor} is not a directory", "pass --results PATH under a directory"
+        )
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise BadInput(
+            f"--results {path}: {ancestor} is not writable", "pass --results PATH somewhere writable"
+        )
+    return path
+
+
 def append_records(path: Path, records: list[dict[str, Any]]) -> None:
     if not records:
         return

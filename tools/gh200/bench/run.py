@@ -7,13 +7,15 @@ runs the very code a GH200 profile does.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gh200.bench import report
-from gh200.bench.client import Endpoint, probe
+from gh200.bench.client import Endpoint, ModelNotServed, probe
+from gh200.bench.prompts import PromptMode
 from gh200.bench.results import append_records, default_results_path, make_record
 from gh200.bench.smoke import (
     DEFAULT_SHAPES,
@@ -26,6 +28,7 @@ from gh200.bench.smoke import (
     gate,
     parse_shapes,
     plan_sets,
+    require_vocab,
 )
 from gh200.errors import BadInput, OperationFailed
 from gh200.output import console, progress
@@ -126,12 +129,60 @@ def target_for_profile(profile: Profile, client: Any | None = None) -> Target:
         "container": running[0].name,
         "url": endpoint.url,
         "engine": endpoint.kind,
+        "server_version": endpoint.server_version,
+        "launch_args": launch_args(running[0]),
     }
     return Target(endpoint, profile.name, context, profile)
 
 
+SECRET_FLAGS = ("--api-key", "--hf-token")
+
+
+def launch_args(container: Any) -> list[str] | None:
+    """The server's argv: a label carrying it (JSON list) if the deploy set one, else the container's
+    entrypoint and command. Values of secret flags are masked."""
+    argv: list[str] | None = None
+    for key, value in (getattr(container, "labels", None) or {}).items():
+        if key.rsplit(".", 1)[-1] in ("argv", "args", "launch-args", "command"):
+            try:
+                parsed = json.loads(value)
+            except (TypeError, ValueError):
+                parsed = None
+            if isinstance(parsed, list) and all(isinstance(a, str) for a in parsed):
+                argv = list(parsed)
+                break
+    if argv is None:
+        attrs = getattr(container, "attrs", None)
+        config = (attrs.get("Config") if isinstance(attrs, dict) else None) or {}
+        parts: list[str] = []
+        for field_name in ("Entrypoint", "Cmd"):
+            value = config.get(field_name)
+            if isinstance(value, str):
+                parts.append(value)
+            elif isinstance(value, list):
+                parts += [str(v) for v in value]
+        argv = parts or None
+    if argv is None:
+        return None
+    masked: list[str] = []
+    for i, arg in enumerate(argv):
+        if i > 0 and argv[i - 1] in SECRET_FLAGS:
+            masked.append("***")
+        elif any(arg.startswith(flag + "=") for flag in SECRET_FLAGS):
+            masked.append(arg.split("=", 1)[0] + "=***")
+        else:
+            masked.append(arg)
+    return masked
+
+
 def target_for_url(url: str, api_key: str | None = None, model: str | None = None) -> Target:
-    endpoint = asyncio.run(probe(url, api_key=api_key, model=model))
+    try:
+        endpoint = asyncio.run(probe(url, api_key=api_key, model=model))
+    except ModelNotServed as err:
+        # The user named the model: their input is wrong, and the fix is one the server listed.
+        served = ", ".join(err.served)
+        fix = f"pass --model with one it lists: {served}" if err.served else "the server lists no model"
+        raise BadInput(err.message, fix) from err
     context = {
         "profile": None,
         "image": None,
@@ -140,6 +191,8 @@ def target_for_url(url: str, api_key: str | None = None, model: str | None = Non
         "served_model": endpoint.model,
         "url": endpoint.url,
         "engine": endpoint.kind,
+        "server_version": endpoint.server_version,
+        "launch_args": None,
     }
     return Target(endpoint, url, context)
 
@@ -212,9 +265,12 @@ def run(
     seed: int = 0,
     do_gate: bool = False,
     tolerance: float = 0.10,
+    prompt_mode: PromptMode = "words",
 ) -> Outcome:
     """Run the plans; append one record per set (finished or not) to the results file."""
+    require_vocab(target.endpoint, prompt_mode)
     run_id = uuid.uuid4().hex[:12]
+    target.context["prompt_mode"] = prompt_mode
     path = (results_path or default_results_path()) if write_results else None
     with progress(show_progress) as bar:
         tasks: dict[int, Any] = {}
@@ -231,7 +287,9 @@ def run(
                     description=f"{target.label} {run_set.plan.label}: {run.output_tok_s:.1f} tok/s{extra}",
                 )
 
-        smoke = Smoke(target.endpoint, plans, timeout_s=timeout_s, seed=seed, on_run=on_run)
+        smoke = Smoke(
+            target.endpoint, plans, timeout_s=timeout_s, seed=seed, on_run=on_run, prompt_mode=prompt_mode
+        )
         try:
             sets = asyncio.run(smoke.run())
         except KeyboardInterrupt:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gh200.bench import prompts
-from gh200.bench.client import BenchClient, Endpoint, RequestFailed, RequestResult
+from gh200.bench.client import POSITION_PREFIX, BenchClient, Endpoint, RequestFailed, RequestResult
 from gh200.bench.stats import SUB60_THRESHOLD, Stats, describe, median, sub60_count
 from gh200.errors import BadInput, OperationFailed
 from gh200.profiles.schema import SHAPE_RE, Profile
@@ -125,12 +125,25 @@ class RunResult:
         return sum(values) if values else None
 
     @property
+    def decode_tok_s(self) -> float | None:
+        """Tokens per second of decoding alone (prefill excluded): the sum of each request's 1000/TPOT.
+
+        This is what a TG figure (llama-bench, the posts' CPU table) measures; output tok/s also
+        pays for prefill, so it is lower at every shape with a prompt.
+        """
+        values = [r.tpot_ms for r in self.requests]
+        if not values or any(v is None or v <= 0 for v in values):
+            return None
+        return sum(1000.0 / v for v in values if v is not None)
+
+    @property
     def acceptance_from_responses(self) -> float | None:
-        drafted = [r.draft_tokens for r in self.requests if r.draft_tokens is not None]
-        if not drafted or sum(drafted) == 0:
+        """Accepted / drafted from each response's own figures; None unless every response has them."""
+        drafted = [r.draft_tokens for r in self.requests]
+        if any(d is None for d in drafted) or not sum(d or 0 for d in drafted):
             return None
         accepted = sum(r.accepted_tokens or 0 for r in self.requests)
-        return accepted / sum(drafted)
+        return accepted / sum(d or 0 for d in drafted)
 
     @property
     def acceptance_from_counters(self) -> float | None:
@@ -139,14 +152,58 @@ class RunResult:
         return self.counters.get("accepted_tokens", 0.0) / self.counters["draft_tokens"]
 
     @property
+    def acceptance_source(self) -> str | None:
+        if self.acceptance_from_responses is not None:
+            return "responses"
+        return "counters" if self.acceptance_from_counters is not None else None
+
+    @property
     def acceptance(self) -> float | None:
-        """Accepted / drafted tokens: per-response figures where the server gives them, else counters."""
+        """Accepted / drafted tokens: the responses' own figures where the server gives them (they
+        count this run's requests only), else the server-wide counters' difference (which other
+        traffic on the same server also moves)."""
         found = self.acceptance_from_responses
         return found if found is not None else self.acceptance_from_counters
 
     @property
+    def acceptance_disagreement(self) -> float | None:
+        """|responses - counters| when both exist: other traffic on the server shows up here."""
+        a, b = self.acceptance_from_responses, self.acceptance_from_counters
+        return None if a is None or b is None else abs(a - b)
+
+    @property
+    def acceptance_histogram(self) -> list[int] | None:
+        """Verify steps that accepted exactly j draft tokens, summed over the run's responses."""
+        histograms = [r.acceptance_histogram for r in self.requests]
+        if not histograms or any(h is None for h in histograms):
+            return None
+        width = max(len(h or []) for h in histograms)
+        return [sum((h or [])[j] if j < len(h or []) else 0 for h in histograms) for j in range(width)]
+
+    @property
+    def acceptance_by_position(self) -> list[float] | None:
+        """Share of verify steps whose draft token at position i was accepted (i = 0, 1, ...)."""
+        histogram = self.acceptance_histogram
+        if histogram is not None and sum(histogram) > 0:
+            steps = sum(histogram)
+            return [sum(histogram[i + 1 :]) / steps for i in range(len(histogram) - 1)]
+        if not self.counters or not self.counters.get("drafts"):
+            return None
+        positions = sorted(
+            int(k[len(POSITION_PREFIX) :]) for k in self.counters if k.startswith(POSITION_PREFIX)
+        )
+        if not positions:
+            return None
+        drafts = self.counters["drafts"]
+        return [self.counters.get(f"{POSITION_PREFIX}{i}", 0.0) / drafts for i in range(positions[-1] + 1)]
+
+    @property
     def acceptance_length(self) -> float | None:
-        """Mean tokens per target step: 1 + accepted / drafts (needs the drafts counter)."""
+        """Mean tokens per target step: 1 + accepted / verify steps (responses, else counters)."""
+        steps = [r.spec_steps for r in self.requests]
+        if steps and all(s is not None for s in steps) and sum(s or 0 for s in steps):
+            accepted = sum(r.accepted_tokens or 0 for r in self.requests)
+            return 1.0 + accepted / sum(s or 0 for s in steps)
         if not self.counters or not self.counters.get("drafts"):
             return None
         return 1.0 + self.counters.get("accepted_tokens", 0.0) / self.counters["drafts"]
@@ -167,12 +224,17 @@ class RunResult:
             "prompt_tok_s": r(self.prompt_tok_s),
             "ttft_ms": r(self.ttft_ms),
             "tpot_ms": r(self.tpot_ms),
+            "decode_tok_s": r(self.decode_tok_s),
             "itl_ms": r(self.itl_ms),
             "server_tpot_ms": r(self.server_tpot_ms),
             "cached_tokens": self.cached_tokens,
             "acceptance": r(self.acceptance),
             "acceptance_from_responses": r(self.acceptance_from_responses),
             "acceptance_from_counters": r(self.acceptance_from_counters),
+            "acceptance_source": self.acceptance_source,
+            "acceptance_disagreement": r(self.acceptance_disagreement),
+            "acceptance_histogram": self.acceptance_histogram,
+            "acceptance_by_position": [round(v, 6) for v in self.acceptance_by_position or []] or None,
             "acceptance_length": r(self.acceptance_length),
             "counters": self.counters,
             "prompt_names": self.prompt_names,
@@ -192,14 +254,37 @@ class Summary:
     acceptance: Stats | None
     acceptance_length: Stats | None
     sub60_runs: int
+    decode_tok_s: Stats | None = None
+    acceptance_sources: list[str] = field(default_factory=list)
+    acceptance_max_disagreement: float | None = None
+    acceptance_by_position: list[float] | None = None  # median over runs, per draft position
+    acceptance_histogram: list[int] | None = None  # summed over runs
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"runs": self.runs, "sub60_runs": self.sub60_runs}
-        for name in ("output_tok_s", "total_tok_s", "prompt_tok_s", "ttft_ms", "tpot_ms", "itl_ms"):
+        for name in (
+            "output_tok_s",
+            "total_tok_s",
+            "prompt_tok_s",
+            "ttft_ms",
+            "tpot_ms",
+            "decode_tok_s",
+            "itl_ms",
+            "acceptance",
+            "acceptance_length",
+        ):
             stats: Stats | None = getattr(self, name)
             out[name] = stats.as_json() if stats else None
-        out["acceptance"] = self.acceptance.as_json() if self.acceptance else None
-        out["acceptance_length"] = self.acceptance_length.as_json() if self.acceptance_length else None
+        out["acceptance_sources"] = self.acceptance_sources
+        out["acceptance_max_disagreement"] = (
+            None if self.acceptance_max_disagreement is None else round(self.acceptance_max_disagreement, 6)
+        )
+        out["acceptance_by_position"] = (
+            None
+            if self.acceptance_by_position is None
+            else [round(v, 6) for v in self.acceptance_by_position]
+        )
+        out["acceptance_histogram"] = self.acceptance_histogram
         return out
 
     def metric(self, name: str, statistic: str = "median") -> float | None:
@@ -219,6 +304,17 @@ def summarise(runs: list[RunResult]) -> Summary:
         return [v for v in (getter(run) for run in runs) if v is not None]
 
     acceptances = [run.acceptance for run in runs]
+    disagreements = values(lambda r: r.acceptance_disagreement)
+    positions = [p for p in (run.acceptance_by_position for run in runs) if p]
+    by_position: list[float] | None = None
+    if positions:
+        width = max(len(p) for p in positions)
+        by_position = [median([p[i] for p in positions if i < len(p)]) for i in range(width)]
+    histograms = [h for h in (run.acceptance_histogram for run in runs) if h]
+    histogram: list[int] | None = None
+    if histograms:
+        width = max(len(h) for h in histograms)
+        histogram = [sum(h[j] for h in histograms if j < len(h)) for j in range(width)]
     return Summary(
         runs=len(runs),
         output_tok_s=describe(values(lambda r: r.output_tok_s)),
@@ -230,6 +326,11 @@ def summarise(runs: list[RunResult]) -> Summary:
         acceptance=describe([a for a in acceptances if a is not None]),
         acceptance_length=describe(values(lambda r: r.acceptance_length)),
         sub60_runs=sub60_count(acceptances, SUB60_THRESHOLD),
+        decode_tok_s=describe(values(lambda r: r.decode_tok_s)),
+        acceptance_sources=sorted({s for s in (run.acceptance_source for run in runs) if s}),
+        acceptance_max_disagreement=max(disagreements) if disagreements else None,
+        acceptance_by_position=by_position,
+        acceptance_histogram=histogram,
     )
 
 
@@ -286,6 +387,14 @@ def plan_sets(
 ProgressHook = Callable[[RunSet, RunResult | None], None]
 
 
+def require_vocab(endpoint: Endpoint, prompt_mode: prompts.PromptMode) -> None:
+    if prompt_mode == "random" and not endpoint.vocab_size:
+        raise BadInput(
+            f"random-token prompts need the vocabulary size; {endpoint.url} does not list it",
+            "pass --vocab-size N (the tokenizer's size), or --prompts words",
+        )
+
+
 class Smoke:
     """Runs the planned sets against one endpoint. `run()` returns every set, finished or not."""
 
@@ -299,7 +408,10 @@ class Smoke:
         on_run: ProgressHook | None = None,
         check_cache: bool = True,
         transport: Any | None = None,
+        prompt_mode: prompts.PromptMode = "words",
     ) -> None:
+        require_vocab(endpoint, prompt_mode)
+        self.prompt_mode = prompt_mode
         self.transport = transport
         self.endpoint = endpoint
         self.plans = plans
@@ -330,6 +442,9 @@ class Smoke:
 
     async def _prompt_ids(self, client: BenchClient, length: int, seed: int) -> list[int]:
         tag = prompts.nonce()
+        if self.prompt_mode == "random":
+            assert self.endpoint.vocab_size is not None
+            return prompts.random_ids(tag, length, self.endpoint.vocab_size, seed)
         words = max(16, length)
         for _ in range(6):
             tokens = await client.tokenize(prompts.synthetic_text(tag, words, seed))
@@ -416,6 +531,7 @@ class GateResult:
     tolerance: float
     passed: bool
     source: str
+    warm_only: bool = False
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -428,18 +544,21 @@ class GateResult:
             "tolerance": self.tolerance,
             "passed": self.passed,
             "source": self.source,
+            "warm_only": self.warm_only,
         }
 
     def describe(self) -> str:
         got = "not measured" if self.measured is None else f"{self.measured:.2f}"
+        statistic = self.statistic.replace("_", " ")
         return (
-            f"{self.shape} c{self.concurrency} {self.metric}: {self.statistic} {got}, "
+            f"{self.shape} c{self.concurrency} {self.metric}: {statistic} {got}, "
             f"expected {self.expected:g} (tolerance {self.tolerance:.0%})"
         )
 
 
 def gate(profile: Profile, sets: list[RunSet], tolerance: float = 0.10) -> list[GateResult]:
-    """Compare the measured medians with the profile's expected values."""
+    """Compare the measured statistics with the profile's expected values (warm runs only where the
+    post reported warm runs only). Lower is better for times (`METRIC_LOWER_IS_BETTER`)."""
     results: list[GateResult] = []
     for expected in profile.expected:
         tol = expected.tolerance if expected.tolerance is not None else tolerance
@@ -454,7 +573,9 @@ def gate(profile: Profile, sets: list[RunSet], tolerance: float = 0.10) -> list[
             ),
             None,
         )
-        measured = match.summary().metric(expected.metric, expected.statistic) if match else None
+        runs = [] if match is None else [r for r in match.runs if not (expected.warm_only and r.cold)]
+        statistic = expected.statistic.removeprefix("warm_")
+        measured = summarise(runs).metric(expected.metric, statistic) if runs else None
         if measured is None:
             passed = False
         elif expected.metric in METRIC_LOWER_IS_BETTER:
@@ -472,6 +593,7 @@ def gate(profile: Profile, sets: list[RunSet], tolerance: float = 0.10) -> list[
                 tolerance=tol,
                 passed=passed,
                 source=expected.source,
+                warm_only=expected.warm_only,
             )
         )
     return results

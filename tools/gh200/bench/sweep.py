@@ -1,14 +1,14 @@
-"""Walk the number of speculative tokens upward, redeploying each time, and stop by the posts' rule.
+"""Walk the number of speculative tokens upward from MTP-0, redeploying each time; stop by the posts' rule.
 
-Part 3's rule: walk upward and stop when the curve gets worse. Its stricter repeat adds the tail:
-a depth whose acceptance collapses on too many runs (MTP-4 at 8192->512: 6 of 11 runs under 60%)
-fails as a default even when its best runs are fast. So a step stops the walk when its median
-output tok/s falls below the best so far, or when more than a quarter of its runs accept under 60%.
-The chosen value is the best median among the steps that did neither.
+Every depth runs every expected shape of the profile (one cold and N warm runs each); the rule in
+`gh200.bench.rule` compares each depth with the one kept before it and stops the walk at the first
+that makes any shape worse (median, p10, CV) or whose acceptance tail collapses. The previous depth
+is kept. MTP-0 (the profile without speculative decoding) is the baseline every walk starts from.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
 import re
@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gh200.bench.prompts import PromptMode
+from gh200.bench.rule import Decision, Depth, ShapeFigures, decide
 from gh200.bench.run import Outcome, print_report, run, target_for_profile
-from gh200.bench.smoke import SetPlan
+from gh200.bench.smoke import RunSet, SetPlan
 from gh200.errors import BadInput, OperationFailed
 from gh200.fsutil import atomic_write_bytes
 from gh200.output import console
@@ -25,7 +27,6 @@ from gh200.paths import state_dir
 from gh200.profiles.schema import Profile, SpeculativeSpec
 
 MAX_SPEC_TOKENS = 16
-TAIL_COLLAPSE_SHARE = 0.25
 
 
 class SweepFailed(OperationFailed):
@@ -33,7 +34,7 @@ class SweepFailed(OperationFailed):
 
 
 def parse_spec_tokens(text: str) -> list[int]:
-    """`1..` (up to 16), `2..5`, or `1,2,4`."""
+    """`1..` (up to 16), `2..5`, or `1,2,4`. MTP-0 is always measured first, as the baseline."""
     text = text.strip()
     match = re.fullmatch(r"(\d+)\.\.(\d+)?", text)
     if match:
@@ -46,28 +47,31 @@ def parse_spec_tokens(text: str) -> list[int]:
         raise BadInput(f"bad --spec-tokens {text!r}", "write 1.. or 1..5 or 1,2,3")
     if not values or values[0] < 1 or values[-1] > MAX_SPEC_TOKENS:
         raise BadInput(
-            f"--spec-tokens {text!r} must lie within 1..{MAX_SPEC_TOKENS}", "pick values from 1 to 16"
+            f"--spec-tokens {text!r} must lie within 1..{MAX_SPEC_TOKENS}",
+            "pick values from 1 to 16 (MTP-0, the baseline, is always measured first)",
         )
     return values
 
 
 def with_spec_tokens(profile: Profile, tokens: int) -> Profile:
-    """The profile with another number of speculative tokens (in memory only)."""
+    """The profile with another number of speculative tokens, 0 for none (in memory only)."""
     spec = profile.settings.speculative
     if spec is None:
         raise BadInput(
             f"profile {profile.name} has no speculative decoding to sweep",
             "sweep a profile with settings.speculative set (method mtp or draft)",
         )
-    settings = profile.settings.model_copy(
-        update={"speculative": SpeculativeSpec(method=spec.method, num_speculative_tokens=tokens)}
-    )
+    new_spec = None if tokens == 0 else SpeculativeSpec(method=spec.method, num_speculative_tokens=tokens)
+    settings = profile.settings.model_copy(update={"speculative": new_spec})
     return profile.model_copy(update={"settings": settings})
 
 
 @dataclass
 class Point:
+    """One shape at one depth: the figures the rule and the table read."""
+
     tokens: int
+    shape: str
     runs: int
     median: float
     p10: float
@@ -81,39 +85,61 @@ class Point:
     def as_json(self) -> dict[str, Any]:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
 
+    def figures(self) -> ShapeFigures:
+        return ShapeFigures(self.median, self.p10, self.cv, self.runs, self.sub60_runs)
 
-def tail_collapsed(point: Point) -> bool:
-    return point.runs > 0 and point.sub60_runs / point.runs > TAIL_COLLAPSE_SHARE
 
-
-def decide(points: list[Point]) -> tuple[int | None, str]:
-    """(chosen value, why the walk stopped) for the points measured so far, in order.
-
-    Marks each point's verdict; the caller stops walking when the reason is not "continue".
-    """
-    best: Point | None = None
-    for point in points:
-        if tail_collapsed(point):
-            point.verdict = "acceptance tail collapsed"
-            return (best.tokens if best else None), (
-                f"{point.tokens}: {point.sub60_runs} of {point.runs} runs accepted under 60%"
+def points_for(tokens: int, sets: list[RunSet]) -> list[Point]:
+    """The measured synthetic sets of one depth as points (real-prompt sets are reported, not walked)."""
+    points: list[Point] = []
+    for run_set in sets:
+        summary = run_set.summary()
+        if run_set.plan.kind != "synthetic" or summary.output_tok_s is None:
+            continue
+        tok = summary.output_tok_s
+        points.append(
+            Point(
+                tokens=tokens,
+                shape=run_set.plan.label,
+                runs=summary.runs,
+                median=tok.median,
+                p10=tok.p10,
+                p90=tok.p90,
+                cv=tok.cv,
+                acceptance=summary.acceptance.median if summary.acceptance else None,
+                sub60_runs=summary.sub60_runs,
+                tpot_ms=summary.tpot_ms.median if summary.tpot_ms else None,
             )
-        if best is not None and point.median < best.median:
-            point.verdict = "worse median"
-            return (
-                best.tokens,
-                f"{point.tokens}: median {point.median:.2f} below {best.median:.2f} at {best.tokens}",
-            )
-        point.verdict = "ok"
-        best = point
-    return (best.tokens if best else None), "continue"
+        )
+    return points
+
+
+def depths_of(points: list[Point]) -> list[Depth]:
+    by: dict[int, dict[str, ShapeFigures]] = {}
+    for p in points:
+        by.setdefault(p.tokens, {})[p.shape] = p.figures()
+    return [Depth(tokens, shapes) for tokens, shapes in sorted(by.items())]
+
+
+def judge(points: list[Point]) -> Decision:
+    """The rule over the points so far; marks each point's verdict."""
+    decision = decide(depths_of(points))
+    verdicts = {v.tokens: v for v in decision.verdicts}
+    for p in points:
+        verdict = verdicts.get(p.tokens)
+        mine = [r for r in verdict.reasons if r.startswith(p.shape + ":")] if verdict else []
+        p.verdict = (
+            "; ".join(r.split(": ", 1)[1] for r in mine)
+            if mine
+            else ("ok" if verdict and verdict.ok else "depth stopped")
+        )
+    return decision
 
 
 @dataclass
 class SweepResult:
     profile: str
-    shape: str
-    concurrency: int
+    shapes: list[str]
     points: list[Point] = field(default_factory=list)
     chosen: int | None = None
     reason: str = ""
@@ -123,8 +149,7 @@ class SweepResult:
     def as_json(self) -> dict[str, Any]:
         return {
             "profile": self.profile,
-            "shape": self.shape,
-            "concurrency": self.concurrency,
+            "shapes": self.shapes,
             "points": [p.as_json() for p in self.points],
             "chosen": self.chosen,
             "reason": self.reason,
@@ -139,36 +164,22 @@ def save_plot(result: SweepResult, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    xs = [p.tokens for p in result.points]
-    medians = [p.median for p in result.points]
-    low = [p.median - p.p10 for p in result.points]
-    high = [p.p90 - p.median for p in result.points]
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    ax.errorbar(xs, medians, yerr=[low, high], marker="o", capsize=4, label="median output tok/s (p10-p90)")
-    ax.set_xlabel("speculative tokens")
+    shapes = list(dict.fromkeys(p.shape for p in result.points))
+    for shape in shapes:
+        mine = [p for p in result.points if p.shape == shape]
+        xs = [p.tokens for p in mine]
+        medians = [p.median for p in mine]
+        err = [[p.median - p.p10 for p in mine], [p.p90 - p.median for p in mine]]
+        ax.errorbar(xs, medians, yerr=err, marker="o", capsize=4, label=f"{shape} median (p10-p90)")
+        if result.chosen in xs:
+            i = xs.index(result.chosen)
+            ax.scatter([xs[i]], [medians[i]], s=160, facecolors="none", edgecolors="green", linewidths=2)
+    ax.set_xlabel("speculative tokens (0: none)")
     ax.set_ylabel("output tok/s")
-    ax.set_xticks(xs)
-    if result.chosen is not None and result.chosen in xs:
-        i = xs.index(result.chosen)
-        ax.scatter(
-            [xs[i]], [medians[i]], s=160, facecolors="none", edgecolors="green", linewidths=2, label="chosen"
-        )
-    acceptances = [(p.tokens, p.acceptance * 100) for p in result.points if p.acceptance is not None]
-    if acceptances:
-        ax2 = ax.twinx()
-        ax2.plot(
-            [a[0] for a in acceptances],
-            [a[1] for a in acceptances],
-            "s--",
-            color="tab:orange",
-            label="median acceptance %",
-        )
-        ax2.axhline(60, color="tab:red", linestyle=":", linewidth=1)
-        ax2.set_ylabel("acceptance %")
-        ax2.set_ylim(0, 105)
-        ax2.legend(loc="lower right", fontsize=8)
-    ax.legend(loc="lower left", fontsize=8)
-    ax.set_title(f"{result.profile}: {result.shape} c{result.concurrency}, chosen {result.chosen}")
+    ax.set_xticks(sorted({p.tokens for p in result.points}))
+    ax.legend(loc="lower left", fontsize=7)
+    ax.set_title(f"{result.profile}: chosen MTP-{result.chosen}")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
@@ -187,8 +198,7 @@ def sweep(
     profile: Profile,
     values: list[int],
     *,
-    shape: tuple[int, int],
-    concurrency: int = 1,
+    plans: list[SetPlan] | None = None,
     warm: int = 10,
     results_path: Path | None = None,
     plot_path: Path | None = None,
@@ -196,52 +206,50 @@ def sweep(
     timeout_s: float = 600.0,
     restore: bool = True,
     unlocked: bool = False,
+    prompt_mode: PromptMode = "words",
+    vocab_size: int | None = None,
 ) -> SweepResult:
+    """MTP-0, then each value in turn, every shape at each; `plans` default to the expected shapes."""
     from gh200.deploy.deploy import deploy
 
-    result = SweepResult(profile.name, f"{shape[0]}:{shape[1]}", concurrency)
-    plan = SetPlan("synthetic", shape[0], shape[1], concurrency, warm)
-    variants = [with_spec_tokens(profile, tokens) for tokens in values]  # bad input fails before any change
+    depths = [0, *[v for v in values if v != 0]]
+    variants = [with_spec_tokens(profile, tokens) for tokens in depths]  # bad input fails before any change
+    chosen_plans = plans or expected_plans(profile, warm)
+    result = SweepResult(profile.name, [p.label for p in chosen_plans])
     failure: BaseException | None = None
     deployed_any = False
     try:
-        for tokens, variant in zip(values, variants, strict=True):
+        for tokens, variant in zip(depths, variants, strict=True):
             if show_progress:
-                console.rule(f"{profile.name}: {tokens} speculative tokens")
+                console.rule(f"{profile.name}: MTP-{tokens}")
             deployed_any = True
             deploy(client, variant, progress=show_progress, smoke=None, unlocked=unlocked)
             target = target_for_profile(variant, client)
             target.label = f"{profile.name} spec={tokens}"
+            if vocab_size is not None:
+                target.endpoint = dataclasses.replace(target.endpoint, vocab_size=vocab_size)
             outcome = run(
-                target, [plan], results_path=results_path, show_progress=show_progress, timeout_s=timeout_s
+                target,
+                chosen_plans,
+                results_path=results_path,
+                show_progress=show_progress,
+                timeout_s=timeout_s,
+                prompt_mode=prompt_mode,
             )
             result.outcomes.append(outcome)
             if show_progress:
                 print_report(outcome, markdown_to_stdout=False)
-            run_set = outcome.sets[0]
-            if run_set.error or not run_set.runs:
-                raise SweepFailed(f"sweep step {tokens} stopped: {run_set.error}", "see `gh200 logs`")
-            summary = run_set.summary()
-            assert summary.output_tok_s is not None
-            result.points.append(
-                Point(
-                    tokens=tokens,
-                    runs=summary.runs,
-                    median=summary.output_tok_s.median,
-                    p10=summary.output_tok_s.p10,
-                    p90=summary.output_tok_s.p90,
-                    cv=summary.output_tok_s.cv,
-                    acceptance=summary.acceptance.median if summary.acceptance else None,
-                    sub60_runs=summary.sub60_runs,
-                    tpot_ms=summary.tpot_ms.median if summary.tpot_ms else None,
+            failed = outcome.failed_set
+            if failed is not None:
+                raise SweepFailed(
+                    f"sweep step MTP-{tokens} stopped at {failed.plan.label}: {failed.error}",
+                    "see `gh200 logs`",
                 )
-            )
-            chosen, reason = decide(result.points)
-            result.chosen, result.reason = chosen, reason
-            if reason != "continue":
+            result.points += points_for(tokens, outcome.sets)
+            decision = judge(result.points)
+            result.chosen, result.reason = decision.chosen, decision.reason
+            if decision.stopped_at is not None:
                 break
-        else:
-            result.reason = f"walked every value up to {values[-1]}"
     except BaseException as err:
         failure = err
         raise
@@ -256,3 +264,11 @@ def sweep(
     if result.points:
         result.plot = save_plot(result, plot_path or default_plot_path(profile.name))
     return result
+
+
+def expected_plans(profile: Profile, warm: int) -> list[SetPlan]:
+    """Every (shape, concurrency) the profile expects, else the posts' 2048->512 at concurrency 1."""
+    pairs = sorted({(e.input_tokens, e.output_tokens, e.concurrency) for e in profile.expected})
+    return [SetPlan("synthetic", i, o, c, warm) for i, o, c in pairs] or [
+        SetPlan("synthetic", 2048, 512, 1, warm)
+    ]

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 Engine = Literal["vllm", "ik_llama", "llama_cpp"]
-Metric = Literal["output_tok_s", "total_tok_s", "prompt_tok_s", "tpot_ms", "acceptance"]
+Metric = Literal["output_tok_s", "total_tok_s", "prompt_tok_s", "decode_tok_s", "tpot_ms", "acceptance"]
 
 KV_CACHE_DTYPES = ("auto", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_inc", "fp8_ds_mla", "f16", "q8_0")
 SHAPE_RE = re.compile(r"^(\d+):(\d+)$")
@@ -190,10 +190,15 @@ class Expected(Strict):
     shape: str = Field(description="input:output tokens, e.g. 2048:512")
     concurrency: int = Field(default=1, ge=1)
     metric: Metric = "output_tok_s"
-    statistic: Literal["median", "mean", "best"] = "median"
+    # warm_*: over the warm runs only, where the post left the cold run out of its figure.
+    statistic: Literal["median", "mean", "best", "warm_median", "warm_mean", "warm_best"] = "median"
     value: float = Field(gt=0)
     source: str = Field(description="post and table the number comes from")
     tolerance: float | None = Field(default=None, gt=0, lt=1)
+
+    @property
+    def warm_only(self) -> bool:
+        return self.statistic.startswith("warm_")
 
     @field_validator("shape")
     @classmethod
