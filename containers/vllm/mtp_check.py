@@ -425,6 +425,50 @@ def run(args: argparse.Namespace, result: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+# The marker the hf_config_path checks look for in the draft's config (and a changed value).
+MARKER = "gh200_config_marker"
+MARKED_SCALING = 3.25
+
+
+def verdicts(report: dict[str, Any]) -> dict[str, tuple[bool, str]]:
+    """Per carried patch: did its runtime check pass in this report (a run with a marked
+    --hf-config-path on a tiny graft)? (passed, one-line reason)."""
+    out: dict[str, tuple[bool, str]] = {}
+    if "error" in report:
+        why = f"{report['error']['type']} at stage {report.get('stage')}: {report['error']['message'][:160]}"
+        return {"glm52-mtp-quant": (False, why), "dsv4-draft-hf-config-path": (False, why)}
+    draft = report.get("draft_config") or {}
+    marker_ok = draft.get("marker") == "local-config" and draft.get("routed_scaling_factor") == MARKED_SCALING
+    out["dsv4-draft-hf-config-path"] = (
+        marker_ok,
+        "the draft read the target's --hf-config-path"
+        if marker_ok
+        else "the draft read the checkpoint's own config.json, not the target's --hf-config-path",
+    )
+    if "load_error" in report:
+        err = report["load_error"]
+        out["glm52-mtp-quant"] = (False, f"loading failed: {err['type']}: {err['message'][:160]}")
+        return out
+    problems = []
+    if report.get("bytes", {}).get("mismatched") or report.get("bytes", {}).get("unmapped"):
+        problems.append("FP8 bytes differ from the shard")
+    if not report.get("indexer_wk", {}).get("ok"):
+        problems.append("indexer wk is not the dequantized FP8 wk")
+    if not report.get("attention", {}).get("ok"):
+        problems.append("attention W_UK_T/W_UV differ from the dequantized kv_b_proj")
+    if set(report.get("not_loaded", [])) - set(shared_from_target(report)):
+        problems.append(f"parameters not loaded: {report['not_loaded'][:3]}")
+    out["glm52-mtp-quant"] = (not problems, "; ".join(problems) or "built FP8 and loaded byte-exact")
+    return out
+
+
+def shared_from_target(report: dict[str, Any]) -> list[str]:
+    """Draft parameters vLLM's proposer replaces with the target's (llm_base_proposer shares the
+    target lm_head into every MTP layer's shared_head.head), so the checkpoint need not hold them."""
+    layer = report.get("mtp_layer")
+    return [f"model.layers.{layer}.shared_head.head.weight"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, required=True, help="a grafted GLM-5.2 checkpoint")

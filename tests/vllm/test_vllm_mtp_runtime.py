@@ -7,6 +7,7 @@ What this cannot prove without a GPU: SM90 kernels, CUDA graphs, TP2 sharding, a
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -144,3 +145,18 @@ def test_cpu_shims_are_only_kernel_and_backend_choices(runs: dict[str, Any]) -> 
         "Fp8MoEMethod.process_weights_after_loading",
         "torch.accelerator.empty_cache",
     }
+
+
+def test_patches_check_reports_each_carried_patchs_runtime_test(venv: vllm_venv.VllmVenv) -> None:
+    from typer.testing import CliRunner
+
+    from gh200.cli import app
+
+    done = CliRunner().invoke(app, ["patches", "check", "--vllm", "0.33.0", "--json"])
+    assert done.exit_code == 0, done.output
+    report = json.loads(done.output)
+    assert report["runtime"]["state"] == "ran"
+    rows = {row["id"]: row for row in report["patches"]}
+    assert rows["glm52-mtp-quant"]["runtime"] == "passed", rows["glm52-mtp-quant"]
+    assert rows["dsv4-draft-hf-config-path"]["runtime"] == "passed", rows["dsv4-draft-hf-config-path"]
+    assert "runtime" not in rows["dsv4-mtp-eh-proj-prefix"]  # upstream entries have no runtime test

@@ -279,16 +279,25 @@ def tiny_graft(root: Path) -> Path:
     return root / "graft"
 
 
-def config_dir(root: Path, config: dict[str, Any]) -> Path:
-    """A local config directory (what --hf-config-path points at)."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    return root
+def _load_mtp_check() -> Any:
+    """containers/vllm/mtp_check.py as a module (standard library at import time): the verdict
+    rules live next to the check, so the image's runtime smoke test applies the same ones."""
+    import importlib.util
+
+    path = containers_dir() / "vllm" / "mtp_check.py"
+    spec = importlib.util.spec_from_file_location("gh200_mtp_check", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
-# The marker the hf_config_path checks look for in the draft's config (and a changed value).
-MARKER = "gh200_config_marker"
-MARKED_SCALING = 3.25
+mtp_check = _load_mtp_check()
+MARKER: str = mtp_check.MARKER
+MARKED_SCALING: float = mtp_check.MARKED_SCALING
+verdicts = mtp_check.verdicts
+shared_from_target = mtp_check.shared_from_target
 
 
 def marked_config_dir(checkpoint: Path, out: Path) -> Path:
@@ -302,40 +311,72 @@ def marked_config_dir(checkpoint: Path, out: Path) -> Path:
     return out
 
 
-def verdicts(report: dict[str, Any]) -> dict[str, tuple[bool, str]]:
-    """Per carried patch: did its runtime check pass in this report (a run with a marked
-    --hf-config-path on a tiny graft)? (passed, one-line reason)."""
-    out: dict[str, tuple[bool, str]] = {}
-    if "error" in report:
-        why = f"{report['error']['type']} at stage {report.get('stage')}: {report['error']['message'][:160]}"
-        return {"glm52-mtp-quant": (False, why), "dsv4-draft-hf-config-path": (False, why)}
-    draft = report.get("draft_config") or {}
-    marker_ok = draft.get("marker") == "local-config" and draft.get("routed_scaling_factor") == MARKED_SCALING
-    out["dsv4-draft-hf-config-path"] = (
-        marker_ok,
-        "the draft read the target's --hf-config-path"
-        if marker_ok
-        else "the draft read the checkpoint's own config.json, not the target's --hf-config-path",
-    )
-    if "load_error" in report:
-        err = report["load_error"]
-        out["glm52-mtp-quant"] = (False, f"loading failed: {err['type']}: {err['message'][:160]}")
-        return out
-    problems = []
-    if report.get("bytes", {}).get("mismatched") or report.get("bytes", {}).get("unmapped"):
-        problems.append("FP8 bytes differ from the shard")
-    if not report.get("indexer_wk", {}).get("ok"):
-        problems.append("indexer wk is not the dequantized FP8 wk")
-    if not report.get("attention", {}).get("ok"):
-        problems.append("attention W_UK_T/W_UV differ from the dequantized kv_b_proj")
-    if set(report.get("not_loaded", [])) - set(shared_from_target(report)):
-        problems.append(f"parameters not loaded: {report['not_loaded'][:3]}")
-    out["glm52-mtp-quant"] = (not problems, "; ".join(problems) or "built FP8 and loaded byte-exact")
-    return out
+def runtime_check(series: Path) -> dict[str, Any]:
+    """The series' runtime check on the cached wheel, for `gh200 patches check`: one run of the
+    patched twin on a tiny graft with a marked --hf-config-path. Never builds the venv."""
+    import tempfile
+
+    venv = cached()
+    if venv is None:
+        return {
+            "state": "not-cached",
+            "detail": f"the vLLM {VLLM_VERSION} test venv is not built yet ({venv_dir()}); "
+            "`make test` (or `pytest -m vllm`) builds it",
+        }
+    patched = overlay(venv, series)
+    with tempfile.TemporaryDirectory(prefix="gh200-runtime-", dir=cache_dir()) as tmp:
+        graft_dir = tiny_graft(Path(tmp) / "inputs")
+        marked = marked_config_dir(graft_dir, Path(tmp) / "local-config")
+        report = run_check(venv, patched, graft_dir, "--hf-config-path", str(marked), "--marker", MARKER)
+    return {
+        "state": "ran",
+        "venv": str(venv.root),
+        "patches": {pid: {"passed": ok, "detail": why} for pid, ok, why in _rows(verdicts(report))},
+    }
 
 
-def shared_from_target(report: dict[str, Any]) -> list[str]:
-    """Draft parameters vLLM's proposer replaces with the target's (llm_base_proposer shares the
-    target lm_head into every MTP layer's shared_head.head), so the checkpoint need not hold them."""
-    layer = report.get("mtp_layer")
-    return [f"model.layers.{layer}.shared_head.head.weight"]
+def _rows(found: dict[str, tuple[bool, str]]) -> list[tuple[str, bool, str]]:
+    return [(pid, ok, why) for pid, (ok, why) in found.items()]
+
+
+def gpu_visible() -> bool:
+    """An NVIDIA GPU answers here (what the image's runtime smoke test needs)."""
+    if not shutil.which("nvidia-smi"):
+        return False
+    try:
+        return subprocess.run(["nvidia-smi", "-L"], capture_output=True, timeout=30, check=False).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def image_runtime_smoke(client: Any, tag: str) -> dict[str, Any]:
+    """`smoke_test.py --mode runtime` in the built vLLM image with the GPUs: the tests/vllm check
+    with GPU kernels (process_weights_after_loading included), on a tiny graft mounted read-only."""
+    import tempfile
+
+    import docker
+
+    if not gpu_visible():
+        return {"state": "skipped", "detail": "no NVIDIA GPU here (nvidia-smi -L failed or absent)"}
+    with tempfile.TemporaryDirectory(prefix="gh200-runtime-", dir=cache_dir()) as tmp:
+        graft_dir = tiny_graft(Path(tmp) / "inputs")
+        marked_config_dir(graft_dir, Path(tmp) / "local-config")
+        os.chmod(tmp, 0o755)
+        command = ["/opt/gh200/smoke_test.py", "--series", "/opt/gh200/patches/series.yaml", "--mode", "runtime"]
+        command += ["--checkpoint", "/ckpt/inputs/graft", "--hf-config-path", "/ckpt/local-config"]
+        container = client.containers.run(
+            tag,
+            command=command,
+            entrypoint="python3",
+            volumes={tmp: {"bind": "/ckpt", "mode": "ro"}},
+            device_requests=[docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])],
+            environment={"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"},
+            detach=True,
+        )
+        try:
+            code = int(container.wait(timeout=1800).get("StatusCode", 1))
+            logs = container.logs().decode(errors="replace")
+        finally:
+            container.remove(force=True)
+    lines = [line for line in logs.splitlines() if line.startswith(("smoke runtime:", "error:"))]
+    return {"state": "passed" if code == 0 else "failed", "exit_code": code, "lines": lines}
