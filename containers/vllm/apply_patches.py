@@ -10,9 +10,10 @@ from PyYAML for the series file: vLLM itself depends on PyYAML, and the stand-in
 
 Hunks must match exactly (an offset is allowed, fuzz is not): a patch written for other code must
 fail loudly rather than land in the wrong place. "Exactly" is byte for byte: no whitespace or
-line-ending normalisation (files are read and written without newline translation, and split
-at "\n" only), so indentation, trailing blanks, tabs and CRLF all count. A patch whose result is already present is
-reported as already applied; recorded-upstream entries are verified by their evidence strings.
+line-ending normalisation (files are read and written without newline translation, and split at
+"\n" only), so indentation, trailing blanks, tabs and CRLF all count. A patch whose result is
+already present is reported as already applied; recorded-upstream entries are verified by their
+evidence strings.
 
 Exit codes: 0 all good, 1 a patch conflicts or an upstream fix is missing, 2 bad input.
 """

@@ -41,7 +41,7 @@ def cpu_shims() -> list[dict[str, str]]:
 
     # 1. FP8 GEMM kernel choice: the CPU FP8 block-scaled kernel requires AMX (absent on most CI
     #    CPUs). A stand-in kernel keeps the weights exactly as loaded and refuses to run a GEMM.
-    import vllm.model_executor.layers.quantization.fp8 as fp8
+    from vllm.model_executor.layers.quantization import fp8
 
     class NoGemmFp8Kernel:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -54,9 +54,7 @@ def cpu_shims() -> list[dict[str, str]]:
             raise RuntimeError("gh200 CPU shim: no FP8 GEMM on this device")
 
     fp8.init_fp8_linear_kernel = lambda *a, **k: NoGemmFp8Kernel()  # type: ignore[assignment]
-    applied.append(
-        {"where": "fp8.init_fp8_linear_kernel", "why": "the CPU FP8 block GEMM kernel needs AMX"}
-    )
+    applied.append({"where": "fp8.init_fp8_linear_kernel", "why": "the CPU FP8 block GEMM kernel needs AMX"})
 
     # 2. Sparse-attention backend: CpuPlatform refuses sparse MLA; return the FlashMLA sparse
     #    backend's class path, which the CUDA platform picks for GLM-5.2 (its impl is not run).
@@ -117,7 +115,6 @@ def _module_quant(model: Any) -> dict[str, str]:
 
 def _fp8_blocks(weight: Any, scale: Any, block: tuple[int, int]) -> Any:
     """Blockwise dequantization of an FP8 [out, in] weight with [ceil(out/b0), ceil(in/b1)] scales."""
-    import torch
 
     rows, cols = weight.shape
     expanded = scale.float().repeat_interleave(block[0], 0).repeat_interleave(block[1], 1)
@@ -140,7 +137,7 @@ def _checkpoint_tensors(root: Path, layer: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for shard in sorted({s for n, s in index["weight_map"].items() if n.startswith(prefix)}):
         with safe_open(str(root / shard), framework="pt") as handle:
-            for name in handle.keys():
+            for name in handle.keys():  # noqa: SIM118 - a safe_open handle, not a dict
                 if name.startswith(prefix):
                     out[name] = handle.get_tensor(name)
     return out
@@ -288,6 +285,8 @@ def run(args: argparse.Namespace, result: dict[str, Any]) -> dict[str, Any]:
     result["vllm_version"] = getattr(vllm, "__version__", None)
     result["shims"] = cpu_shims() if args.device == "cpu" else []
 
+    # Which patches the vLLM under test carries (by their public symbols).
+    import vllm.models.deepseek_v32.nvidia.mtp as mtp_module
     from vllm.config import (
         DeviceConfig,
         LoadConfig,
@@ -295,11 +294,8 @@ def run(args: argparse.Namespace, result: dict[str, Any]) -> dict[str, Any]:
         ParallelConfig,
         SpeculativeConfig,
         VllmConfig,
+        speculative,
     )
-
-    # Which patches the vLLM under test carries (by their public symbols).
-    import vllm.config.speculative as speculative
-    import vllm.models.deepseek_v32.nvidia.mtp as mtp_module
 
     result["patched"] = {
         "glm52-mtp-quant": hasattr(mtp_module, "mtp_quantization_choice"),
@@ -383,9 +379,7 @@ def run(args: argparse.Namespace, result: dict[str, Any]) -> dict[str, Any]:
     device = torch.device(args.device)
     draft_vllm_config = spec.apply_draft_overrides(vllm_config)
     with set_current_vllm_config(draft_vllm_config), torch.device(device):
-        model = initialize_model(
-            draft_vllm_config, model_class=mtp_module.DeepseekV32MTP, model_config=draft
-        )
+        model = initialize_model(draft_vllm_config, model_class=mtp_module.DeepseekV32MTP, model_config=draft)
     result["model_class"] = f"{type(model).__module__}.{type(model).__qualname__}"
     result["quant_methods"] = _module_quant(model)
     result["param_dtypes"] = {n: str(p.dtype).removeprefix("torch.") for n, p in model.named_parameters()}

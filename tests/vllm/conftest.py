@@ -79,7 +79,12 @@ def runs(venv: vllm_venv.VllmVenv, checkpoints: dict[str, Path]) -> dict[str, di
         "two_sources": (
             patched,
             graft,
-            ["--hf-config-path", str(checkpoints["plain_config"]), "--draft-model", str(checkpoints["draft_copy"])],
+            [
+                "--hf-config-path",
+                str(checkpoints["plain_config"]),
+                "--draft-model",
+                str(checkpoints["draft_copy"]),
+            ],
         ),
     }
 

@@ -35,7 +35,9 @@ def _ok(report: dict[str, Any]) -> dict[str, Any]:
     return report
 
 
-def test_draft_is_built_through_vllms_config_path_with_the_mtp_layers_own_scheme(runs: dict[str, Any]) -> None:
+def test_draft_is_built_through_vllms_config_path_with_the_mtp_layers_own_scheme(
+    runs: dict[str, Any],
+) -> None:
     report = _ok(runs["patched"])
     assert report["model_class"] == "vllm.models.deepseek_v32.nvidia.mtp.DeepseekV32MTP"
     assert report["vllm_version"].startswith("0.33.0")

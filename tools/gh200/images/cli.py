@@ -131,7 +131,12 @@ def check_cmd(
             if row.get("runtime_detail"):
                 detail += f"\nruntime: {row['runtime_detail']}"
             table.add_row(
-                row["id"], row["status"], listed, f"[{colour}]{row['result']}[/]", f"[{ran_colour}]{ran}[/]", detail
+                row["id"],
+                row["status"],
+                listed,
+                f"[{colour}]{row['result']}[/]",
+                f"[{ran_colour}]{ran}[/]",
+                detail,
             )
         console.print(table)
         if report.get("runtime", {}).get("state") == "not-cached":

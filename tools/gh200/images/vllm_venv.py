@@ -14,14 +14,14 @@ GPU kernels) in one of them and returns its JSON.
 from __future__ import annotations
 
 import hashlib
-import zlib
-from collections.abc import Iterator
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,9 @@ class VllmVenv:
 
     @property
     def site_packages(self) -> Path:
-        return self.root / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+        return (
+            self.root / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+        )
 
 
 def spec_dir() -> Path:
@@ -134,7 +136,9 @@ def ensure_venv(*, log: Path | None = None) -> VllmVenv:
                     ],
                 ]
                 for argv in steps:
-                    done = subprocess.run(argv, env=env, stdout=out, stderr=subprocess.PIPE, text=True, check=False)
+                    done = subprocess.run(
+                        argv, env=env, stdout=out, stderr=subprocess.PIPE, text=True, check=False
+                    )
                     if done.returncode != 0:
                         tail = " ".join(done.stderr.strip().splitlines()[-3:])
                         raise VllmVenvFailed(
@@ -211,14 +215,23 @@ def run_check(
     }
     if overlay_dir is not None:
         env["PYTHONPATH"] = str(overlay_dir)
-    argv = [str(venv.python), str(containers_dir() / "vllm" / "mtp_check.py"), "--checkpoint", str(checkpoint)]
-    done = subprocess.run([*argv, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    argv = [
+        str(venv.python),
+        str(containers_dir() / "vllm" / "mtp_check.py"),
+        "--checkpoint",
+        str(checkpoint),
+    ]
+    done = subprocess.run(
+        [*argv, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
     lines = done.stdout.strip().splitlines()
     try:
         report: dict[str, Any] = json.loads(lines[-1])
     except (IndexError, json.JSONDecodeError) as err:
         tail = " ".join(done.stderr.strip().splitlines()[-3:])
-        raise VllmVenvFailed(f"mtp_check.py gave no report (exit {done.returncode}): {tail}", "see its stderr") from err
+        raise VllmVenvFailed(
+            f"mtp_check.py gave no report (exit {done.returncode}): {tail}", "see its stderr"
+        ) from err
     report["stderr"] = done.stderr
     return report
 
@@ -344,7 +357,9 @@ def gpu_visible() -> bool:
     if not shutil.which("nvidia-smi"):
         return False
     try:
-        return subprocess.run(["nvidia-smi", "-L"], capture_output=True, timeout=30, check=False).returncode == 0
+        return (
+            subprocess.run(["nvidia-smi", "-L"], capture_output=True, timeout=30, check=False).returncode == 0
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -362,7 +377,13 @@ def image_runtime_smoke(client: Any, tag: str) -> dict[str, Any]:
         graft_dir = tiny_graft(Path(tmp) / "inputs")
         marked_config_dir(graft_dir, Path(tmp) / "local-config")
         os.chmod(tmp, 0o755)
-        command = ["/opt/gh200/smoke_test.py", "--series", "/opt/gh200/patches/series.yaml", "--mode", "runtime"]
+        command = [
+            "/opt/gh200/smoke_test.py",
+            "--series",
+            "/opt/gh200/patches/series.yaml",
+            "--mode",
+            "runtime",
+        ]
         command += ["--checkpoint", "/ckpt/inputs/graft", "--hf-config-path", "/ckpt/local-config"]
         container = client.containers.run(
             tag,
