@@ -68,6 +68,8 @@ def runs(venv: vllm_venv.VllmVenv, checkpoints: dict[str, Path]) -> dict[str, di
     patched = vllm_venv.overlay(venv, series_path())
     pre_fix = vllm_venv.overlay(venv, PRE_FIX_SERIES)
     graft = checkpoints["graft"]
+    reports = checkpoints["graft"].parent.parent / "reports"
+    reports.mkdir(exist_ok=True)
     marked = ["--hf-config-path", str(checkpoints["marked_config"]), "--marker", vllm_venv.MARKER]
     scenarios: dict[str, tuple[Path | None, Path, list[str]]] = {
         # The draft named with a trailing slash: still the target checkpoint (defect 4).
@@ -90,7 +92,10 @@ def runs(venv: vllm_venv.VllmVenv, checkpoints: dict[str, Path]) -> dict[str, di
 
     def one(item: tuple[str, tuple[Path | None, Path, list[str]]]) -> tuple[str, dict[str, Any]]:
         name, (overlay_dir, ckpt, args) = item
-        return name, vllm_venv.run_check(venv, overlay_dir, ckpt, *args)
+        report = vllm_venv.run_check(venv, overlay_dir, ckpt, *args)
+        # Kept for reading after a failure (the assertion messages show only a part).
+        (reports / f"{name}.json").write_text(json.dumps(report, indent=1, sort_keys=True))
+        return name, report
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         return dict(pool.map(one, scenarios.items()))
