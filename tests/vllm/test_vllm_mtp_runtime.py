@@ -79,7 +79,7 @@ def test_unpatched_wheel_fails_on_the_same_checkpoint(runs: dict[str, Any]) -> N
     report = _ok(runs["unpatched"])
     assert report["patched"] == {"glm52-mtp-quant": False, "dsv4-draft-hf-config-path": False}
     assert report["load_error"]["type"] == "KeyError"
-    assert "experts.w2_weight_scale_inv" in report["load_error"]["message"]
+    assert report["load_error"]["message"] == f"'{MTP}mlp.experts.routed_experts.w2_weight_scale_inv'"
     assert "Fp8LinearMethod" not in report["quant_methods"].values()
     verdicts = vllm_venv.verdicts(report)
     assert not verdicts["glm52-mtp-quant"][0] and not verdicts["dsv4-draft-hf-config-path"][0]

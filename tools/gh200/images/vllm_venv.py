@@ -199,7 +199,9 @@ def run_check(
     timeout: float = 600,
 ) -> dict[str, Any]:
     """containers/vllm/mtp_check.py on `checkpoint` in the venv (patched when overlay_dir is set)."""
-    scratch = cache_dir() / "vllm-run"
+    # One vLLM cache per twin: its model-info cache is keyed by class name and holds the module's
+    # hash, so twins sharing it would evict each other and re-inspect in a subprocess every run.
+    scratch = cache_dir() / "vllm-run" / (overlay_dir.name if overlay_dir is not None else venv.root.name)
     scratch.mkdir(parents=True, exist_ok=True)
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
