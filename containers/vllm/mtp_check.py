@@ -378,7 +378,14 @@ def run(args: argparse.Namespace, result: dict[str, Any]) -> dict[str, Any]:
 
     device = torch.device(args.device)
     draft_vllm_config = spec.apply_draft_overrides(vllm_config)
-    with set_current_vllm_config(draft_vllm_config), torch.device(device):
+    from vllm.utils.torch_utils import set_default_torch_dtype
+
+    # As BaseModelLoader.load_model builds a model: the model's dtype as default, on the device.
+    with (
+        set_current_vllm_config(draft_vllm_config),
+        set_default_torch_dtype(draft.dtype),
+        torch.device(device),
+    ):
         model = initialize_model(draft_vllm_config, model_class=mtp_module.DeepseekV32MTP, model_config=draft)
     result["model_class"] = f"{type(model).__module__}.{type(model).__qualname__}"
     result["quant_methods"] = _module_quant(model)
