@@ -9,8 +9,11 @@ Standard library only (the image's Python and the stand-in's Debian python3 both
 from PyYAML for the series file: vLLM itself depends on PyYAML, and the stand-in installs it.
 
 Hunks must match exactly (an offset is allowed, fuzz is not): a patch written for other code must
-fail loudly rather than land in the wrong place. A patch whose result is already present is
-reported as already applied; recorded-upstream entries are verified by their evidence strings.
+fail loudly rather than land in the wrong place. "Exactly" is byte for byte: no whitespace or
+line-ending normalisation (files are read and written without newline translation, and split at
+"\n" only), so indentation, trailing blanks, tabs and CRLF all count. A patch whose result is
+already present is reported as already applied; recorded-upstream entries are verified by their
+evidence strings.
 
 Exit codes: 0 all good, 1 a patch conflicts or an upstream fix is missing, 2 bad input.
 """
@@ -67,10 +70,25 @@ def _no_newline(hunk: Hunk, tag: str) -> None:
             block[-1] = block[-1][:-1]
 
 
+def split_lines(text: str) -> list[str]:
+    """Lines split at "\n" only, each keeping its ending (str.splitlines would also split at
+    \r, \f, \x1c... and so match lines that differ)."""
+    parts = text.split("\n")
+    lines = [part + "\n" for part in parts[:-1]]
+    if parts[-1]:
+        lines.append(parts[-1])
+    return lines
+
+
+def read_exact(path: Path) -> str:
+    """A file's text as stored: no newline translation."""
+    return path.read_bytes().decode("utf-8")
+
+
 def parse_patch(text: str, source: str) -> list[FilePatch]:
     """A unified diff (-p1) as files and hunks; lines keep their newlines."""
     files: list[FilePatch] = []
-    lines = text.splitlines(keepends=True)
+    lines = split_lines(text)
     i = 0
     current: FilePatch | None = None
     while i < len(lines):
@@ -155,7 +173,7 @@ def apply_file(root: Path, fp: FilePatch) -> FileResult:
     path = root / fp.path
     if not path.is_file():
         return FileResult(fp.path, "conflict", "file does not exist in this vLLM")
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines = split_lines(read_exact(path))
     # Already applied: every hunk's result is present and none of its removals are.
     reverse_ok = True
     for hunk in fp.hunks:
@@ -184,7 +202,7 @@ def _write_atomic(path: Path, text: str) -> None:
     mode = path.stat().st_mode & 0o7777
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
             handle.write(text)
         os.chmod(tmp, mode)
         os.replace(tmp, path)
@@ -305,7 +323,7 @@ def run(
         patch_path = series_path.parent / entry["file"]
         if not patch_path.is_file():
             raise SeriesError(f"patch file {patch_path} is missing")
-        files = parse_patch(patch_path.read_text(encoding="utf-8"), entry["file"])
+        files = parse_patch(read_exact(patch_path), entry["file"])
         results = [apply_file(root, fp) for fp in files]
         row["files"] = [{"path": r.path, "state": r.state, "detail": r.detail} for r in results]
         bad = [r for r in results if r.state == "conflict"]

@@ -5,6 +5,10 @@
   symbols it adds are there, so a patch that breaks an import fails the build.
 --mode compile (a stand-in base without torch): byte-compile the same modules' files and check
   the symbols are defined at module level, without importing them.
+--mode runtime (the built image on the workstation, GPU visible; `gh200 images build vllm` runs it
+  there): mtp_check.py builds the GLM-5.2 MTP draft through vLLM's config path on a tiny graft
+  mounted at --checkpoint and loads it with the GPU kernels (process_weights_after_loading
+  included); each carried patch's verdict is printed, any failure exits 1.
 """
 
 from __future__ import annotations
@@ -32,12 +36,43 @@ def top_level_names(path: Path) -> set[str]:
     return names
 
 
+def runtime(checkpoint: Path, hf_config_path: Path | None) -> int:
+    """The same build-and-load check as tests/vllm, on the GPU, in this image."""
+    import json
+    import subprocess
+
+    import mtp_check
+
+    argv = [sys.executable, str(Path(__file__).resolve().parent / "mtp_check.py"), "--device", "cuda"]
+    argv += ["--checkpoint", str(checkpoint), "--marker", mtp_check.MARKER]
+    if hf_config_path is not None:
+        argv += ["--hf-config-path", str(hf_config_path)]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    try:
+        report = json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        print(f"error: mtp_check.py gave no report: {done.stderr.strip()[-2000:]}", file=sys.stderr)
+        return 1
+    failures = 0
+    for patch_id, (ok, why) in mtp_check.verdicts(report).items():
+        print(f"smoke runtime: {patch_id} {'passed' if ok else 'FAILED'}: {why}")
+        failures += not ok
+    return 1 if failures else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--series", type=Path, required=True)
     parser.add_argument("--root", type=Path)
-    parser.add_argument("--mode", choices=("import", "compile"), default="import")
+    parser.add_argument("--mode", choices=("import", "compile", "runtime"), default="import")
+    parser.add_argument("--checkpoint", type=Path, help="runtime mode: a tiny grafted GLM-5.2 checkpoint")
+    parser.add_argument("--hf-config-path", type=Path, help="runtime mode: its marked local config dir")
     args = parser.parse_args(argv)
+    if args.mode == "runtime":
+        if args.checkpoint is None or not (args.checkpoint / "config.json").is_file():
+            print("error: --mode runtime needs --checkpoint DIR holding a config.json", file=sys.stderr)
+            return 2
+        return runtime(args.checkpoint, args.hf_config_path)
     try:
         root = (args.root or default_root()).resolve()
         series = load_series(args.series)

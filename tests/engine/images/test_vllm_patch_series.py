@@ -7,6 +7,7 @@ No GPU and no torch: the functions under test are executed from the patched file
 from __future__ import annotations
 
 import ast
+import os
 import sys
 import types
 from collections.abc import Callable, Iterator
@@ -26,7 +27,7 @@ UTILS = "vllm/model_executor/models/utils.py"
 
 
 def test_check_reports_two_applying_and_two_upstream() -> None:
-    report = check_series("0.33.0")
+    report = check_series("0.33.0", runtime=False)  # tests/vllm runs the runtime side
     results = {row["id"]: row["result"] for row in report["patches"]}
     assert results == {
         "glm52-mtp-quant": "applies",
@@ -164,6 +165,8 @@ def test_patched_mtp_layer_and_model_use_the_choice(vllm_patched: Path) -> None:
 
 
 class _Param:
+    dtype = "bf16"
+
     def __init__(self, name: str, log: list[tuple[str, Any]]) -> None:
         self.name = name
         self._log = log
@@ -210,7 +213,9 @@ def loader(vllm_patched: Path, extract: Callable[..., dict[str, Any]]) -> dict[s
         "Callable": Call,
         "Iterable": Any,
         "Container": Any,
-        "torch": SimpleNamespace(Tensor=object),
+        "torch": SimpleNamespace(
+            Tensor=object, float8_e4m3fn="fp8", float8_e4m3fnuz="fp8fnuz", float8_e5m2="fp8e5"
+        ),
         "re": re,
         "logger": logger,
         # torch-bound collaborators: no experts and no FP8 indexer in these weights.
@@ -237,6 +242,7 @@ def loader(vllm_patched: Path, extract: Callable[..., dict[str, Any]]) -> dict[s
             [
                 "MIXED_QUANT_ONLY_SUFFIXES",
                 "skip_mixed_quant_name",
+                "fp8_into_plain",
                 "DeepseekV32MTP._rewrite_spec_layer_name",
                 "DeepseekV32MTP.is_unused_checkpoint_weight",
                 "DeepseekV32MTP.load_weights",
@@ -316,11 +322,15 @@ def test_name_filter_rules(mtp_funcs: dict[str, Any]) -> None:
 def test_draft_gets_the_target_hf_config_path(
     vllm_patched: Path, extract: Callable[..., dict[str, Any]]
 ) -> None:
-    pick = extract(vllm_patched / SPEC, ["draft_hf_config_path"])["draft_hf_config_path"]
-    assert pick("/models/dsv4", "/models/dsv4", "/configs/dsv4-sanitized") == "/configs/dsv4-sanitized"
-    assert pick("org/eagle-draft", "/models/dsv4", "/configs/dsv4-sanitized") is None
-    assert pick(None, "/models/dsv4", "/configs/x") is None
-    assert pick("/models/dsv4", "/models/dsv4", None) is None
+    pick = extract(vllm_patched / SPEC, ["draft_hf_config_path"], {"os": os})["draft_hf_config_path"]
+    cfg = "/configs/dsv4-sanitized"
+    assert pick("/models/dsv4", "/models/dsv4", "", cfg) == cfg
+    assert pick("/models/dsv4/", "/models/dsv4", "", cfg) == cfg  # same checkpoint, other spelling
+    assert pick("/weights/dsv4", "/models/dsv4", "/weights/dsv4", cfg) == cfg  # MTP takes model_weights
+    assert pick("org/eagle-draft", "/models/dsv4", "", cfg) is None
+    assert pick("org/eagle-draft", "/models/dsv4", "/weights/dsv4", cfg) is None
+    assert pick(None, "/models/dsv4", "", "/configs/x") is None
+    assert pick("/models/dsv4", "/models/dsv4", "", None) is None
 
 
 def test_draft_model_config_call_passes_hf_config_path(vllm_patched: Path) -> None:
@@ -339,5 +349,6 @@ def test_draft_model_config_call_passes_hf_config_path(vllm_patched: Path) -> No
     assert len(calls) == 1
     keyword = next(k for k in calls[0].keywords if k.arg == "hf_config_path")
     assert ast.unparse(keyword.value).startswith(
-        "draft_hf_config_path(self.model, self.target_model_config.model"
+        "draft_hf_config_path(self.model, self.target_model_config.model, "
+        "self.target_model_config.model_weights"
     )

@@ -49,11 +49,23 @@ def build_cmd(  # noqa: PLR0917 - typer maps each option to a parameter
         force=force,
         build_args=overrides,
     )
+    runtime: dict[str, object] | None = None
+    if name == "vllm":
+        # The patch series executed in the real image with GPU kernels (tests/vllm runs it on CPU).
+        from gh200.images.vllm_venv import image_runtime_smoke
+
+        runtime = image_runtime_smoke(client, result.tag)
     if json_out:
-        emit_json(result.as_json())
-        return
-    what = f"built in {result.seconds:.0f}s" if result.built else "up to date (recipe unchanged)"
-    console.print(f"[bold green]{result.tag}[/] {what}, {_size(result.size_bytes)}")
+        emit_json({**result.as_json(), **({"runtime_smoke": runtime} if runtime else {})})
+    else:
+        what = f"built in {result.seconds:.0f}s" if result.built else "up to date (recipe unchanged)"
+        console.print(f"[bold green]{result.tag}[/] {what}, {_size(result.size_bytes)}")
+        if runtime:
+            console.print(f"runtime smoke test: {runtime['state']} {runtime.get('detail', '')}")
+            for line in runtime.get("lines", []):  # type: ignore[attr-defined]
+                console.print(f"  {line}")
+    if runtime and runtime["state"] == "failed":
+        raise typer.Exit(1)
 
 
 @images_app.command("list")
@@ -93,26 +105,44 @@ def check_cmd(
     sha256: str | None = typer.Option(
         None, "--sha256", help="sha256 of that vLLM sdist, for a version the series does not pin yet."
     ),
+    runtime: bool = typer.Option(
+        True, "--runtime/--no-runtime", help="Also run each carried patch's runtime test on the cached wheel."
+    ),
     json_out: bool = typer.Option(False, "--json", help="One JSON result on stdout, no progress."),
 ) -> None:
-    """Apply the series to that vLLM's sdist (sha256 checked) in a scratch tree; exit 1 on a conflict."""
+    """Apply the series to that vLLM's sdist (sha256 checked) in a scratch tree; exit 1 on a conflict.
+
+    With the vLLM test venv cached (tests/vllm builds it), each carried patch's runtime test runs
+    on the real wheel too; the table says when the wheel is not cached yet."""
     from gh200.images.patches import check_series
 
-    report = check_series(vllm, sha256=sha256, progress=not json_out)
+    report = check_series(vllm, sha256=sha256, progress=not json_out, runtime=runtime)
     if json_out:
         emit_json(report)
     else:
         table = Table(title=f"vLLM {vllm} patch series")
-        for column in ("patch", "status", f"for {vllm}", "result", "detail"):
+        for column in ("patch", "status", f"for {vllm}", "result", "runtime", "detail"):
             table.add_column(column)
         colours = {"applies": "green", "upstream": "cyan", "already-applied": "yellow"}
         for row in report["patches"]:
             colour = colours.get(row["result"], "red" if row["result"] in ("conflict", "missing") else "dim")
             listed = "listed" if row.get("listed") else "not listed"
+            ran = row.get("runtime", "-")
+            ran_colour = {"passed": "green", "failed": "red"}.get(ran, "dim")
+            detail = row.get("detail", "")
+            if row.get("runtime_detail"):
+                detail += f"\nruntime: {row['runtime_detail']}"
             table.add_row(
-                row["id"], row["status"], listed, f"[{colour}]{row['result']}[/]", row.get("detail", "")
+                row["id"],
+                row["status"],
+                listed,
+                f"[{colour}]{row['result']}[/]",
+                f"[{ran_colour}]{ran}[/]",
+                detail,
             )
         console.print(table)
+        if report.get("runtime", {}).get("state") == "not-cached":
+            console.print(f"runtime tests not run: {report['runtime']['detail']}")
     if not report["ok"]:
         raise typer.Exit(1)
 

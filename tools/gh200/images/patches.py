@@ -182,8 +182,14 @@ def resolve_pin(version: str, sha256: str | None) -> str:
     return pinned
 
 
-def check_series(version: str, *, sha256: str | None = None, progress: bool = False) -> dict[str, Any]:
-    """Apply the series for real in a scratch tree of vLLM `version`; the apply script's report."""
+def check_series(
+    version: str, *, sha256: str | None = None, progress: bool = False, runtime: bool = True
+) -> dict[str, Any]:
+    """Apply the series for real in a scratch tree of vLLM `version`; the apply script's report.
+
+    runtime: also say, per carried patch, whether its runtime test passed on the cached vLLM wheel
+    (tests/vllm's check, one run); a failed runtime test fails the check, a wheel not cached yet
+    is reported as such."""
     pin = resolve_pin(version, sha256)
     with scratch_tree(version, pin, progress=progress) as root:
         code, report, _ = run_apply_script(root, version=version, check_only=False)
@@ -192,7 +198,35 @@ def check_series(version: str, *, sha256: str | None = None, progress: bool = Fa
     report["changed"] = False
     report["ok"] = code == 0 and bool(report.get("ok"))
     report.pop("root", None)  # the scratch tree is gone
+    if runtime:
+        _add_runtime(report, version)
     return report
+
+
+def _add_runtime(report: dict[str, Any], version: str) -> None:
+    from gh200.images import vllm_venv
+
+    carried = [row for row in report["patches"] if row["status"] == "carried"]
+    if version != vllm_venv.VLLM_VERSION:
+        outcome: dict[str, Any] = {
+            "state": "no-wheel",
+            "detail": f"runtime tests pin the vLLM {vllm_venv.VLLM_VERSION} wheel, not {version}",
+        }
+    elif not report["ok"]:
+        outcome = {"state": "skipped", "detail": "the series does not apply"}
+    else:
+        outcome = vllm_venv.runtime_check(series_path())
+    report["runtime"] = {k: v for k, v in outcome.items() if k != "patches"}
+    for row in carried:
+        found = (outcome.get("patches") or {}).get(row["id"])
+        if found is None:
+            row["runtime"] = outcome["state"] if outcome["state"] != "ran" else "no runtime test"
+            row["runtime_detail"] = outcome.get("detail", "")
+            continue
+        row["runtime"] = "passed" if found["passed"] else "failed"
+        row["runtime_detail"] = found["detail"]
+        if not found["passed"]:
+            report["ok"] = False
 
 
 def patched_tree(version: str, dest: Path, *, sha256: str | None = None) -> dict[str, Any]:
