@@ -2,9 +2,10 @@
 # Install the Debian packages the test suite and the demo need, or name them and stop.
 # podman+runc: the container engine where no Docker answers; debootstrap: the base image with no
 # registry; equivs: the local apt repository the Ansible tests build; numactl: probe binding;
-# openssh-client: Ansible and testinfra reach the test host over SSH.
+# openssh-client: Ansible and testinfra reach the test host over SSH; chromium: the report test
+# opens `gh200 report`'s page headless.
 set -euo pipefail
-pkgs=(podman runc debootstrap equivs numactl uidmap slirp4netns fuse-overlayfs openssh-client git make)
+pkgs=(podman runc debootstrap equivs numactl uidmap slirp4netns fuse-overlayfs openssh-client git make chromium)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
