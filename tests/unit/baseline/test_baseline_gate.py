@@ -28,15 +28,21 @@ def scaled(values: list[float], factor: float) -> list[float]:
 
 def verdict(metric: str, base: list[float], new: list[float], **kwargs: Any) -> Any:
     return compare_runs(
-        runs(metric, base), runs(metric, new), profile="p", shape="64:64", concurrency=1, rules=[RULES[metric]], **kwargs
+        runs(metric, base),
+        runs(metric, new),
+        profile="p",
+        shape="64:64",
+        concurrency=1,
+        rules=[RULES[metric]],
+        **kwargs,
     )
 
 
 def test_tok_s_ten_percent_lower_is_a_regression_naming_the_metric_and_amount() -> None:
     v = verdict("output_tok_s", BASE, scaled(BASE, 0.9))
     assert v.status == "regression"
-    assert v.worst is not None and v.worst.metric == "output_tok_s"
-    assert v.worst.worse_by == pytest.approx(0.10, abs=1e-9)
+    assert v.headline is not None and v.headline.metric == "output_tok_s"
+    assert v.headline.worse_by == pytest.approx(0.10, abs=1e-9)
     assert v.as_json()["metric"] == "output_tok_s"
     assert "output_tok_s fell 10.0%" in v.describe()
 
@@ -52,8 +58,8 @@ def test_latency_higher_is_a_regression_and_lower_is_not(metric: str) -> None:
     # A rule that treats every metric as higher-is-better passes the slower one and fails the faster.
     slower = verdict(metric, BASE, scaled(BASE, 1.2))
     faster = verdict(metric, BASE, scaled(BASE, 0.8))
-    assert slower.status == "regression" and slower.worst is not None and slower.worst.metric == metric
-    assert slower.worst.worse_by == pytest.approx(0.2)
+    assert slower.status == "regression" and slower.headline is not None and slower.headline.metric == metric
+    assert slower.headline.worse_by == pytest.approx(0.2)
     assert "rose 20.0%" in slower.describe()
     assert faster.status == "pass" and faster.comparisons[0].improved
 
@@ -113,8 +119,11 @@ def test_too_few_runs_is_insufficient_not_a_pass() -> None:
     assert "needs 3" in v.reason
 
 
-def test_any_regressing_metric_fails_and_the_worst_is_named() -> None:
-    base = [{"cold": False, "output_tok_s": b, "tpot_ms": 1000 / b, "ttft_ms": 5.0 + i % 3} for i, b in enumerate(BASE)]
+def test_any_regressing_metric_fails_and_the_first_is_named() -> None:
+    base = [
+        {"cold": False, "output_tok_s": b, "tpot_ms": 1000 / b, "ttft_ms": 5.0 + i % 3}
+        for i, b in enumerate(BASE)
+    ]
     new = [
         {"cold": False, "output_tok_s": b, "tpot_ms": 1000 / b, "ttft_ms": (5.0 + i % 3) * 1.3}
         for i, b in enumerate(BASE)
@@ -122,7 +131,7 @@ def test_any_regressing_metric_fails_and_the_worst_is_named() -> None:
     v = compare_runs(base, new, profile="p", shape="64:64", concurrency=1, changes=["driver 1 -> 2"])
     assert v.status == "regression"
     assert [c.metric for c in v.regressions] == ["ttft_ms"]
-    assert v.worst is not None and v.worst.worse_by == pytest.approx(0.3)
+    assert v.headline is not None and v.headline.worse_by == pytest.approx(0.3)
     assert "changed: driver 1 -> 2" in v.describe()
 
 

@@ -23,7 +23,9 @@ def accept_command(
     run: str = typer.Argument(..., help=RUN_HELP),
     *,
     results: Path | None = typer.Option(None, "--results", help="Results file to look the run id up in."),
-    profile: str | None = typer.Option(None, "--profile", help="With `latest`: the newest run of this profile."),
+    profile: str | None = typer.Option(
+        None, "--profile", help="With `latest`: the newest run of this profile."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Make a finished run set this host's baseline for each of its profile's shapes."""
@@ -70,7 +72,18 @@ def show_command(
     from gh200.bench.report import table_console
 
     table = Table(title=f"baselines on {host or this_host()}", title_justify="left")
-    for name in ("Profile", "Shape", "C", "Run", "Accepted", "Runs", "Output tok/s", "TPOT ms", "TTFT ms", "Acceptance"):
+    for name in (
+        "Profile",
+        "Shape",
+        "C",
+        "Run",
+        "Accepted",
+        "Runs",
+        "Output tok/s",
+        "TPOT ms",
+        "TTFT ms",
+        "Acceptance",
+    ):
         table.add_column(name)
 
     def fmt(value: float | None, pattern: str) -> str:
@@ -97,7 +110,9 @@ def check_command(
     run: str = typer.Argument(..., help=RUN_HELP),
     *,
     results: Path | None = typer.Option(None, "--results", help="Results file to look the run id up in."),
-    profile: str | None = typer.Option(None, "--profile", help="With `latest`: the newest run of this profile."),
+    profile: str | None = typer.Option(
+        None, "--profile", help="With `latest`: the newest run of this profile."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Gate a run set against the baselines: exit 1 when a metric got worse beyond noise and the floor."""

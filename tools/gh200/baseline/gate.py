@@ -124,10 +124,11 @@ class Verdict:
         return [c for c in self.comparisons if c.regressed]
 
     @property
-    def worst(self) -> MetricComparison | None:
-        """The metric that moved most in the bad direction among the regressions."""
+    def headline(self) -> MetricComparison | None:
+        """The regression to name first: metrics in rule order (output tok/s, then TPOT, then TTFT),
+        since a slower decode moves tok/s and TPOT together and tok/s is what people compare."""
         found = self.regressions
-        return max(found, key=lambda c: c.worse_by) if found else None
+        return found[0] if found else None
 
     def describe(self) -> str:
         where = f"{self.profile} {self.shape} c{self.concurrency}"
@@ -141,7 +142,7 @@ class Verdict:
         return text
 
     def as_json(self) -> dict[str, Any]:
-        worst = self.worst
+        worst = self.headline
         return {
             "profile": self.profile,
             "shape": self.shape,
@@ -239,8 +240,16 @@ def compare_runs(
         floor = (min_effect or {}).get(rule.name)
         comparisons.append(compare_metric(rule, base, new, alpha=alpha, min_effect=floor))
     if not comparisons:
-        return Verdict(profile, shape, concurrency, "insufficient", reason="; ".join(missing), changes=tuple(changes))
+        return Verdict(
+            profile, shape, concurrency, "insufficient", reason="; ".join(missing), changes=tuple(changes)
+        )
     status: Status = "regression" if any(c.regressed for c in comparisons) else "pass"
     return Verdict(
-        profile, shape, concurrency, status, tuple(comparisons), reason="; ".join(missing), changes=tuple(changes)
+        profile,
+        shape,
+        concurrency,
+        status,
+        tuple(comparisons),
+        reason="; ".join(missing),
+        changes=tuple(changes),
     )

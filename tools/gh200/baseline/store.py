@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gh200.baseline.gate import MIN_RUNS, Verdict, compare_runs
 from gh200.baseline.facts import fact_changes
+from gh200.baseline.gate import MIN_RUNS, Verdict, compare_runs
 from gh200.bench.results import default_results_path, read_records
 from gh200.errors import BadInput, OperationFailed
 from gh200.fsutil import atomic_write_text, file_lock
@@ -77,7 +77,9 @@ def resolve_run(run: str, results: Path | None = None, profile: str | None = Non
         records = read_records(path)
         ids = _run_ids(records)
         if not ids:
-            raise BadInput(f"{path} holds no gh200 smoke records", "pass a results file written by `gh200 smoke`")
+            raise BadInput(
+                f"{path} holds no gh200 smoke records", "pass a results file written by `gh200 smoke`"
+            )
         if len(ids) > 1:
             raise BadInput(
                 f"{path} holds {len(ids)} runs ({', '.join(ids[:4])}{', ...' if len(ids) > 4 else ''})",
@@ -90,7 +92,9 @@ def resolve_run(run: str, results: Path | None = None, profile: str | None = Non
         records = [r for r in records if r.get("profile") == profile]
     if not records:
         where = f" for profile {profile}" if profile else ""
-        raise BadInput(f"no recorded runs{where} in {source}", "run `gh200 smoke PROFILE` first, or pass --results")
+        raise BadInput(
+            f"no recorded runs{where} in {source}", "run `gh200 smoke PROFILE` first, or pass --results"
+        )
     if run == "latest":
         chosen = _run_ids(records)[-1]
     else:
@@ -147,9 +151,7 @@ class Baseline:
             "source": self.source,
             "image": self.record.get("image"),
             "runs": len(self.runs),
-            "medians": {
-                m: self.median(m) for m in ("output_tok_s", "tpot_ms", "ttft_ms", "acceptance")
-            },
+            "medians": {m: self.median(m) for m in ("output_tok_s", "tpot_ms", "ttft_ms", "acceptance")},
         }
         if with_record:
             out["record"] = self.record
@@ -171,7 +173,9 @@ def check_acceptable(records: list[dict[str, Any]], host: str) -> None:
                 f"{label} benchmarked a URL, not a profile", "accept runs of `gh200 smoke PROFILE`"
             )
         if not SAFE_NAME.match(str(profile)):
-            raise BadInput(f"{label} names profile {profile!r}, not a usable name", "rerun with a valid profile")
+            raise BadInput(
+                f"{label} names profile {profile!r}, not a usable name", "rerun with a valid profile"
+            )
         if record.get("error") or not record.get("complete"):
             raise BadInput(
                 f"{label} stopped early ({record.get('error') or 'incomplete'})",
@@ -192,7 +196,9 @@ def check_acceptable(records: list[dict[str, Any]], host: str) -> None:
         raise BadInput(f"host name {host!r} cannot name a directory", "set a plain host name")
 
 
-def accept(records: list[dict[str, Any]], source: str | None = None, host: str | None = None) -> list[Baseline]:
+def accept(
+    records: list[dict[str, Any]], source: str | None = None, host: str | None = None
+) -> list[Baseline]:
     """Make each set of the run this host's baseline for its profile and shape (replacing older ones)."""
     host = host or this_host()
     if not records:
@@ -202,7 +208,11 @@ def accept(records: list[dict[str, Any]], source: str | None = None, host: str |
     written: list[Baseline] = []
     with file_lock(baselines_dir() / ".lock"):
         for record in records:
-            profile, shape, concurrency = str(record["profile"]), str(record["shape"]), int(record["concurrency"])
+            profile, shape, concurrency = (
+                str(record["profile"]),
+                str(record["shape"]),
+                int(record["concurrency"]),
+            )
             path = baseline_path(host, profile, shape, concurrency)
             doc = {
                 "kind": BASELINE_KIND,
@@ -270,11 +280,17 @@ def check_run(
     host = host or this_host()
     verdicts: list[Verdict] = []
     for record in records:
-        profile, shape, concurrency = str(record.get("profile")), str(record.get("shape")), int(record.get("concurrency") or 1)
+        profile, shape, concurrency = (
+            str(record.get("profile")),
+            str(record.get("shape")),
+            int(record.get("concurrency") or 1),
+        )
         base = find_baseline(host, profile, shape, concurrency) if record.get("profile") else None
         if base is None:
             verdicts.append(
-                Verdict(profile, shape, concurrency, "insufficient", reason="no accepted baseline for this shape")
+                Verdict(
+                    profile, shape, concurrency, "insufficient", reason="no accepted baseline for this shape"
+                )
             )
             continue
         verdicts.append(
