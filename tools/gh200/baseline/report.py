@@ -34,6 +34,7 @@ from gh200.fsutil import atomic_write_bytes, atomic_write_text
 from gh200.paths import state_dir
 
 # (record field, panel title, unit, scale for display, expected-metric name in profiles)
+MARKER_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 PANELS = (
     ("output_tok_s", "Output tok/s", "tok/s", 1.0, "output_tok_s"),
     ("tpot_ms", "TPOT", "ms", 1.0, "tpot_ms"),
@@ -128,9 +129,9 @@ def markers(records: Sequence[dict[str, Any]]) -> list[tuple[int, list[str]]]:
     ]
 
 
-def _time_label(record: dict[str, Any]) -> str:
+def _time_label(record: dict[str, Any], pattern: str = "%m-%d %H:%M") -> str:
     try:
-        return dt.datetime.fromisoformat(str(record.get("time"))).strftime("%m-%d %H:%M")
+        return dt.datetime.fromisoformat(str(record.get("time"))).strftime(pattern)
     except ValueError:
         return "?"
 
@@ -149,13 +150,14 @@ def plot_group(group: Group) -> bytes:
         (i for i, r in enumerate(records) if group.baseline and r.get("run_id") == group.baseline.run_id),
         None,
     )
-    fig, axes = plt.subplots(2, 2, figsize=(11, 6.4), dpi=100, sharex=True)
+    fig, axes = plt.subplots(2, 2, figsize=(11, 6.8), dpi=100, sharex=True)
+    handles: dict[str, Any] = {}
     for ax, (metric, title, unit, scale, expected_name) in zip(axes.flat, PANELS, strict=True):
         med = [_stat(r, metric, "median") for r in records]
         low = [_stat(r, metric, "p10") for r in records]
         high = [_stat(r, metric, "p90") for r in records]
         have = [i for i, v in enumerate(med) if v is not None]
-        ax.set_title(f"{title} ({unit})", fontsize=10, loc="left")
+        ax.set_title(title if unit in title else f"{title} ({unit})", fontsize=10, loc="left")
         ax.grid(True, alpha=0.3)
         if not have:
             ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes, color="grey")
@@ -177,35 +179,53 @@ def plot_group(group: Group) -> bytes:
             if value is not None:
                 ax.axhline(value * scale, color="tab:green", linestyle="--", linewidth=1.2, label="baseline")
             if base_index is not None and med[base_index] is not None:
-                ax.plot([base_index], [med[base_index] * scale], "*", color="tab:green", markersize=13)  # type: ignore[operator]
+                ax.plot(
+                    [base_index],
+                    [med[base_index] * scale],  # type: ignore[operator]
+                    "*",
+                    color="tab:green",
+                    markersize=13,
+                    linestyle="none",
+                    label="baseline run set",
+                )
         for name, value, _source in group.expected:
             if name == expected_name:
                 ax.axhline(
                     value * scale, color="tab:red", linestyle="-.", linewidth=1.2, label="post's expected"
                 )
-        for index, what in changes:
+        for letter, (index, _what) in zip(MARKER_LETTERS, changes, strict=False):
             ax.axvline(index - 0.5, color="tab:purple", linestyle=":", linewidth=1.3)
-            if ax is axes.flat[0]:
-                ax.annotate(
-                    "\n".join(what),
-                    xy=(index - 0.5, 1.0),
-                    xycoords=("data", "axes fraction"),
-                    xytext=(3, -3),
-                    textcoords="offset points",
-                    va="top",
-                    fontsize=7,
-                    color="tab:purple",
-                )
+            ax.annotate(
+                letter,
+                xy=(index - 0.5, 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(3, -3),
+                textcoords="offset points",
+                va="top",
+                fontsize=9,
+                fontweight="bold",
+                color="tab:purple",
+            )
         if metric == "acceptance":
             ax.set_ylim(0, 105)
-        ax.legend(fontsize=7, loc="lower left")
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
     step = max(1, len(xs) // 10)
     for ax in axes[1]:
         ax.set_xticks(xs[::step])
         ax.set_xticklabels([_time_label(records[i]) for i in xs[::step]], rotation=30, ha="right", fontsize=8)
         ax.set_xlabel("run sets in time order (UTC)", fontsize=8)
     fig.suptitle(group.title, fontsize=12, x=0.01, ha="left")
-    fig.tight_layout()
+    notes = [
+        f"{letter}: {', '.join(what)}" for letter, (_i, what) in zip(MARKER_LETTERS, changes, strict=False)
+    ]
+    # One legend and the change notes under the panels, where they cover no data.
+    fig.legend(
+        handles.values(), handles.keys(), loc="lower center", ncol=len(handles), fontsize=8, frameon=False
+    )
+    if notes:
+        fig.text(0.01, 0.045, "changes: " + "   ".join(notes), fontsize=8, color="tab:purple", wrap=True)
+    fig.tight_layout(rect=(0, 0.08 if notes else 0.05, 1, 1))
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)
@@ -246,7 +266,7 @@ def _table(group: Group) -> str:
         changed = fact_changes(previous, record) if previous is not None else []
         star = " *" if group.baseline and record.get("run_id") == group.baseline.run_id else ""
         cells = [
-            html.escape(str(record.get("time"))),
+            html.escape(_time_label(record, "%Y-%m-%d %H:%M")),
             html.escape(str(record.get("run_id"))) + star,
             html.escape(str(facts.get("image") or "n/a")),
             html.escape(str(facts.get("server_version") or "n/a")),
@@ -316,10 +336,16 @@ def render_html(groups: list[Group], pngs: dict[str, bytes], host: str, source: 
         expected = "".join(
             f"<li>{html.escape(m)} {v:g} ({html.escape(s)})</li>" for m, v, s in group.expected
         )
+        changes = "".join(
+            f"<li><b>{letter}</b> before {html.escape(_time_label(group.records[i]))}: "
+            f"{html.escape(', '.join(what))}</li>"
+            for letter, (i, what) in zip(MARKER_LETTERS, markers(group.records), strict=False)
+        )
         parts += [
             f'<h2 id="{html.escape(group.slug)}">{html.escape(group.title)}</h2>',
             _verdict_html(group),
             f'<img class="plot" alt="{html.escape(group.title)}" src="data:image/png;base64,{data}">',
+            f"<p class='legend'>Changes marked on the plots:</p><ul>{changes}</ul>" if changes else "",
             f"<p class='legend'>Posts' expected values:</p><ul>{expected}</ul>" if expected else "",
             _table(group),
         ]
