@@ -9,6 +9,7 @@ fd 4 (read in chromium's source, content/browser/devtools/devtools_pipe_handler.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import select
@@ -73,10 +74,8 @@ class Chromium:
         self.events: list[dict[str, Any]] = []
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError, TimeoutError, RuntimeError):
             self.send("Browser.close")
-        except (OSError, TimeoutError, RuntimeError):
-            pass
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:

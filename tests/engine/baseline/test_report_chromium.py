@@ -18,12 +18,13 @@ from gh200.baseline.report import write_report
 from gh200.baseline.store import accept, resolve_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "unit" / "baseline"))
-from baseline_fakes import STEADY, history, record_run, run_set  # noqa: E402
+from baseline_fakes import STEADY, history, record_run, run_set
 
 pytestmark = pytest.mark.engine
 
 PLOTS = """JSON.stringify(Array.from(document.images).map(i => ({
-  alt: i.alt, complete: i.complete, w: i.naturalWidth, h: i.naturalHeight, shown: i.getBoundingClientRect().width
+  alt: i.alt, complete: i.complete, w: i.naturalWidth, h: i.naturalHeight,
+  shown: i.getBoundingClientRect().width
 })))"""
 
 

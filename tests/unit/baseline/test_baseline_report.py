@@ -76,5 +76,6 @@ def test_only_this_hosts_run_sets_and_bad_input_writes_nothing(
     with pytest.raises(SystemExit) as done:
         main()
     err = capsys.readouterr().err
-    assert done.value.code == 2 and "no recorded run sets of host" in err and len(err.strip().splitlines()) == 1
+    assert done.value.code == 2 and "no recorded run sets of host" in err
+    assert len(err.strip().splitlines()) == 1
     assert not out.exists()
