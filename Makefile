@@ -12,13 +12,14 @@ PROFILE ?= local-tiny
 INV ?= ansible/inventory/example
 
 .PHONY: help setup apt demo test test-unit lint lock provision images models deploy smoke verify \
-        bench-graft bench-client
+        bench-graft bench-client bench-gate
 
 help:
 	@echo "make demo   - build the llama.cpp image, deploy local-tiny, smoke-benchmark it, print the report"
 	@echo "make test   - install what the suite needs and run all of it (lint, types, unit, engine, ansible)"
 	@echo "make setup  - create .venv with the locked dependencies"
 	@echo "make lint | lock | provision | images | models | deploy | smoke | verify | bench-graft | bench-client"
+	@echo "make bench-gate - detection and false-alarm rates of the baseline gate on local-tiny (real llama-server)"
 
 $(UV):
 	python3 -m venv $(UV_VENV)
@@ -77,3 +78,6 @@ bench-graft: setup
 
 bench-client: setup
 	$(PY) -m gh200.bench.bench_client
+
+bench-gate: setup
+	$(PY) -m gh200.baseline.bench_gate

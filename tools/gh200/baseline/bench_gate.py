@@ -47,6 +47,8 @@ class Deployment:
 
     def median(self, metric: str) -> float:
         values = sorted(float(r[metric]) for r in self.runs if not r.get("cold") and r.get(metric))
+        if not values:
+            return float("nan")
         mid = len(values) // 2
         return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
