@@ -32,7 +32,10 @@ def accept_command(
     from gh200.baseline.store import accept, resolve_run
 
     records = resolve_run(run, results, profile)
-    written = accept(records, source=str(Path(run).resolve()) if Path(run).is_file() else str(results or ""))
+    from gh200.bench.results import default_results_path
+
+    source = Path(run) if Path(run).is_file() else (results or default_results_path())
+    written = accept(records, source=str(source.resolve()))
     if json_out:
         emit_json({"changed": True, "baselines": [b.as_json() for b in written]})
         return
