@@ -137,10 +137,9 @@ def collect_facts(
 
 def record_facts(record: Mapping[str, Any]) -> dict[str, Any]:
     """The comparable facts of a results record; older records without `facts` give what they have."""
-    facts = record.get("facts") if isinstance(record.get("facts"), dict) else {}
-    assert isinstance(facts, dict)
-    host = record.get("host") if isinstance(record.get("host"), dict) else {}
-    assert isinstance(host, dict)
+    found_facts, found_host = record.get("facts"), record.get("host")
+    facts: Mapping[str, Any] = found_facts if isinstance(found_facts, dict) else {}
+    host: Mapping[str, Any] = found_host if isinstance(found_host, dict) else {}
     kernel = facts.get("kernel")
     if kernel is None and isinstance(host.get("platform"), str):
         # platform.platform() is "Linux-<release>-<machine>-with-...": the release is the kernel.
