@@ -127,9 +127,11 @@ def check_command(
     if json_out:
         emit_json({"ok": ok, "run_id": records[0].get("run_id"), "verdicts": [v.as_json() for v in verdicts]})
     else:
+        # Regressions are the error line below; print the rest here.
         for v in verdicts:
-            colour = {"pass": "green", "regression": "red", "insufficient": "yellow"}[v.status]
-            console.print(f"[{colour}]{v.status}[/] {v.describe()}", highlight=False)
+            if v.status != "regression":
+                colour = "green" if v.status == "pass" else "yellow"
+                console.print(f"[{colour}]{v.status}[/] {v.describe()}", highlight=False)
     if not ok:
         bad = [v for v in verdicts if v.status == "regression"]
         raise GateRegression(
