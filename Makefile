@@ -12,7 +12,7 @@ PROFILE ?= local-tiny
 INV ?= ansible/inventory/example
 
 .PHONY: help setup apt demo test test-unit lint lock provision images models deploy smoke verify \
-        bench-graft bench-client mutation
+        bench-graft bench-client bench-gate mutation
 
 help:
 	@echo "make demo   - build the llama.cpp image, deploy local-tiny, smoke-benchmark it, print the report"
@@ -20,6 +20,7 @@ help:
 	@echo "make setup  - create .venv with the locked dependencies"
 	@echo "make mutation [MODULES=stats,render] - share of mutants the unit tests kill, per core module (slow)"
 	@echo "make lint | lock | provision | images | models | deploy | smoke | verify | bench-graft | bench-client"
+	@echo "make bench-gate - detection and false-alarm rates of the baseline gate on local-tiny (real llama-server)"
 
 $(UV):
 	python3 -m venv $(UV_VENV)
@@ -83,3 +84,6 @@ bench-graft: setup
 
 bench-client: setup
 	$(PY) -m gh200.bench.bench_client
+
+bench-gate: setup
+	$(PY) -m gh200.baseline.bench_gate

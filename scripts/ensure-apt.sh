@@ -5,10 +5,11 @@
 # openssh-client: Ansible and testinfra reach the test host over SSH;
 # golang-github-docker-docker-dev: Docker's real default seccomp profile
 # (/usr/share/gocode/src/github.com/docker/docker/profiles/seccomp/default.json), which the
-# placement tests pass to Podman (Podman's own profile allows set_mempolicy without CAP_SYS_NICE).
+# placement tests pass to Podman (Podman's own profile allows set_mempolicy without CAP_SYS_NICE);
+# chromium: the report test opens `gh200 report`'s page headless.
 set -euo pipefail
 pkgs=(podman runc debootstrap equivs numactl uidmap slirp4netns fuse-overlayfs openssh-client git make
-  golang-github-docker-docker-dev)
+  golang-github-docker-docker-dev chromium)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -34,6 +34,7 @@ def _root(
 
 def _register() -> None:
     # Imported here so that one job's import cost is not paid by every command's start-up twice.
+    from gh200.baseline import cli as baseline_cli
     from gh200.bench import cli as bench_cli
     from gh200.checkpoints import cli as checkpoints_cli
     from gh200.deploy import cli as deploy_cli
@@ -49,6 +50,7 @@ def _register() -> None:
         images_cli,
         deploy_cli,
         bench_cli,
+        baseline_cli,
         ruler_cli,
         provision_cli,
         verify_cli,

@@ -1,0 +1,108 @@
+"""The baseline against the real llama-server: facts read from the running server, a baseline accepted
+from a real smoke run, and a server slowed on purpose (no draft accepted) failed by `baseline check`
+with output tok/s named."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gh200.profiles import load_profile
+from gh200.profiles.schema import Profile
+
+pytestmark = pytest.mark.engine
+PREFIX = "tbase-"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _variant(name: str, extra_args: list[str] | None = None) -> Profile:
+    base = load_profile("local-tiny")
+    settings = base.settings.model_copy(update={"extra_args": extra_args or []})
+    return base.model_copy(update={"name": PREFIX + name, "port": _free_port(), "settings": settings})
+
+
+@pytest.fixture()
+def deployed(engine: Any) -> Iterator[Any]:
+    from gh200.deploy.deploy import deploy, stop
+    from gh200.deploy.tinymodel import ensure_tiny_model
+    from gh200.images.build import ensure_image
+
+    ensure_tiny_model(load_profile("local-tiny"))
+    ensure_image(engine, "llama_cpp", progress=False)
+    names: list[str] = []
+
+    def make(profile: Profile) -> Profile:
+        names.append(profile.name)
+        deploy(engine, profile, progress=False, smoke=None)
+        return profile
+
+    yield make
+    for name in names:
+        stop(engine, name)
+
+
+def _gh200(
+    args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> tuple[int, str]:
+    from gh200.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["gh200", *args])
+    capsys.readouterr()
+    try:
+        main()
+        code = 0
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else 1
+    return code, capsys.readouterr().out
+
+
+def test_facts_baseline_and_a_slowed_server_on_the_real_llama_server(
+    deployed: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gh200.baseline.facts import collect_facts
+    from gh200.bench.results import append_records, make_record
+    from gh200.bench.run import default_plans, run, target_for_profile
+
+    monkeypatch.setenv("GH200_STATE", str(tmp_path / "state"))
+    results = tmp_path / "smoke.jsonl"
+    run_ids: list[str] = []
+    # Same served name and profile for both, as a rollout would compare them: the slowed variant
+    # drafts three tokens per step and has none accepted, so each step costs a draft for nothing.
+    for name, extra in (("fast", []), ("slow", ["--spec-synth-rates", "0,0,0"])):
+        profile = deployed(_variant(name, extra))
+        target = target_for_profile(profile)
+        facts = collect_facts(target.endpoint.url, target.endpoint.kind).as_json()
+        assert facts["server_version"], "llama-server's /props names its build"
+        assert facts["kernel"] == os.uname().release and facts["page_size"] == os.sysconf("SC_PAGE_SIZE")
+        plans = default_plans(target, shapes=["32:128"], concurrencies=[1], warm=6, real_output=None)
+        outcome = run(target, plans, write_results=False, show_progress=False)
+        assert outcome.failed_set is None
+        # The wiring bench.results will get: the facts travel in the record's context.
+        context = {**target.context, "profile": "tbase-pair", "facts": facts}
+        append_records(results, [make_record(s, context, outcome.run_id) for s in outcome.sets])
+        run_ids.append(outcome.run_id)
+    code, out = _gh200(
+        ["baseline", "accept", run_ids[0], "--results", str(results), "--json"], capsys, monkeypatch
+    )
+    assert code == 0
+    (accepted,) = json.loads(out)["baselines"]
+    assert accepted["profile"] == "tbase-pair" and accepted["runs"] == 7
+    code, out = _gh200(
+        ["baseline", "check", run_ids[1], "--results", str(results), "--json"], capsys, monkeypatch
+    )
+    (verdict,) = json.loads(out)["verdicts"]
+    assert code == 1, verdict
+    assert verdict["status"] == "regression" and verdict["metric"] == "output_tok_s", verdict
+    assert verdict["worse_by"] > 0.05

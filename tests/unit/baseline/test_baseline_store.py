@@ -1,0 +1,166 @@
+"""`gh200 baseline accept|show|check`: records written by the real results code, a state dir per test.
+
+Bad input must be one line, exit 2, and leave the baselines directory exactly as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from baseline_fakes import CONTEXT, STEADY, record_run, run_set
+
+from gh200.bench.results import append_records, make_record
+from gh200.cli import main
+
+
+@pytest.fixture()
+def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("GH200_STATE", str(tmp_path / "state"))
+    return tmp_path / "state"
+
+
+def gh200(
+    args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["gh200", *args])
+    capsys.readouterr()
+    try:
+        main()
+        code = 0
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else 1
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != ".lock")
+
+
+def test_accept_by_run_id_keeps_one_file_per_shape_with_its_runs(
+    state: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    results = state / "results" / "smoke.jsonl"
+    record_run(results, "aaaa1111bbbb", [run_set(STEADY), run_set(STEADY, (128, 64))])
+    record_run(results, "cccc2222dddd", [run_set(STEADY)])
+    code, out, err = gh200(["baseline", "accept", "aaaa11", "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["changed"] is True
+    host = result["baselines"][0]["host"]
+    assert files(state / "baselines") == [
+        f"{host}/local-tiny/128-64-c1.json",
+        f"{host}/local-tiny/64-128-c1.json",
+    ]
+    doc = json.loads((state / "baselines" / host / "local-tiny" / "64-128-c1.json").read_text())
+    assert doc["run_id"] == "aaaa1111bbbb" and len(doc["record"]["runs"]) == 11
+    code, out, _ = gh200(["baseline", "show", "local-tiny", "--json"], capsys, monkeypatch)
+    shown = json.loads(out)["baselines"]
+    assert code == 0 and [b["shape"] for b in shown] == ["128:64", "64:128"]
+    assert shown[1]["medians"]["output_tok_s"] == pytest.approx(305.0)
+    # `latest` takes the newest run: it replaces the 64:128 baseline and leaves 128:64 alone.
+    assert gh200(["baseline", "accept", "latest"], capsys, monkeypatch)[0] == 0
+    doc = json.loads((state / "baselines" / host / "local-tiny" / "64-128-c1.json").read_text())
+    assert doc["run_id"] == "cccc2222dddd"
+    assert len(files(state / "baselines")) == 2  # no temporaries left behind
+
+
+def test_accept_a_results_file_of_one_run(
+    state: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one = tmp_path / "one.jsonl"
+    record_run(one, "eeee3333ffff", [run_set(STEADY)])
+    code, _, err = gh200(["baseline", "accept", str(one)], capsys, monkeypatch)
+    assert code == 0, err
+    assert len(files(state / "baselines")) == 1
+
+
+@pytest.mark.parametrize(
+    ("setup", "arg", "needle"),
+    [
+        ("two-runs", "FILE", "holds 2 runs"),
+        ("incomplete", "abcd", "stopped early (connection dropped)"),
+        ("url", "abcd", "benchmarked a URL, not a profile"),
+        ("other-host", "abcd", "was recorded on elsewhere"),
+        ("few-runs", "abcd", "has 2 warm runs; the gate needs at least 3"),
+        ("one", "0123", "no run 0123"),
+        ("one", "not-a-run", "neither a results file nor a run id"),
+    ],
+)
+def test_bad_runs_exit_2_with_one_line_and_write_nothing(  # noqa: PLR0917 (parametrised)
+    setup: str,
+    arg: str,
+    needle: str,
+    state: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    results = state / "results" / "smoke.jsonl"
+    good = run_set(STEADY)
+    if setup == "two-runs":
+        record_run(results, "abcd00000001", [good])
+        record_run(results, "abcd00000002", [good])
+    elif setup == "incomplete":
+        # The first set is fine: it must not be written either (all checks come before any write).
+        record_run(
+            results, "abcd00000001", [good, run_set(STEADY[:4], (128, 64), error="connection dropped")]
+        )
+    elif setup == "url":
+        record_run(results, "abcd00000001", [good], profile=None)
+    elif setup == "other-host":
+        record = make_record(good, CONTEXT, "abcd00000001")
+        record["host"]["hostname"] = "elsewhere"
+        append_records(results, [record])
+    elif setup == "few-runs":
+        record_run(results, "abcd00000001", [run_set(STEADY[:3])])
+    else:
+        record_run(results, "abcd00000001", [good])
+    code, _, err = gh200(["baseline", "accept", str(results) if arg == "FILE" else arg], capsys, monkeypatch)
+    assert code == 2, err
+    assert needle in err and len(err.strip().splitlines()) == 1, err
+    assert not (state / "baselines").exists() or files(state / "baselines") == []
+
+
+def test_show_of_a_profile_without_baseline_is_bad_input(
+    state: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, _, err = gh200(["baseline", "show", "glm52-awq"], capsys, monkeypatch)
+    assert code == 2 and "no baseline of profile glm52-awq" in err
+    code, out, _ = gh200(["baseline", "show", "--json"], capsys, monkeypatch)
+    assert code == 0 and json.loads(out)["baselines"] == []
+
+
+def test_check_fails_a_slower_run_naming_the_metric_and_passes_an_equal_one(
+    state: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    results = state / "results" / "smoke.jsonl"
+    record_run(results, "aaaa00000001", [run_set(STEADY)])
+    assert gh200(["baseline", "accept", "aaaa"], capsys, monkeypatch)[0] == 0
+    record_run(results, "bbbb00000002", [run_set([t * 1.01 for t in STEADY])])
+    record_run(results, "cccc00000003", [run_set([t * 0.88 for t in STEADY])], image="gh200/llama_cpp:new")
+    code, out, err = gh200(["baseline", "check", "bbbb", "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    assert json.loads(out)["verdicts"][0]["status"] == "pass"
+    code, out, err = gh200(["baseline", "check", "cccc", "--json"], capsys, monkeypatch)
+    assert code == 1
+    (verdict,) = json.loads(out)["verdicts"]
+    assert verdict["status"] == "regression" and verdict["metric"] == "output_tok_s"
+    assert verdict["worse_by"] == pytest.approx(0.12, abs=1e-6)
+    assert verdict["changes"] == ["image gh200/llama_cpp:abc -> gh200/llama_cpp:new"]
+    assert "output_tok_s fell 12.0%" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_corrupt_baseline_is_named(
+    state: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    results = state / "results" / "smoke.jsonl"
+    record_run(results, "aaaa00000001", [run_set(STEADY)])
+    assert gh200(["baseline", "accept", "aaaa"], capsys, monkeypatch)[0] == 0
+    (path,) = (state / "baselines").rglob("*.json")
+    path.write_text("{not json")
+    code, _, err = gh200(["baseline", "show"], capsys, monkeypatch)
+    assert code == 1 and str(path) in err and "delete it and accept a run again" in err

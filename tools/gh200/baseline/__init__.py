@@ -1,0 +1,1 @@
+"""This host's own baselines: host facts, accepted run sets, the noise-aware gate, the history page."""
