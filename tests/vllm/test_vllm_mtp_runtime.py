@@ -97,7 +97,10 @@ def test_pre_fix_patch_loaded_the_wrong_scheme_layer_silently(wrong_scheme_runs:
     report = _ok(wrong_scheme_runs["wrong_scheme_pre_fix"])
     assert "load_error" not in report  # the old behaviour: a garbage o_proj and no error
     assert report["param_dtypes"][WRONG_MODULE + ".weight"] == "bfloat16"
-    assert f"{WRONG_MODULE}.weight_scale_inv" in report["log"]  # only the one INFO line
+    # The FP8 codes went into the BF16 weight as values (not the shard's bytes) and the scale that
+    # would make sense of them was skipped: a silently useless layer.
+    assert report["bytes"]["mismatched"] == ["model.layers.3.self_attn.o_proj.weight"]
+    assert report["bytes"]["unmapped"] == ["model.layers.3.self_attn.o_proj.weight_scale_inv"]
 
 
 def test_draft_config_decides_both_scheme_and_mixed_loading(runs: dict[str, Any]) -> None:
