@@ -234,7 +234,8 @@ def run_check(
         raise VllmVenvFailed(
             f"mtp_check.py gave no report (exit {done.returncode}): {tail}", "see its stderr"
         ) from err
-    report["stderr"] = done.stderr
+    # vLLM logs to stdout: everything before the report line, then stderr.
+    report["log"] = "\n".join(lines[:-1]) + "\n" + done.stderr
     return report
 
 
