@@ -66,13 +66,15 @@ RUN python3 /root/aptrepo.py --out {repo} --arch "$(dpkg --print-architecture)" 
  && cp {repo}/keys/test-archive.asc /etc/apt/keyrings/gh200-test-ubuntu.asc \\
  && printf 'Types: deb\\nURIs: http://ubuntu.mirror.test:{port}/ubuntu/\\nSuites: /\\nSigned-By: %s\\n' \\
       /etc/apt/keyrings/gh200-test-ubuntu.asc > /etc/apt/sources.list.d/gh200-test-ubuntu.sources \\
- && (python3 -m http.server {port} --bind 127.0.0.1 --directory {repo} >/dev/null 2>&1 & echo $! > /tmp/http.pid) \\
+ && (python3 -m http.server {port} --bind 127.0.0.1 --directory {repo} >/dev/null 2>&1 & \\
+     echo $! > /tmp/http.pid) \\
  && sleep 1 && apt-get update -q && kill "$(cat /tmp/http.pid)" && rm /tmp/http.pid
 RUN printf 'generic kernel\\n' > /boot/vmlinuz-{generic} && mkdir -p /lib/modules/{generic} \\
  && update-grub \\
  && systemctl enable gh200-test-boot.service gh200-test-mirror.service ssh.service \\
  && mkdir -p /etc/docker \\
- && printf '%s\\n' '{{"log-driver": "json-file", "log-opts": {{"max-size": "10m"}}}}' > /etc/docker/daemon.json
+ && printf '%s\\n' '{{"log-driver": "json-file", "log-opts": {{"max-size": "10m"}}}}' \\
+      > /etc/docker/daemon.json
 STOPSIGNAL SIGRTMIN+3
 ENTRYPOINT ["/sbin/init"]
 """
@@ -172,7 +174,13 @@ class TestHost:
 def _remove_stale_testhosts() -> None:
     """Test hosts left by an interrupted run (their pytest process is gone) are removed."""
     listed = podman(
-        "ps", "--all", "--filter", "label=io.gh200.test=ansible-testhost", "--format", "{{.Names}}", check=False
+        "ps",
+        "--all",
+        "--filter",
+        "label=io.gh200.test=ansible-testhost",
+        "--format",
+        "{{.Names}}",
+        check=False,
     )
     for name in listed.stdout.split():
         pid = name.split("-")[2] if name.count("-") >= 3 else ""
@@ -206,7 +214,17 @@ def testhost_image(engine: Any, base_image: str) -> str:
                 shutil.copy2(HERE / "aptrepo.py", ctx)
                 shutil.copy2(HERE / "standins.yaml", ctx)
                 hosts = [f"--add-host={mirror}:127.0.0.1" for mirror in MIRRORS]
-                podman("build", "--quiet", *hosts, "--tag", tag, "--file", str(ctx / "Containerfile"), str(ctx), timeout=1200)
+                podman(
+                    "build",
+                    "--quiet",
+                    *hosts,
+                    "--tag",
+                    tag,
+                    "--file",
+                    str(ctx / "Containerfile"),
+                    str(ctx),
+                    timeout=1200,
+                )
     return tag
 
 
@@ -235,14 +253,18 @@ def start_testhost(image: str, key: Path, bundle: str, inv_dir: Path, **override
     port = _free_port()
     args = [
         "create",
-        "--name", name,
-        "--label", "io.gh200.test=ansible-testhost",
+        "--name",
+        name,
+        "--label",
+        "io.gh200.test=ansible-testhost",
         "--systemd=always",
         # gh200-test-boot bind-mounts the booted kernel's view over /proc paths.
-        "--cap-add", "SYS_ADMIN",
+        "--cap-add",
+        "SYS_ADMIN",
         # `shutdown -r` inside ends PID 1; the policy starts it again: a reboot.
         "--restart=always",
-        "--publish", f"127.0.0.1:{port}:22",
+        "--publish",
+        f"127.0.0.1:{port}:22",
     ]
     for mirror in MIRRORS:
         args += ["--add-host", f"{mirror}:127.0.0.1"]
@@ -284,7 +306,15 @@ SSH_OPTIONS = ("-o StrictHostKeyChecking=no", "-o UserKnownHostsFile=/dev/null",
 def _ssh_base(host: TestHost) -> list[str]:
     options = [part for option in SSH_OPTIONS for part in option.split()]
     return [
-        "ssh", "-i", str(host.key), "-p", str(host.port), *options, "-o", "BatchMode=yes", "ops@127.0.0.1",
+        "ssh",
+        "-i",
+        str(host.key),
+        "-p",
+        str(host.port),
+        *options,
+        "-o",
+        "BatchMode=yes",
+        "ops@127.0.0.1",
     ]
 
 
@@ -295,7 +325,10 @@ def _wait_for_boot(host: TestHost, timeout: float = 120) -> None:
     while time.monotonic() < deadline:
         out = subprocess.run(
             [*_ssh_base(host), "systemctl is-system-running --wait"],
-            capture_output=True, text=True, timeout=60, check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
         state = out.stdout.strip()
         if state in ("running", "degraded"):
@@ -443,5 +476,8 @@ def provision(inventory: Path, *args: str) -> tuple[subprocess.CompletedProcess[
         f"{run['playbook']} {run['seconds']}s changed={run['hosts'].get('testhost', {}).get('changed')}"
         for run in result.get("runs", [])
     ]
-    print(f"gh200 provision {' '.join(args)}: rc {done.returncode} in {time.monotonic() - started:.0f}s; {summary}")
+    print(
+        f"gh200 provision {' '.join(args)}: rc {done.returncode}"
+        f" in {time.monotonic() - started:.0f}s; {summary}"
+    )
     return done, result

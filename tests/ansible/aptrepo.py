@@ -113,8 +113,10 @@ NCT_POSTINST = """\
 set -e
 if [ "$1" = configure ] && [ -d /run/systemd/system ]; then
   systemctl daemon-reload || echo "Warning: Failed to reload systemd daemon" >&2
-  systemctl enable --now nvidia-cdi-refresh.path || echo "Warning: Failed to enable nvidia-cdi-refresh.path" >&2
-  systemctl enable --now nvidia-cdi-refresh.service || echo "Warning: Failed to enable nvidia-cdi-refresh.service" >&2
+  systemctl enable --now nvidia-cdi-refresh.path \\
+    || echo "Warning: Failed to enable nvidia-cdi-refresh.path" >&2
+  systemctl enable --now nvidia-cdi-refresh.service \\
+    || echo "Warning: Failed to enable nvidia-cdi-refresh.service" >&2
   echo "Regenerating NVIDIA CDI specification..."
   systemctl start nvidia-cdi-refresh.service || echo "Warning: Failed to trigger CDI refresh" >&2
 fi
@@ -204,7 +206,8 @@ DOCKER_CLI = r'''#!/usr/bin/python3
 """Test stand-in for the docker CLI: `docker info --format '{{json .Runtimes}}'` from the daemon."""
 import json, os, sys
 if not os.path.exists("/run/docker.pid"):
-    sys.exit("Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?")
+    sys.exit("Cannot connect to the Docker daemon at unix:///var/run/docker.sock. "
+             "Is the docker daemon running?")
 if sys.argv[1:2] == ["info"]:
     with open("/etc/docker/daemon.json") as fh:
         runtimes = {"runc": {"path": "runc"}, **json.load(fh).get("runtimes", {})}
@@ -329,7 +332,9 @@ def behave(pkg: Pkg, behaviour: str, ctx: dict[str, Any], keyring: bytes) -> Non
         raise SystemExit(f"standins.yaml names an unknown behaviour {behaviour!r} for {pkg.name}")
 
 
-def expand(spec: dict[str, Any], fixture: dict[str, Any], arch: str, codename: str, keyring: bytes) -> list[Pkg]:
+def expand(
+    spec: dict[str, Any], fixture: dict[str, Any], arch: str, codename: str, keyring: bytes
+) -> list[Pkg]:
     """One fixture entry -> its packages (`each` repeats it over kernels or driver builds)."""
     base = {
         "branch": fixture["branch"],
@@ -342,7 +347,8 @@ def expand(spec: dict[str, Any], fixture: dict[str, Any], arch: str, codename: s
     contexts: list[dict[str, Any]]
     if each == "kernel":
         contexts = [
-            {**base, "abi": k["abi"], "kversion": k["version"], "kdriver": k["driver"]} for k in fixture["kernels"]
+            {**base, "abi": k["abi"], "kversion": k["version"], "kdriver": k["driver"]}
+            for k in fixture["kernels"]
         ]
     elif each == "ubuntu_driver":
         contexts = [{**base, "v": v} for v in fixture["ubuntu_driver_builds"]]
@@ -462,8 +468,6 @@ def flat_repo(base: Path, debs: list[Path], fields: dict[str, str]) -> None:
     write_release(base, fields, indexes)
 
 
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--out", required=True, type=Path)
@@ -483,7 +487,11 @@ def main() -> None:
     keyring = run("gpg", "--batch", "--export", fpr).stdout
 
     def pkgs(repo: str) -> list[Pkg]:
-        return [p for spec in fixture["repos"][repo] for p in expand(spec, fixture, args.arch, args.codename, keyring)]
+        return [
+            p
+            for spec in fixture["repos"][repo]
+            for p in expand(spec, fixture, args.arch, args.codename, keyring)
+        ]
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

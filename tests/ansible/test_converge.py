@@ -68,7 +68,11 @@ def test_driver_is_ubuntus_precompiled_build_at_the_pinned_version(
     )
     # The pin keeps 580.105.08 although Ubuntu offers 580.126.09, and the CUDA pin keeps NVIDIA's
     # 580.105.08-1ubuntu1 (a higher revision of the same names) out.
-    for name in ("nvidia-utils-580-server", "libnvidia-compute-580-server", "nvidia-headless-no-dkms-580-server-open"):
+    for name in (
+        "nvidia-utils-580-server",
+        "libnvidia-compute-580-server",
+        "nvidia-headless-no-dkms-580-server-open",
+    ):
         assert versions.get(name) == "580.105.08-0ubuntu0.24.04.2", (name, versions)
     # The matched set: the precompiled modules of the kernel ABI built against 580.105.08.
     assert versions.get(f"linux-modules-nvidia-580-server-open-{ABI}") == "6.14.0-1013.13~24.04.1"
@@ -125,7 +129,9 @@ def test_container_toolkit_pinned_and_daemon_json_merged(
     assert testhost.sh("systemctl is-active docker nvidia-cdi-refresh.path").split() == ["active", "active"]
 
 
-def test_rebooted_once_into_the_64k_kernel_with_the_driver(converged: dict[str, Any], testhost: TestHost) -> None:
+def test_rebooted_once_into_the_64k_kernel_with_the_driver(
+    converged: dict[str, Any], testhost: TestHost
+) -> None:
     # One reboot, inline, by the run itself (the container's restart policy brought it back).
     assert testhost.restarts() == 1
     boot = testhost.boot()

@@ -54,8 +54,10 @@ def test_an_unsatisfiable_pin_is_refused_before_the_host_changes(bare: TestHost)
     before = bare.changes()
     done, result = provision(
         bare.inventory,
-        "-e", "gh200_nvidia_driver_kernel_flavour=nvidia-64k-hwe-24.04",
-        "-e", '{"gh200_kernel_packages": ["linux-nvidia-64k-hwe-24.04"]}',
+        "-e",
+        "gh200_nvidia_driver_kernel_flavour=nvidia-64k-hwe-24.04",
+        "-e",
+        '{"gh200_kernel_packages": ["linux-nvidia-64k-hwe-24.04"]}',
     )
     assert done.returncode == 2, done.stderr[-2000:]
     line = done.stderr.strip().splitlines()[-1]
@@ -63,7 +65,9 @@ def test_an_unsatisfiable_pin_is_refused_before_the_host_changes(bare: TestHost)
     # The versions that would work, and the matched set that keeps the pin.
     assert "versions that would work with it: 580.126.09" in line
     assert f"gh200_nvidia_driver_kernel_flavour: {ABI}" in line
-    assert [t["task"] for t in result["runs"][0]["failed_tasks"]] == ["Refuse a driver pin apt cannot install"]
+    assert [t["task"] for t in result["runs"][0]["failed_tasks"]] == [
+        "Refuse a driver pin apt cannot install"
+    ]
     assert _changed(result) == 0
     assert bare.changes() == before
     assert "linux-image" not in bare.sh("dpkg-query -W -f='${Package}\\n' 'linux-*' 2>/dev/null || true")

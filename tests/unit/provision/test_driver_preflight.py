@@ -105,7 +105,9 @@ def test_the_upper_bound_bites() -> None:
 def test_unknown_module_package_and_unoffered_version() -> None:
     assert "apt knows no package" in _check("", "no-such-flavour").message
     verdict = _check("580.999.01", "6.14.0-1013-nvidia-64k")
-    assert verdict.ok is False and "apt offers no nvidia-kernel-common-580-server 580.999.01" in verdict.message
+    assert (
+        verdict.ok is False and "apt offers no nvidia-kernel-common-580-server 580.999.01" in verdict.message
+    )
 
 
 def test_relations_parse_alternatives_and_ranges() -> None:

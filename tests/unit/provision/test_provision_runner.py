@@ -126,8 +126,13 @@ def test_an_unreachable_host_is_never_ok() -> None:
     hosts = summarize({"ok": {"h1": 3}, "dark": {"h1": 1}})
     unreachable = TaskResult("h1", "Gathering Facts", "", "unreachable", "ssh: connect refused")
     run = RunResult(
-        playbook="provision", status="successful", rc=0, artifacts_dir="/a", seconds=1.0,
-        hosts=hosts, results=[unreachable],
+        playbook="provision",
+        status="successful",
+        rc=0,
+        artifacts_dir="/a",
+        seconds=1.0,
+        hosts=hosts,
+        results=[unreachable],
     )
     assert run.ok is False
     assert run.failed_tasks() == [unreachable]

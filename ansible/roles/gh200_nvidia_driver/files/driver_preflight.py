@@ -83,7 +83,9 @@ def _newest(versions: list[str], compare: Compare) -> str:
     return best
 
 
-def module_constraints(name: str, show: Show, compare: Compare, common: str) -> tuple[str, list[tuple[str, str]]]:
+def module_constraints(
+    name: str, show: Show, compare: Compare, common: str
+) -> tuple[str, list[tuple[str, str]]]:
     """(candidate version, constraints on `common`) of a module package, following a meta package
     down to the ABI-specific module package it depends on (= version)."""
     found = stanzas(show(name))
@@ -202,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", default="")
     parser.add_argument("--flavour", required=True)
     args = parser.parse_args(argv)
-    verdict = check(args.branch, args.version, args.flavour, _apt_show, _dpkg_compare, _module_names(args.branch))
+    verdict = check(
+        args.branch, args.version, args.flavour, _apt_show, _dpkg_compare, _module_names(args.branch)
+    )
     # One JSON line on stdout only: over SSH with a terminal, stderr would land in stdout too.
     print(json.dumps(asdict(verdict)))
     return 0 if verdict.ok else 2
