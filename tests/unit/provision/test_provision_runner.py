@@ -76,6 +76,8 @@ def test_cmdline_options_and_bad_extra_vars() -> None:
     )
     assert line == "--check --tags driver,cuda --skip-tags bundle --extra-vars a=1 --extra-vars @v.yml"
     assert build_cmdline() == ""
+    # ansible-playbook's JSON form, for lists and dicts on the command line.
+    assert build_cmdline(extra_vars=['{"a": [1]}']) == """--extra-vars '{"a": [1]}'"""
     with pytest.raises(ProvisionInputError, match="KEY=VALUE"):
         build_cmdline(extra_vars=["novalue"])
 

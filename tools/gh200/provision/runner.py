@@ -219,10 +219,10 @@ def build_cmdline(
     if skip_tags:
         args += ["--skip-tags", ",".join(skip_tags)]
     for item in extra_vars or []:
-        if not item or ("=" not in item and not item.startswith("@")):
+        if not item or ("=" not in item and not item.startswith(("@", "{"))):
             raise ProvisionInputError(
-                f"extra variable {item!r} is neither KEY=VALUE nor @FILE",
-                "pass -e name=value or -e @vars.yml",
+                f"extra variable {item!r} is neither KEY=VALUE, @FILE nor a JSON object",
+                "pass -e name=value, -e @vars.yml or -e '{\"name\": [1, 2]}'",
             )
         args += ["--extra-vars", item]
     return shlex.join(args)
