@@ -455,7 +455,7 @@ def write_inventory(inv: Path, host: TestHost, variables: dict[str, Any]) -> Pat
     return inv / "hosts.yml"
 
 
-def gh200(*args: str, timeout: float = 1200) -> subprocess.CompletedProcess[str]:
+def gh200(*args: str, timeout: float = 2700) -> subprocess.CompletedProcess[str]:
     """Run the real CLI, as a user would."""
     return subprocess.run(
         [sys.executable, "-m", "gh200.cli", *args],
