@@ -1,17 +1,21 @@
-"""A real test host for the Ansible roles: a Debian 12 container with sshd on the harness's engine.
+"""A test host that boots: a Debian 12 container with systemd as PID 1, reached over SSH.
 
-Debian 12 stands in for Ubuntu 24.04, whose archive these machines cannot reach. Ansible connects
-to it over SSH like to any host (ansible-core has no container connection plugin of its own).
-Inside it, tests/ansible/aptrepo.py builds signed local apt repositories with the real package
-names of Ubuntu's NVIDIA kernel and driver, NVIDIA's CUDA and container toolkit, and Docker; a
-small HTTP server serves them under mirror host names, and the inventory points the roles there.
-What a container cannot do (boot a kernel, update GRUB, reboot, load modules, write sysctls, run
-systemd services) is switched off in the inventory, and the roles and the host suite say so.
+Debian 12 stands in for Ubuntu 24.04, whose archive these machines cannot reach. The container
+runs under Podman with --systemd=always (/sbin/init from systemd-sysv is the entrypoint), so
+services, maintainer scripts and units run for real; `podman restart` (or `shutdown -r` inside,
+with the restart policy bringing it back) is a reboot. At each start gh200-test-boot
+(tests/ansible/hostimage) decides which kernel GRUB would boot and shows it at the real paths:
+/proc/cmdline, a new /proc/sys/kernel/random/boot_id, and /proc/driver/nvidia/version only when
+the 64K kernel and the precompiled modules built for it are installed and GRUB points at it.
+
+The image is built once per content hash (Containerfile, hostimage/, aptrepo.py, standins.yaml)
+and holds the signed stand-in apt repositories: every scenario starts a fresh bare host from it in
+seconds. Ansible connects over SSH like to any host.
 """
 
 from __future__ import annotations
 
-import io
+import hashlib
 import json
 import os
 import shutil
@@ -19,10 +23,10 @@ import socket
 import ssl
 import subprocess
 import sys
-import tarfile
+import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,38 +40,53 @@ MIRRORS = ("ubuntu.mirror.test", "cuda.mirror.test", "docker.mirror.test", "nvid
 HTTP_PORT = 8080
 CA_IN_HOST = "/etc/gh200-test/ca.crt"
 UV_CACHE_IN_HOST = "/var/cache/gh200-test-uv"
+# Paths a provisioning run may change without changing the host's configuration: apt's lists and
+# caches, Ansible's and the login's own scratch files, the journal.
+SCRATCH = ("/var/lib/apt", "/var/cache", "/var/log", "/root/.ansible", "/home/ops", "/tmp", "/var/tmp")
 
-# The test host: what a fresh Ubuntu server already has (sshd, python3 with apt bindings, sudo,
-# gpg, certificates), plus the account Ansible logs in with.
+# The bare host: what a fresh Ubuntu server already has (systemd, sshd, python3 with apt bindings,
+# sudo, gpg, certificates, GRUB on a generic kernel), the account Ansible logs in with, the
+# stand-in repositories and the Ubuntu archive source pointing at them. Debian's own sources are
+# removed: the host sees only the stand-in archives, as a GH200 sees only Ubuntu's and NVIDIA's.
 CONTAINERFILE = """\
 FROM {base}
 RUN apt-get update -q \\
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \\
-      openssh-server python3 python3-apt sudo gnupg ca-certificates \\
- && rm -rf /var/lib/apt/lists/*
+      systemd systemd-sysv dbus openssh-server python3 python3-apt python3-yaml python3-venv \\
+      sudo gnupg ca-certificates \\
+ && rm -rf /var/lib/apt/lists/* /etc/apt/sources.list.d/debian.sources /etc/apt/sources.list
 RUN useradd -m -s /bin/bash ops \\
  && echo 'ops ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/ops && chmod 0440 /etc/sudoers.d/ops \\
- && mkdir -p /run/sshd {repo} /home/ops/.ssh && chown ops:ops /home/ops/.ssh && chmod 0700 /home/ops/.ssh
-CMD ["sh", "-c", "python3 -m http.server {port} --bind 127.0.0.1 --directory {repo} \\
-  >/var/log/gh200-test-mirror.log 2>&1 & exec /usr/sbin/sshd -D -e"]
+ && mkdir -p /home/ops/.ssh /etc/gh200-test && chown ops:ops /home/ops/.ssh && chmod 0700 /home/ops/.ssh
+COPY hostimage/ /
+COPY aptrepo.py standins.yaml /root/
+RUN python3 /root/aptrepo.py --out {repo} --arch "$(dpkg --print-architecture)" \\
+      --codename "$(. /etc/os-release && echo $VERSION_CODENAME)" \\
+ && install -d -m 0755 /etc/apt/keyrings \\
+ && cp {repo}/keys/test-archive.asc /etc/apt/keyrings/gh200-test-ubuntu.asc \\
+ && printf 'Types: deb\\nURIs: http://ubuntu.mirror.test:{port}/ubuntu/\\nSuites: /\\nSigned-By: %s\\n' \\
+      /etc/apt/keyrings/gh200-test-ubuntu.asc > /etc/apt/sources.list.d/gh200-test-ubuntu.sources \\
+ && (python3 -m http.server {port} --bind 127.0.0.1 --directory {repo} >/dev/null 2>&1 & \\
+     echo $! > /tmp/http.pid) \\
+ && sleep 1 && apt-get update -q && kill "$(cat /tmp/http.pid)" && rm /tmp/http.pid
+RUN printf 'generic kernel\\n' > /boot/vmlinuz-{generic} && mkdir -p /lib/modules/{generic} \\
+ && update-grub \\
+ && systemctl enable gh200-test-boot.service gh200-test-mirror.service ssh.service \\
+ && mkdir -p /etc/docker \\
+ && printf '%s\\n' '{{"log-driver": "json-file", "log-opts": {{"max-size": "10m"}}}}' \\
+      > /etc/docker/daemon.json
+STOPSIGNAL SIGRTMIN+3
+ENTRYPOINT ["/sbin/init"]
 """
+# The generic kernel a fresh install runs: newer than the 64K kernel (an HWE update), so GRUB's
+# first entry is not the one a GH200 must boot unless GRUB_DEFAULT says so.
+GENERIC_KERNEL = "6.17.0-8-generic"
 
 
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _tar(files: dict[str, tuple[bytes, int]]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, (data, mode) in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = mode
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def _host_ca_bundle() -> str | None:
@@ -95,123 +114,189 @@ def _host_uv_cache() -> str | None:
     return str(default) if default.is_dir() else None
 
 
+def podman(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """The podman CLI on the harness's store (the same CONTAINERS_CONF as its service)."""
+    from gh200.engine import podman_env
+
+    done = subprocess.run(
+        ["podman", *args], capture_output=True, text=True, env=podman_env(), timeout=timeout, check=False
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(f"podman {' '.join(args[:3])} failed ({done.returncode}): {done.stderr[-2000:]}")
+    return done
+
+
 @dataclass
 class TestHost:
     __test__ = False  # a fixture's value, not a test class
 
-    container: Any
+    name: str
     port: int
     key: Path
-    fingerprint: str
-    arch: str
-    codename: str
-    hugepage_sizes: list[int]
-    started_at: str = ""
+    fingerprint: str = ""
+    hugepage_sizes: list[int] = field(default_factory=list)
+    inventory: Path = Path()
 
     def sh(self, script: str, check: bool = True) -> str:
-        rc, out = self.container.exec_run(["sh", "-c", script], demux=False)
-        text = (out or b"").decode(errors="replace")
-        if check and rc != 0:
-            raise AssertionError(f"test host command failed ({rc}): {script}\n{text}")
+        done = podman("exec", self.name, "sh", "-c", script, check=False)
+        text = done.stdout + done.stderr
+        if check and done.returncode != 0:
+            raise AssertionError(f"test host command failed ({done.returncode}): {script}\n{text}")
         return text
 
     def read(self, path: str) -> str:
         return self.sh(f"cat {path}")
 
+    def exists(self, path: str) -> bool:
+        return self.sh(f"test -e {path} && echo yes || echo no").strip() == "yes"
 
-def _remove_stale_testhosts(engine: Any) -> None:
+    def restarts(self) -> int:
+        return int(podman("inspect", self.name, "--format", "{{.RestartCount}}").stdout.strip() or 0)
+
+    def boot(self) -> dict[str, Any]:
+        """What gh200-test-boot decided at the last start (kernel, cmdline, driver)."""
+        return dict(json.loads(self.read("/run/gh200-test/boot.json")))
+
+    def reboot(self) -> None:
+        """A manual reboot: the container restarts, systemd boots again, sshd answers."""
+        podman("restart", "--time", "30", self.name)
+        _wait_for_boot(self)
+
+    def changes(self) -> set[str]:
+        """Files the host's root filesystem has changed against the bare image, scratch left out."""
+        out = podman("diff", self.name).stdout.split("\n")
+        return {ln for ln in out if ln.strip() and not ln[2:].startswith(SCRATCH)}
+
+    def remove(self) -> None:
+        podman("rm", "--force", "--time", "5", self.name, check=False)
+
+
+def _remove_stale_testhosts() -> None:
     """Test hosts left by an interrupted run (their pytest process is gone) are removed."""
-    for box in engine.containers.list(all=True, filters={"label": "io.gh200.test=ansible-testhost"}):
-        pid = box.name.rsplit("-", 1)[-1]
+    listed = podman(
+        "ps",
+        "--all",
+        "--filter",
+        "label=io.gh200.test=ansible-testhost",
+        "--format",
+        "{{.Names}}",
+        check=False,
+    )
+    for name in listed.stdout.split():
+        pid = name.split("-")[2] if name.count("-") >= 3 else ""
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            box.remove(force=True)
+            podman("rm", "--force", name, check=False)
 
 
 @pytest.fixture(scope="session")
 def testhost_image(engine: Any, base_image: str) -> str:
-    import hashlib
+    """The bare-host image, built once per content (shared by every scenario and session)."""
+    if shutil.which("podman") is None:
+        message = "the booting test host needs podman (systemd as PID 1 with --systemd=always)"
+        if os.environ.get("GH200_REQUIRE_ENGINE") == "1":
+            pytest.fail(f"{message}: run `make setup`")
+        pytest.skip(message)
+    from gh200.fsutil import file_lock
+    from gh200.paths import cache_dir
 
-    text = CONTAINERFILE.format(base=base_image, repo=REPO_DIR, port=HTTP_PORT)
-    tag = f"localhost/gh200-testhost:{hashlib.sha256(text.encode()).hexdigest()[:12]}"
-    from gh200.engine import image_exists
-
-    if not image_exists(engine, tag):
-        context = _tar({"Containerfile": (text.encode(), 0o644)})
-        engine.images.build(
-            fileobj=io.BytesIO(context), custom_context=True, dockerfile="Containerfile", tag=tag, rm=True
-        )
+    text = CONTAINERFILE.format(base=base_image, repo=REPO_DIR, port=HTTP_PORT, generic=GENERIC_KERNEL)
+    digest = hashlib.sha256(text.encode())
+    for path in sorted([HERE / "aptrepo.py", HERE / "standins.yaml", *(HERE / "hostimage").rglob("*")]):
+        if path.is_file():
+            digest.update(str(path.relative_to(HERE)).encode() + path.read_bytes())
+    tag = f"localhost/gh200-testhost:{digest.hexdigest()[:12]}"
+    with file_lock(cache_dir() / "testhost" / "build.lock"):
+        if podman("image", "exists", tag, check=False).returncode != 0:
+            with tempfile.TemporaryDirectory() as tmp:
+                ctx = Path(tmp)
+                (ctx / "Containerfile").write_text(text)
+                shutil.copytree(HERE / "hostimage", ctx / "hostimage", symlinks=True)
+                shutil.copy2(HERE / "aptrepo.py", ctx)
+                shutil.copy2(HERE / "standins.yaml", ctx)
+                hosts = [f"--add-host={mirror}:127.0.0.1" for mirror in MIRRORS]
+                podman(
+                    "build",
+                    "--quiet",
+                    *hosts,
+                    "--tag",
+                    tag,
+                    "--file",
+                    str(ctx / "Containerfile"),
+                    str(ctx),
+                    timeout=1200,
+                )
     return tag
 
 
 @pytest.fixture(scope="session")
-def testhost(
-    engine: Any, testhost_image: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[TestHost]:
+def ssh_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
     missing = [tool for tool in ("ssh", "ssh-keygen") if shutil.which(tool) is None]
     if missing:
         message = f"the Ansible tests need {' and '.join(missing)} (openssh-client) on this machine"
         if os.environ.get("GH200_REQUIRE_ENGINE") == "1":
             pytest.fail(f"{message}: apt-get install openssh-client")
         pytest.skip(message)
-    work = tmp_path_factory.mktemp("testhost")
-    key = work / "id_ed25519"
+    key = tmp_path_factory.mktemp("ssh") / "id_ed25519"
     subprocess.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "gh200-tests", "-f", str(key)], check=True
     )
-    _remove_stale_testhosts(engine)
+    return key
+
+
+_COUNTER = iter(range(1000))
+
+
+def start_testhost(image: str, key: Path, bundle: str, inv_dir: Path, **overrides: Any) -> TestHost:
+    """A fresh bare host from the image, booted, with an inventory (role variables + overrides)."""
+    _remove_stale_testhosts()
+    name = f"gh200-testhost-{os.getpid()}-{next(_COUNTER)}"
     port = _free_port()
-    volumes: dict[str, dict[str, str]] = {}
+    args = [
+        "create",
+        "--name",
+        name,
+        "--label",
+        "io.gh200.test=ansible-testhost",
+        "--systemd=always",
+        # gh200-test-boot bind-mounts the booted kernel's view over /proc paths.
+        "--cap-add",
+        "SYS_ADMIN",
+        # `shutdown -r` inside ends PID 1; the policy starts it again: a reboot.
+        "--restart=always",
+        "--publish",
+        f"127.0.0.1:{port}:22",
+    ]
+    for mirror in MIRRORS:
+        args += ["--add-host", f"{mirror}:127.0.0.1"]
     ca = _host_ca_bundle()
     if ca:
-        volumes[ca] = {"bind": CA_IN_HOST, "mode": "ro"}
+        args += ["--volume", f"{ca}:{CA_IN_HOST}:ro"]
     uv_cache = _host_uv_cache()
     if uv_cache:
         Path(uv_cache).mkdir(parents=True, exist_ok=True)
-        volumes[uv_cache] = {"bind": UV_CACHE_IN_HOST, "mode": "rw"}
-    container = engine.containers.run(
-        testhost_image,
-        detach=True,
-        name=f"gh200-testhost-{os.getpid()}",
-        labels={"io.gh200.test": "ansible-testhost"},
-        ports={"22/tcp": ("127.0.0.1", port)},
-        extra_hosts={name: "127.0.0.1" for name in MIRRORS},
-        volumes=volumes,
-    )
+        args += ["--volume", f"{uv_cache}:{UV_CACHE_IN_HOST}:rw"]
+    podman(*args, image)
+    host = TestHost(name, port, key)
     try:
-        pub = (key.with_suffix(".pub")).read_bytes()
-        container.put_archive("/home/ops/.ssh", _tar({"authorized_keys": (pub, 0o600)}))
-        container.put_archive("/root", _tar({"aptrepo.py": ((HERE / "aptrepo.py").read_bytes(), 0o755)}))
-        host = TestHost(container, port, key, "", "", "", [])
+        with tempfile.TemporaryDirectory() as tmp:
+            keys = Path(tmp) / "authorized_keys"
+            shutil.copy2(key.with_suffix(".pub"), keys)
+            keys.chmod(0o600)
+            podman("cp", str(keys), f"{name}:/home/ops/.ssh/authorized_keys")
+        podman("start", name)
+        # sshd reads authorized_keys as the user.
         host.sh("chown -R ops:ops /home/ops/.ssh")
-        host.arch = host.sh("dpkg --print-architecture").strip()
-        host.codename = host.sh(". /etc/os-release && echo $VERSION_CODENAME").strip()
-        built = host.sh(
-            f"python3 /root/aptrepo.py --out {REPO_DIR} --arch {host.arch} --codename {host.codename}"
-        )
-        host.fingerprint = json.loads(built.strip().splitlines()[-1])["fingerprint"]
-        # Ubuntu's archive, as every Ubuntu host already has it configured: here, the stand-in.
-        host.sh(
-            "install -d -m 0755 /etc/apt/keyrings"
-            f" && cp {REPO_DIR}/keys/test-archive.asc /etc/apt/keyrings/gh200-test-ubuntu.asc"
-            " && printf 'Types: deb\\nURIs: http://ubuntu.mirror.test:%d/ubuntu/\\nSuites: /\\n"
-            "Signed-By: /etc/apt/keyrings/gh200-test-ubuntu.asc\\n'"
-            " > /etc/apt/sources.list.d/gh200-test-ubuntu.sources && apt-get update -q" % HTTP_PORT
-        )
-        # An existing Docker configuration the role must keep (merged, not overwritten).
-        host.sh(
-            "mkdir -p /etc/docker && printf '%s\\n' "
-            '\'{"log-driver": "json-file", "log-opts": {"max-size": "10m"}}\' > /etc/docker/daemon.json'
-        )
+        _wait_for_boot(host)
+        host.fingerprint = host.read(f"{REPO_DIR}/keys/fingerprint").strip()
         host.hugepage_sizes = sorted(
             int(line.removeprefix("hugepages-").removesuffix("kB"))
             for line in host.sh("ls /sys/kernel/mm/hugepages").split()
         )
-        _wait_for_ssh(host)
-        container.reload()
-        host.started_at = container.attrs["State"]["StartedAt"]
-        yield host
-    finally:
-        container.remove(force=True)
+        host.inventory = write_inventory(inv_dir, host, {**inventory_vars(host, bundle), **overrides})
+    except BaseException:
+        host.remove()
+        raise
+    return host
 
 
 # A throwaway host with a new key each run: nothing to pin, nothing to remember.
@@ -233,23 +318,48 @@ def _ssh_base(host: TestHost) -> list[str]:
     ]
 
 
-def _wait_for_ssh(host: TestHost, timeout: float = 60) -> None:
+def _wait_for_boot(host: TestHost, timeout: float = 120) -> None:
+    """sshd answers and systemd finished starting (running or degraded: a failed unit is a finding)."""
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
         out = subprocess.run(
-            [*_ssh_base(host), "true"], capture_output=True, text=True, timeout=30, check=False
+            [*_ssh_base(host), "systemctl is-system-running --wait"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
-        if out.returncode == 0:
+        state = out.stdout.strip()
+        if state in ("running", "degraded"):
             return
-        last = out.stderr.strip()
+        last = (out.stderr.strip() or state)[-300:]
         time.sleep(0.5)
-    raise AssertionError(f"sshd in the test host did not answer on 127.0.0.1:{host.port}: {last}")
+    raise AssertionError(f"the test host {host.name} did not boot (ssh 127.0.0.1:{host.port}): {last}")
+
+
+@pytest.fixture(scope="session")
+def new_testhost(
+    testhost_image: str, ssh_key: Path, bundle_archive: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., TestHost]]:
+    """A factory of fresh bare hosts (role variables overridable per scenario); all removed at the end."""
+    made: list[TestHost] = []
+
+    def make(**overrides: Any) -> TestHost:
+        host = start_testhost(
+            testhost_image, ssh_key, bundle_archive, tmp_path_factory.mktemp("inventory"), **overrides
+        )
+        made.append(host)
+        return host
+
+    yield make
+    for host in made:
+        host.remove()
 
 
 @pytest.fixture(scope="session")
 def bundle_archive(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The checkout packed once, so both converges install the same bytes (others edit the tree)."""
+    """The checkout packed once, so every converge installs the same bytes (others edit the tree)."""
     out = tmp_path_factory.mktemp("bundle")
     done = subprocess.run(
         [
@@ -267,8 +377,17 @@ def bundle_archive(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(json.loads(done.stdout)["path"])
 
 
+# The matched set the stand-in archive can satisfy with the reference driver build: the kernel ABI
+# whose precompiled modules were compiled against 580.105.08 (standins.yaml: kernels).
+MATCHED_SET = {
+    "gh200_kernel_packages": ["linux-image-6.14.0-1013-nvidia-64k"],
+    "gh200_nvidia_driver_kernel_flavour": "6.14.0-1013-nvidia-64k",
+    "gh200_nvidia_driver_version": "580.105.08",
+}
+
+
 def inventory_vars(host: TestHost, bundle: str) -> dict[str, Any]:
-    """Role variables for the test host: the mirrors, and what a container cannot do switched off."""
+    """Role variables for the test host: the mirrors, and what a container still cannot do."""
     mirror = f"http://{{}}.mirror.test:{HTTP_PORT}"
     key = f"{mirror.format('docker')}/keys/test-archive.asc"
     env: dict[str, str] = {}
@@ -278,12 +397,10 @@ def inventory_vars(host: TestHost, bundle: str) -> dict[str, Any]:
         env["UV_CACHE_DIR"] = UV_CACHE_IN_HOST
     size = 2048 if 2048 in host.hugepage_sizes else host.hugepage_sizes[0]
     return {
-        # gh200_kernel: the container boots no kernel of its own and has no boot loader.
-        "gh200_kernel_manage_boot": False,
-        "gh200_kernel_reboot_allowed": False,
-        # gh200_nvidia_driver: no initramfs, no systemd.
-        "gh200_nvidia_driver_manage_initramfs": False,
-        "gh200_nvidia_driver_manage_services": False,
+        **MATCHED_SET,
+        # gh200_kernel: GRUB (the stand-in update-grub), reboots and boot checks are real here.
+        "gh200_kernel_reboot_allowed": True,
+        "gh200_kernel_reboot_timeout": 300,
         # gh200_cuda: a mirror of NVIDIA's repository, with the test archive key.
         "gh200_cuda_repo_mirror": f"{mirror.format('cuda')}/cuda/",
         "gh200_cuda_keyring_fingerprint": host.fingerprint,
@@ -297,12 +414,12 @@ def inventory_vars(host: TestHost, bundle: str) -> dict[str, Any]:
         "gh200_container_runtime_nvidia_key_url": key,
         "gh200_container_runtime_nvidia_key_fingerprint": host.fingerprint,
         "gh200_container_runtime_daemon_settings": {"log-opts": {"max-file": "3"}},
-        "gh200_container_runtime_manage_service": False,
-        # gh200_tuning: /proc/sys and /sys are read-only in the container; the host kernel's
-        # hugepage sizes are the ones offered.
+        # gh200_tuning: /proc/sys and /sys stay the machine's, read-only; the machine's hugepage
+        # sizes are the ones offered, and its NUMA nodes are not Grace's: the global pool.
         "gh200_tuning_apply_runtime": False,
         "gh200_tuning_hugepages_size_kb": size,
         "gh200_tuning_hugepages_count": 16,
+        "gh200_tuning_hugepages_nodes": [],
         # gh200_bundle
         "gh200_bundle_archive": bundle,
         "gh200_bundle_environment": env,
@@ -313,16 +430,7 @@ def inventory_vars(host: TestHost, bundle: str) -> dict[str, Any]:
     }
 
 
-@pytest.fixture(scope="session")
-def inventory(host_inventory_dir: Path) -> Path:
-    return host_inventory_dir / "hosts.yml"
-
-
-@pytest.fixture(scope="session")
-def host_inventory_dir(
-    testhost: TestHost, bundle_archive: str, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    inv = tmp_path_factory.mktemp("inventory")
+def write_inventory(inv: Path, host: TestHost, variables: dict[str, Any]) -> Path:
     hosts = {
         "all": {
             "children": {
@@ -330,10 +438,10 @@ def host_inventory_dir(
                     "hosts": {
                         "testhost": {
                             "ansible_host": "127.0.0.1",
-                            "ansible_port": testhost.port,
+                            "ansible_port": host.port,
                             "ansible_user": "ops",
                             "ansible_become": True,
-                            "ansible_ssh_private_key_file": str(testhost.key),
+                            "ansible_ssh_private_key_file": str(host.key),
                             "ansible_ssh_common_args": " ".join(SSH_OPTIONS),
                         }
                     }
@@ -342,14 +450,12 @@ def host_inventory_dir(
         }
     }
     (inv / "hosts.yml").write_text(yaml.safe_dump(hosts, sort_keys=False))
-    (inv / "group_vars").mkdir()
-    (inv / "group_vars" / "gh200.yml").write_text(
-        yaml.safe_dump(inventory_vars(testhost, bundle_archive), sort_keys=False)
-    )
-    return inv
+    (inv / "group_vars").mkdir(exist_ok=True)
+    (inv / "group_vars" / "gh200.yml").write_text(yaml.safe_dump(variables, sort_keys=False))
+    return inv / "hosts.yml"
 
 
-def gh200(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+def gh200(*args: str, timeout: float = 2700) -> subprocess.CompletedProcess[str]:
     """Run the real CLI, as a user would."""
     return subprocess.run(
         [sys.executable, "-m", "gh200.cli", *args],
@@ -358,3 +464,20 @@ def gh200(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
         timeout=timeout,
         check=False,
     )
+
+
+def provision(inventory: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """One `gh200 provision --json` run: the process and its JSON result (timed, for the report)."""
+    started = time.monotonic()
+    done = gh200("provision", "--inventory", str(inventory), *args, "--json")
+    assert done.stdout.strip(), f"no JSON from gh200 provision (rc {done.returncode}): {done.stderr[-3000:]}"
+    result: dict[str, Any] = json.loads(done.stdout)
+    summary = [
+        f"{run['playbook']} {run['seconds']}s changed={run['hosts'].get('testhost', {}).get('changed')}"
+        for run in result.get("runs", [])
+    ]
+    print(
+        f"gh200 provision {' '.join(args)}: rc {done.returncode}"
+        f" in {time.monotonic() - started:.0f}s; {summary}"
+    )
+    return done, result

@@ -1,7 +1,6 @@
-"""Provision a real test host twice through `gh200 provision`, then check what the roles did.
-
-The first run must change the host, the second must change nothing (`--idempotence`). Then the
-host's state is read back directly (dpkg, apt, files) and through the shipped testinfra suite.
+"""Scenario "bare host, reboot allowed": one `gh200 provision` run converges a booting test host,
+rebooting it once inline, and a second run changes nothing (`--idempotence`). Then the host's
+state is read back directly (dpkg, apt, systemd, files) and through the shipped testinfra suite.
 """
 
 from __future__ import annotations
@@ -12,19 +11,30 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ansible_testhost import TestHost, gh200
+from ansible_testhost import TestHost, gh200, provision
 
 pytestmark = [pytest.mark.ansible, pytest.mark.slow]
 
+ABI = "6.14.0-1013-nvidia-64k"
+GRACE_ARGS = ("init_on_alloc=0", "numa_balancing=disable", "acpi_power_meter.force_cap_on=y")
+
 
 @pytest.fixture(scope="module")
-def converged(inventory: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def testhost(new_testhost: Any) -> TestHost:
+    host: TestHost = new_testhost()
+    return host
+
+
+@pytest.fixture(scope="module")
+def inventory(testhost: TestHost) -> Path:
+    return testhost.inventory
+
+
+@pytest.fixture(scope="module")
+def converged(testhost: TestHost, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     artifacts = tmp_path_factory.mktemp("artifacts")
-    done = gh200(
-        "provision", "--inventory", str(inventory), "--idempotence", "--artifacts", str(artifacts), "--json"
-    )
-    assert done.stdout.strip(), f"no JSON from gh200 provision: {done.stderr[-3000:]}"
-    result: dict[str, Any] = json.loads(done.stdout)
+    assert testhost.boot()["kernel"].endswith("-generic") and testhost.restarts() == 0
+    done, result = provision(testhost.inventory, "--idempotence", "--artifacts", str(artifacts))
     if done.returncode != 0:
         failed = [t for run in result["runs"] for t in run["failed_tasks"] + run["changed_tasks"]]
         pytest.fail(
@@ -36,8 +46,10 @@ def converged(inventory: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
 def test_first_run_changes_the_host_and_second_changes_nothing(converged: dict[str, Any]) -> None:
     first, second = converged["runs"]
     assert converged["ok"] is True and converged["idempotent"] is True
+    assert converged["reboot_pending"] == {}
     assert first["hosts"]["testhost"]["changed"] > 10
     assert first["hosts"]["testhost"]["failed"] == 0
+    assert "Reboot the host" in [t["task"] for t in first["changed_tasks"]]
     assert second["hosts"]["testhost"]["changed"] == 0, second["changed_tasks"]
     assert second["hosts"]["testhost"]["ok"] > 30
     assert Path(first["artifacts_dir"]).is_dir() and Path(second["artifacts_dir"]).is_dir()
@@ -56,22 +68,27 @@ def test_driver_is_ubuntus_precompiled_build_at_the_pinned_version(
     )
     # The pin keeps 580.105.08 although Ubuntu offers 580.126.09, and the CUDA pin keeps NVIDIA's
     # 580.105.08-1ubuntu1 (a higher revision of the same names) out.
-    for name in ("nvidia-utils-580", "libnvidia-compute-580", "nvidia-headless-no-dkms-580-open"):
-        assert versions.get(name) == "580.105.08-0ubuntu0.24.04.1", (name, versions)
-    assert "linux-modules-nvidia-580-open-nvidia-64k-hwe-24.04" in versions
+    for name in (
+        "nvidia-utils-580-server",
+        "libnvidia-compute-580-server",
+        "nvidia-headless-no-dkms-580-server-open",
+    ):
+        assert versions.get(name) == "580.105.08-0ubuntu0.24.04.2", (name, versions)
+    # The matched set: the precompiled modules of the kernel ABI built against 580.105.08.
+    assert versions.get(f"linux-modules-nvidia-580-server-open-{ABI}") == "6.14.0-1013.13~24.04.1"
     # Precompiled modules, not DKMS.
-    assert "nvidia-dkms-580-open" not in versions
-    policy = testhost.sh("apt-cache policy libnvidia-compute-580")
+    assert "nvidia-dkms-580-server-open" not in versions
+    policy = testhost.sh("apt-cache policy libnvidia-compute-580-server")
     assert re.search(r"580\.105\.08-1ubuntu1 -1\n\s+500 http://cuda\.mirror\.test", policy), policy
 
 
 def test_packages_are_held(converged: dict[str, Any], testhost: TestHost) -> None:
     held = set(testhost.sh("apt-mark showhold").split())
     assert {
-        "linux-nvidia-64k-hwe-24.04",
-        "linux-modules-nvidia-580-open-nvidia-64k-hwe-24.04",
-        "nvidia-headless-no-dkms-580-open",
-        "nvidia-utils-580",
+        f"linux-image-{ABI}",
+        f"linux-modules-nvidia-580-server-open-{ABI}",
+        "nvidia-headless-no-dkms-580-server-open",
+        "nvidia-utils-580-server",
         "cuda-toolkit-13-0",
     } <= held
 
@@ -99,19 +116,34 @@ def test_container_toolkit_pinned_and_daemon_json_merged(
     assert config["log-driver"] == "json-file"  # kept from before
     assert config["log-opts"] == {"max-size": "10m", "max-file": "3"}  # merged
     assert config["runtimes"]["nvidia"]["path"] == "nvidia-container-runtime"
-    # nvidia-ctk ran once (first run) and not again once the runtime was present.
+    # nvidia-ctk configured the runtime once (first run) and not again once it was present.
     calls = testhost.read("/var/log/nvidia-ctk-standin.log").splitlines()
-    assert calls == ["runtime configure --runtime=docker --config=/etc/docker/daemon.json"]
-    # No GPU driver in the container: no CDI spec, and it was not attempted.
-    assert testhost.sh("test -e /etc/cdi/nvidia.yaml && echo yes || echo no").strip() == "no"
+    assert [c for c in calls if c.startswith("runtime")] == [
+        "runtime configure --runtime=docker --config=/etc/docker/daemon.json"
+    ]
+    # The CDI spec is nvidia-cdi-refresh's, made at the boot that loaded the driver, for that driver;
+    # no second spec of our own.
+    assert "# driver 580.105.08" in testhost.read("/var/run/cdi/nvidia.yaml")
+    assert not testhost.exists("/etc/cdi/nvidia.yaml")
+    assert testhost.sh("getent group docker").startswith("docker:")
+    assert testhost.sh("systemctl is-active docker nvidia-cdi-refresh.path").split() == ["active", "active"]
 
 
-def test_reboot_requested_but_not_performed(converged: dict[str, Any], testhost: TestHost) -> None:
-    assert "System restart required" in testhost.read("/var/run/reboot-required")
-    # The same container process is still the one running: nothing restarted it.
-    testhost.container.reload()
-    assert testhost.container.attrs["State"]["StartedAt"] == testhost.started_at
-    assert testhost.container.status == "running"
+def test_rebooted_once_into_the_64k_kernel_with_the_driver(
+    converged: dict[str, Any], testhost: TestHost
+) -> None:
+    # One reboot, inline, by the run itself (the container's restart policy brought it back).
+    assert testhost.restarts() == 1
+    boot = testhost.boot()
+    assert (boot["kernel"], boot["driver"]) == (ABI, "580.105.08")
+    cmdline = testhost.read("/proc/cmdline").split()
+    assert cmdline[0] == f"BOOT_IMAGE=/boot/vmlinuz-{ABI}" and set(GRACE_ARGS) <= set(cmdline)
+    # GRUB's default is the 64K kernel although the generic kernel is newer.
+    grub = testhost.read("/boot/grub/grub.cfg")
+    assert f'set default="Advanced options for Ubuntu>Ubuntu, with Linux {ABI}"' in grub
+    assert not testhost.exists("/var/run/reboot-required")
+    assert testhost.sh("systemctl is-active nvidia-persistenced").strip() == "active"
+    assert "--persistence-mode" in testhost.read("/var/run/nvidia-persistenced/args")
 
 
 def test_bundle_installed_and_runs(converged: dict[str, Any], testhost: TestHost) -> None:
@@ -138,9 +170,15 @@ def test_host_suite_passes_over_ssh(converged: dict[str, Any], inventory: Path) 
         "Model store exists, owned by the bundle user, with the free space required",
     ):
         assert outcomes[check]["outcome"] == "passed", outcomes[check]
+    # The booting host runs what a container could not before: the boot and the services.
+    for check in (
+        "Running kernel booted with the Grace command line",
+        "nvidia-persistenced enabled and running",
+        "Docker running, with the nvidia runtime registered",
+    ):
+        assert outcomes[check]["outcome"] == "passed", outcomes[check]
     # What a container cannot have is skipped, and says why; never passed.
     skipped = {c["check"]: c["detail"] for c in result["checks"] if c["outcome"] == "skipped"}
-    assert "gh200_kernel_manage_boot: false" in skipped["Running kernel booted with the Grace command line"]
     assert "gh200_verify_gpu_count: 0" in skipped["GPU count as expected"]
     assert all(skipped.values())
     assert result["summary"]["passed"] >= 15 and result["summary"]["failed"] == 0

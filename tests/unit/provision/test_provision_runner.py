@@ -76,6 +76,8 @@ def test_cmdline_options_and_bad_extra_vars() -> None:
     )
     assert line == "--check --tags driver,cuda --skip-tags bundle --extra-vars a=1 --extra-vars @v.yml"
     assert build_cmdline() == ""
+    # ansible-playbook's JSON form, for lists and dicts on the command line.
+    assert build_cmdline(extra_vars=['{"a": [1]}']) == """--extra-vars '{"a": [1]}'"""
     with pytest.raises(ProvisionInputError, match="KEY=VALUE"):
         build_cmdline(extra_vars=["novalue"])
 
@@ -119,3 +121,32 @@ def test_failure_and_idempotence_messages_name_host_and_task() -> None:
     assert text.startswith("the second run of provision changed 10 task(s): h1: r : task 0;")
     assert text.endswith("(and 2 more)")
     assert changed.changed is False  # no stats: hosts' counts, not results, decide "changed"
+
+
+def test_an_unreachable_host_is_never_ok() -> None:
+    """rc 0 with a host the runner could not reach (stats "dark") is a failed run, not a success."""
+    hosts = summarize({"ok": {"h1": 3}, "dark": {"h1": 1}})
+    unreachable = TaskResult("h1", "Gathering Facts", "", "unreachable", "ssh: connect refused")
+    run = RunResult(
+        playbook="provision",
+        status="successful",
+        rc=0,
+        artifacts_dir="/a",
+        seconds=1.0,
+        hosts=hosts,
+        results=[unreachable],
+    )
+    assert run.ok is False
+    assert run.failed_tasks() == [unreachable]
+    assert failure_message(run).startswith("provision failed on h1 at Gathering Facts")
+    assert run.as_json()["ok"] is False
+
+
+def test_reboot_pending_and_refusals_come_from_their_tasks() -> None:
+    pending = TaskResult("h1", "Report a pending reboot", "gh200_nvidia_driver", "ok", "reboot pending: x")
+    run = _run([pending, TaskResult("h2", "Report a pending reboot", "r", "skipped")])
+    assert run.reboot_pending() == {"h1": "reboot pending: x"}
+    assert run.refused() is None
+    refusal = TaskResult("h1", "Refuse a driver pin apt cannot install", "r", "failed", "driver pin x")
+    assert _run([refusal], rc=2).refused() == refusal
+    assert _run([TaskResult("h1", "Install the NVIDIA driver", "r", "failed", "E:")], rc=2).refused() is None

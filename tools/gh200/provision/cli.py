@@ -68,6 +68,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run a playbook through ansible-runner: a line per task result, then a summary per host."""
         from gh200.provision.runner import (
+            PinRefused,
             ProvisionFailed,
             ProvisionInputError,
             TaskResult,
@@ -114,21 +115,30 @@ def register(app: typer.Typer) -> None:
                 title = f"{run.playbook} run {n}: {run.status} in {run.seconds:.0f}s"
                 console.print(_summary_table(title, run.hosts))
                 console.print(f"artifacts: {run.artifacts_dir}", highlight=False, soft_wrap=True)
-            if not run.ok:
+                for host, message in sorted(run.reboot_pending().items()):
+                    console.print(f"[bold yellow]{host}:[/] {message}", highlight=False, soft_wrap=True)
+            # A pending reboot ends the idempotence check: the next run, after the reboot,
+            # is the one that finishes the host.
+            if not run.ok or run.reboot_pending():
                 break
 
         last = runs[-1]
         idempotent: bool | None = None
         if idempotence and len(runs) == 2 and last.ok:
             idempotent = not last.changed
+        pending = {host: msg for r in runs for host, msg in r.reboot_pending().items()}
         result = {
             "ok": all(r.ok for r in runs) and idempotent is not False,
             "changed": runs[0].changed,
             "idempotent": idempotent,
+            "reboot_pending": pending,
             "runs": [r.as_json() for r in runs],
         }
         if json_out:
             emit_json(result)
+        refused = last.refused()
+        if refused is not None:
+            raise PinRefused(f"{refused.host}: {refused.message}", "nothing was changed on the host")
         if not last.ok:
             raise ProvisionFailed(failure_message(last), f"see {last.artifacts_dir}")
         if idempotent is False:

@@ -38,6 +38,17 @@ class ProvisionFailed(OperationFailed):
     """A playbook run failed, or an idempotence check found changes."""
 
 
+class PinRefused(BadInput):
+    """The driver pin cannot be installed with the kernel's modules; refused before any change."""
+
+
+# Tasks whose failure is a refusal of the inventory's settings, made before the host changed:
+# `gh200 provision` reports them as bad input (exit 2), not as a failed operation.
+REFUSAL_TASKS = {"Refuse a driver pin apt cannot install"}
+# The debug task whose message is the one-line "reboot pending" of the summary.
+REBOOT_PENDING_TASK = "Report a pending reboot"
+
+
 @dataclass
 class TaskResult:
     """One task's result on one host, as the runner reported it."""
@@ -87,6 +98,19 @@ class RunResult:
     def failed_tasks(self) -> list[TaskResult]:
         return [r for r in self.results if r.status in ("failed", "unreachable")]
 
+    def reboot_pending(self) -> dict[str, str]:
+        """Hosts that need a reboot this run could not do, with what the next run will do."""
+        return {
+            r.host: r.message
+            for r in self.results
+            if r.task == REBOOT_PENDING_TASK and r.status == "ok" and r.message
+        }
+
+    def refused(self) -> TaskResult | None:
+        """The refusal (bad input, host unchanged) that stopped this run, if one did."""
+        failed = self.failed_tasks()
+        return failed[0] if failed and failed[0].task in REFUSAL_TASKS else None
+
     def as_json(self) -> dict[str, Any]:
         return {
             "playbook": self.playbook,
@@ -99,6 +123,7 @@ class RunResult:
             "hosts": {name: asdict(summary) for name, summary in sorted(self.hosts.items())},
             "changed_tasks": [asdict(r) for r in self.changed_tasks()],
             "failed_tasks": [asdict(r) for r in self.failed_tasks()],
+            "reboot_pending": self.reboot_pending(),
         }
 
 
@@ -194,10 +219,10 @@ def build_cmdline(
     if skip_tags:
         args += ["--skip-tags", ",".join(skip_tags)]
     for item in extra_vars or []:
-        if not item or ("=" not in item and not item.startswith("@")):
+        if not item or ("=" not in item and not item.startswith(("@", "{"))):
             raise ProvisionInputError(
-                f"extra variable {item!r} is neither KEY=VALUE nor @FILE",
-                "pass -e name=value or -e @vars.yml",
+                f"extra variable {item!r} is neither KEY=VALUE, @FILE nor a JSON object",
+                "pass -e name=value, -e @vars.yml or -e '{\"name\": [1, 2]}'",
             )
         args += ["--extra-vars", item]
     return shlex.join(args)
