@@ -308,7 +308,8 @@ def test_container_spec_engine_specifics(pinned_bundle: Path) -> None:
     assert spec["gpus"] == [r.gpu for r in sorted(vllm.placement.ranks, key=lambda r: r.rank)]
     assert spec["ports"] == {f"{vllm.port}/tcp": [vllm.bind_address, vllm.port]}
     assert spec["volumes"] == {
-        str(render.model_host_dir(vllm)): {"bind": render.model_container_dir(vllm), "mode": "ro"}
+        str(render.model_host_dir(vllm)): {"bind": render.model_container_dir(vllm), "mode": "ro"},
+        "gh200-cache-glm52-awq": {"bind": "/var/cache/gh200", "mode": "rw"},
     }
     assert spec["health"] == {
         "url": f"http://{vllm.bind_address}:{vllm.port}/health",
