@@ -192,8 +192,9 @@ def test_batched_tokens_against_what_can_be_scheduled() -> None:
 
 
 def _stack_problems(*members: Profile) -> list[str]:
+    """The lines `profiles validate` prints for the stack: where, field, message and fix."""
     stack = load_stack("fast-slow", PROFILES)
-    return [p.message for p in check_stack(stack, list(members), HOST, "s")]
+    return [p.one_line() for p in check_stack(stack, list(members), HOST, "s")]
 
 
 def test_stack_members_share_nothing() -> None:
@@ -202,12 +203,18 @@ def test_stack_members_share_nothing() -> None:
     assert _stack_problems(fast, slow) == []
     same_port = slow.model_copy(update={"port": fast.port})
     assert _stack_problems(fast, same_port) == [
-        f"dsv4-flash-canada-mtp3-fastslow and glm52-iq2xxs-cpu both bind port {fast.port}"
+        f"s: profiles: dsv4-flash-canada-mtp3-fastslow and glm52-iq2xxs-cpu both bind port {fast.port} "
+        "(fix: give each its own port)"
     ]
     awq = load_profile("glm52-awq", PROFILES).model_copy(update={"port": 9999})
-    assert any("both claim GPU [0, 1]" in m for m in _stack_problems(fast, awq))
+    assert (
+        "s: profiles: dsv4-flash-canada-mtp3-fastslow and glm52-awq both claim GPU [0, 1] "
+        "(fix: place them on different GPUs)"
+    ) in _stack_problems(fast, awq)
     other_host = slow.model_copy(update={"host": "local"})
-    assert _stack_problems(fast, other_host) == ["glm52-iq2xxs-cpu targets host local, the stack dual-gh200"]
+    assert _stack_problems(fast, other_host) == [
+        "s: profiles: glm52-iq2xxs-cpu targets host local, the stack dual-gh200 (fix: make the hosts agree)"
+    ]
 
 
 def test_stack_cpu_overlap_names_the_range_and_count() -> None:
@@ -216,12 +223,43 @@ def test_stack_cpu_overlap_names_the_range_and_count() -> None:
     right = slow.model_copy(
         update={"name": "right", "port": 9000, **_cpu(slow, CpuPlacement(cpus="90-120", membind=False))}
     )
-    assert _stack_problems(left, right) == ["left and right both claim CPUs 90-99 (10 cores)"]
+    assert _stack_problems(left, right) == [
+        "s: profiles: left and right both claim CPUs 90-99 (10 cores) "
+        "(fix: give each profile its own cores (placement cpus))"
+    ]
     # A node without a CPU list claims the node's CPUs; apart, nothing is reported.
     node0 = right.model_copy(update=_cpu(right, CpuPlacement(numa_node=0, membind=False)))
     assert _stack_problems(left, node0) == []
     node1 = right.model_copy(update=_cpu(right, CpuPlacement(numa_node=1, membind=False)))
-    assert _stack_problems(left, node1) == ["left and right both claim CPUs 72-99 (28 cores)"]
+    assert [line.split(" (fix")[0] for line in _stack_problems(left, node1)] == [
+        "s: profiles: left and right both claim CPUs 72-99 (28 cores)"
+    ]
+    # A node the host does not have, or no placement at all, claims no CPUs.
+    nowhere = right.model_copy(update=_cpu(right, CpuPlacement(numa_node=7, membind=False)))
+    assert _stack_problems(left, nowhere) == []
+    unplaced = right.model_copy(update=_cpu(right, CpuPlacement(membind=False)))
+    assert _stack_problems(left, unplaced) == []
+
+
+def test_stack_overlap_counts_every_rank() -> None:
+    awq = load_profile("glm52-awq", PROFILES)
+    ranked = awq.model_copy(
+        update={
+            "name": "ranked",
+            **_ranks(awq, R0.model_copy(update={"cpus": "0-3"}), R1.model_copy(update={"cpus": "72-75"})),
+        }
+    )
+    slow = load_profile("glm52-iq2xxs-cpu", PROFILES)
+    first_rank = slow.model_copy(
+        update={"name": "a", "port": 9000, **_cpu(slow, CpuPlacement(cpus="0-1", membind=False))}
+    )
+    assert [line.split(" (fix")[0] for line in _stack_problems(ranked, first_rank)] == [
+        "s: profiles: ranked and a both claim CPUs 0-1 (2 cores)"
+    ]
+    far_node = ranked.model_copy(update=_ranks(awq, R0, R1.model_copy(update={"numa_node": 5})))
+    assert _stack_problems(far_node, first_rank)[0].startswith(
+        "s: profiles: ranked and a both claim CPUs 0-1 "
+    )
 
 
 def test_stack_memory_adds_up_per_node() -> None:
@@ -238,7 +276,10 @@ def test_stack_memory_adds_up_per_node() -> None:
     half_twin = twin.model_copy(update={"model": twin.model.model_copy(update={"size_gib": 240.0})})
     assert _stack_problems(half, half_twin) == []  # 480 of 480 GiB
     more = half_twin.model_copy(update={"model": half_twin.model.model_copy(update={"size_gib": 240.5})})
-    assert _stack_problems(half, more) == ["together they pin 480.5 GiB on NUMA node 1 (480 GiB)"]
+    assert _stack_problems(half, more) == [
+        "s: profiles: together they pin 480.5 GiB on NUMA node 1 (480 GiB) "
+        "(fix: offload less or move a profile)"
+    ]
 
 
 def test_validate_names_the_file_and_raises_with_a_count(tmp_path: Path) -> None:
@@ -249,10 +290,16 @@ def test_validate_names_the_file_and_raises_with_a_count(tmp_path: Path) -> None
     renamed.write_text(text)
     problems = validate(renamed)
     assert [(p.where, p.field) for p in problems] == [(str(renamed), "name")]
-    assert problems[0].fix == "set name: other-name (or rename the file to glm52-awq.yaml)"
+    assert problems[0].one_line() == (
+        f"{renamed}: name: name 'glm52-awq' differs from the file name 'other-name.yaml' "
+        "(fix: set name: other-name (or rename the file to glm52-awq.yaml))"
+    )
     with pytest.raises(ProfileError) as err:
-        validate_or_raise(renamed)
-    assert err.value.message.startswith(f"{renamed}: name: ") and "more)" not in err.value.message
+        validate_or_raise("other-name", tmp_path)  # by name, in that directory
+    assert (
+        err.value.message == f"{renamed}: name: name 'glm52-awq' differs from the file name 'other-name.yaml'"
+    )
+    assert err.value.fix == problems[0].fix
     renamed.write_text(text.replace("  max_num_seqs: 1", "  threads: 4\n  max_num_seqs: 1"))
     assert [p.field for p in validate(renamed)] == ["name", "settings.threads"]
     with pytest.raises(ProfileError, match=r"\(\+1 more\)"):
