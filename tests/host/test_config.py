@@ -237,17 +237,32 @@ def test_sysctls_live(host: Any, expect: Any) -> None:
         assert live == value, f"{key} is {live}, expected {value}"
 
 
+def _hugepage_dirs(host: Any, nodes: Any) -> list[str]:
+    """Where the role reserves: each node with CPUs ("auto"), the listed nodes, or the global pool."""
+    if nodes == "auto":
+        listing = host.run(
+            "for d in /sys/devices/system/node/node[0-9]*; do "
+            '[ -n "$(tr -d "[:space:]" < "$d/cpulist" 2>/dev/null)" ] && echo "${d##*node}"; done; true'
+        ).stdout.split()
+        nodes = [int(n) for n in listing]
+    dirs = [f"/sys/devices/system/node/node{int(n)}/hugepages" for n in nodes or []]
+    return dirs or ["/sys/kernel/mm/hugepages"]
+
+
 def test_hugepages(host: Any, expect: Any) -> None:
-    """Hugepages of the configured size reserved."""
+    """Hugepages of the configured size reserved (per Grace node by default, not on the HBM nodes)."""
     count = int(expect.get("gh200_tuning_hugepages_count") or 0)
     if count == 0:
         pytest.skip("no hugepages wanted (gh200_tuning_hugepages_count: 0)")
     size = int(expect["gh200_tuning_hugepages_size_kb"])
-    sysfs = f"/sys/kernel/mm/hugepages/hugepages-{size}kB/nr_hugepages"
-    assert host.file(sysfs).exists, f"this kernel offers no {size} kB hugepages"
-    assert f"{sysfs} - - - - {count}" in host.file(expect["gh200_tuning_hugepages_file"]).content_string
-    if expect.flag("gh200_tuning_apply_runtime"):
-        assert int(host.file(sysfs).content_string) == count
+    offered = f"/sys/kernel/mm/hugepages/hugepages-{size}kB"
+    assert host.file(offered).exists, f"this kernel offers no {size} kB hugepages"
+    conf = host.file(expect["gh200_tuning_hugepages_file"]).content_string
+    for d in _hugepage_dirs(host, expect.get("gh200_tuning_hugepages_nodes", "auto")):
+        sysfs = f"{d}/hugepages-{size}kB/nr_hugepages"
+        assert f"{sysfs} - - - - {count}" in conf, f"{sysfs} not reserved at boot"
+        if expect.flag("gh200_tuning_apply_runtime"):
+            assert int(host.file(sysfs).content_string) == count, f"{sysfs} holds other than {count}"
 
 
 def test_cpu_governor(host: Any, expect: Any) -> None:

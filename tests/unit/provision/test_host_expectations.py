@@ -42,7 +42,7 @@ def test_defaults_render_with_the_hosts_architecture() -> None:
     )
     assert exp["gh200_cuda_toolkit_package"] == "cuda-toolkit-13-0"
     assert (
-        "linux-modules-nvidia-580-open-nvidia-64k-hwe-24.04"
+        "linux-modules-nvidia-580-server-open-nvidia-64k-hwe-24.04"
         in exp["gh200_nvidia_driver_precompiled_packages"]
     )
     assert exp["gh200_container_runtime_docker_suite"] == "noble"
