@@ -100,9 +100,13 @@ def _cell_list(value: str, column: str, name: str) -> frozenset[int]:
         raise FactError(f"nvidia-smi topo -m: {name} {column} is {value!r}, not a list") from None
 
 
+# nvidia-smi underlines the topo header with ANSI escapes, even into a pipe (seen on a real H200).
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def parse_topology(text: str) -> list[TopoGpu]:
     """GPU rows of `nvidia-smi topo -m`, columns matched by header name."""
-    lines = [ln for ln in text.splitlines()]
+    lines = [_ANSI.sub("", ln) for ln in text.splitlines()]
     start = next((i for i, ln in enumerate(lines) if ln.strip()), None)
     if start is None:
         raise FactError("nvidia-smi topo -m printed nothing")

@@ -41,6 +41,9 @@ EXPECTED: dict[str, dict[str, str]] = {
     },
     "x86-ci-4k": {PAGE: "page size is 4096, not 65536", NODE: "`nvidia-smi -q` failed (127)"},
     "altra-2x-h100-shared-node": {PAGE: "passed", NODE: "GPU1 (00000005:01:00.0) and GPU0 share NUMA node 0"},
+    # Recorded on the lent H200 machine (gh200_facts.py record): real nvidia-smi output, ANSI header
+    # included. One GPU on the one node with CPUs is placed right; the 4K kernel is not a GH200's.
+    "h200-1x": {PAGE: "page size is 4096, not 65536", NODE: "passed"},
 }
 
 
