@@ -415,10 +415,12 @@ def inventory_vars(host: TestHost, bundle: str) -> dict[str, Any]:
         "gh200_container_runtime_nvidia_key_fingerprint": host.fingerprint,
         "gh200_container_runtime_daemon_settings": {"log-opts": {"max-file": "3"}},
         # gh200_tuning: /proc/sys and /sys stay the machine's, read-only; the machine's hugepage
-        # sizes are the ones offered; its node(s) with CPUs get the per-node reservation ("auto").
+        # sizes are the ones offered, and its NUMA nodes are not Grace's (this VM's node0 offers no
+        # per-node hugepages): the global pool.
         "gh200_tuning_apply_runtime": False,
         "gh200_tuning_hugepages_size_kb": size,
         "gh200_tuning_hugepages_count": 16,
+        "gh200_tuning_hugepages_nodes": [],
         # gh200_bundle
         "gh200_bundle_archive": bundle,
         "gh200_bundle_environment": env,
