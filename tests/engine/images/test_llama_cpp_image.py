@@ -71,7 +71,12 @@ def _check_in_image(engine: Any, image: str, lines: list[str]) -> tuple[int, str
     """containers/ik_llama/check-server-args.sh (the ik_llama build's check) run on this image's
     llama-server: each line parsed with --help appended must behave exactly like a bare --help."""
     script = (containers_dir() / "ik_llama" / CHECK_SCRIPT).read_text()
-    shell = 'printf "%s\\n" "$2" | sh -c "$1" check /usr/local/bin/llama-server; echo "rc=$?"'
+    # The image's LLAMA_ARG_HOST/PORT defaults make llama-server warn when --host/--port override
+    # them; the ik_llama build stage, where the script runs on the workstation, sets neither.
+    shell = (
+        "unset LLAMA_ARG_HOST LLAMA_ARG_PORT; "
+        'printf "%s\\n" "$2" | sh -c "$1" check /usr/local/bin/llama-server; echo "rc=$?"'
+    )
     out = run_output(engine, image, ["-c", shell, "sh", script, "\n".join(lines)], entrypoint="/bin/sh")
     code = re.findall(r"^rc=(\d+)$", out, flags=re.MULTILINE)
     assert code, out
