@@ -45,6 +45,7 @@ class SeriesError(Exception):
 class Hunk:
     old_start: int
     header: str
+    new_start: int = 0
     old: list[str] = field(default_factory=list)
     new: list[str] = field(default_factory=list)
 
@@ -107,7 +108,7 @@ def parse_patch(text: str, source: str) -> list[FilePatch]:
                 raise SeriesError(f"{source}: hunk before any file header")
             old_len = int(match.group(2) or "1")
             new_len = int(match.group(4) or "1")
-            hunk = Hunk(int(match.group(1)), line.strip())
+            hunk = Hunk(int(match.group(1)), line.strip(), int(match.group(3)))
             i += 1
             seen_old = seen_new = 0
             last = " "
@@ -168,33 +169,42 @@ class FileResult:
     new_text: str | None = None
 
 
+def _apply_hunks(lines: list[str], hunks: list[Hunk], *, reverse: bool) -> tuple[list[str], int | None]:
+    """(result, None) when every hunk matches exactly, in order; else (lines, number of the first
+    hunk that does not). reverse: undo the hunks (match their result, put back their original)."""
+    offset = 0
+    out = list(lines)
+    for number, hunk in enumerate(hunks, 1):
+        find, put = (hunk.new, hunk.old) if reverse else (hunk.old, hunk.new)
+        start = (hunk.new_start if reverse else hunk.old_start) - 1
+        pos = _find(out, find, start + offset)
+        if pos is None:
+            return lines, number
+        out[pos : pos + len(find)] = put
+        offset = pos - start + len(put) - len(find)
+    return out, None
+
+
 def apply_file(root: Path, fp: FilePatch) -> FileResult:
-    """Apply one file's hunks in memory: all of them, or report the first that fails."""
+    """Apply one file's hunks in memory: all of them, or report the first that fails.
+
+    Already applied means the reverse patch applies exactly, every hunk in order: a file where
+    only some hunks' results are present is a conflict, not "already applied"."""
     path = root / fp.path
     if not path.is_file():
         return FileResult(fp.path, "conflict", "file does not exist in this vLLM")
     lines = split_lines(read_exact(path))
-    # Already applied: every hunk's result is present and none of its removals are.
-    reverse_ok = True
-    for hunk in fp.hunks:
-        if _find(lines, hunk.new, hunk.old_start - 1) is None:
-            reverse_ok = False
-            break
-    offset = 0
-    out = list(lines)
-    for number, hunk in enumerate(fp.hunks, 1):
-        pos = _find(out, hunk.old, hunk.old_start - 1 + offset)
-        if pos is None:
-            if reverse_ok:
-                return FileResult(fp.path, "already", "the patched code is already present")
-            return FileResult(
-                fp.path,
-                "conflict",
-                f"hunk {number} {hunk.header} does not match (expected near line {hunk.old_start + offset})",
-            )
-        out[pos : pos + len(hunk.old)] = hunk.new
-        offset = pos - (hunk.old_start - 1) + len(hunk.new) - len(hunk.old)
-    return FileResult(fp.path, "applied", f"{len(fp.hunks)} hunks", "".join(out))
+    out, failed = _apply_hunks(lines, fp.hunks, reverse=False)
+    if failed is None:
+        return FileResult(fp.path, "applied", f"{len(fp.hunks)} hunks", "".join(out))
+    if _apply_hunks(lines, fp.hunks, reverse=True)[1] is None:
+        return FileResult(fp.path, "already", "the patched code is already present")
+    hunk = fp.hunks[failed - 1]
+    return FileResult(
+        fp.path,
+        "conflict",
+        f"hunk {failed} {hunk.header} does not match (expected near line {hunk.old_start})",
+    )
 
 
 def _write_atomic(path: Path, text: str) -> None:

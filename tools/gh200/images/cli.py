@@ -103,7 +103,9 @@ def list_cmd(json_out: bool = typer.Option(False, "--json", help="One JSON resul
 def check_cmd(
     vllm: str = typer.Option(..., "--vllm", help="vLLM version, e.g. 0.33.0."),
     sha256: str | None = typer.Option(
-        None, "--sha256", help="sha256 of that vLLM sdist, for a version the series does not pin yet."
+        None,
+        "--sha256",
+        help="sha256 of that vLLM sdist, for a version the series does not pin yet (default: PyPI's).",
     ),
     runtime: bool = typer.Option(
         True, "--runtime/--no-runtime", help="Also run each carried patch's runtime test on the cached wheel."
@@ -120,12 +122,20 @@ def check_cmd(
     if json_out:
         emit_json(report)
     else:
+        if not report["sdist_pinned"]:
+            console.print(
+                f"vLLM {vllm} sdist sha256 {report['sdist_sha256']} (from PyPI's index; not pinned in "
+                "series.yaml: `gh200 upgrade vllm` records it when an upgrade succeeds)"
+            )
         table = Table(title=f"vLLM {vllm} patch series")
         for column in ("patch", "status", f"for {vllm}", "result", "runtime", "detail"):
             table.add_column(column)
-        colours = {"applies": "green", "upstream": "cyan", "already-applied": "yellow"}
+        colours = {"applies": "green", "upstream": "cyan", "absorbed": "yellow"}
+        classes = {row["patch"]: row["status"] for row in report["classification"]}
         for row in report["patches"]:
-            colour = colours.get(row["result"], "red" if row["result"] in ("conflict", "missing") else "dim")
+            # Carried patches show the series classification (the one `gh200 upgrade` prints).
+            result = classes.get(row["id"], row["result"])
+            colour = colours.get(result, "red" if result in ("conflicts", "missing") else "dim")
             listed = "listed" if row.get("listed") else "not listed"
             ran = row.get("runtime", "-")
             ran_colour = {"passed": "green", "failed": "red"}.get(ran, "dim")
@@ -136,7 +146,7 @@ def check_cmd(
                 row["id"],
                 row["status"],
                 listed,
-                f"[{colour}]{row['result']}[/]",
+                f"[{colour}]{result}[/]",
                 f"[{ran_colour}]{ran}[/]",
                 detail,
             )

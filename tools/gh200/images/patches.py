@@ -20,14 +20,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gh200.errors import BadInput, OperationFailed
 from gh200.fsutil import atomic_dir, file_lock
-from gh200.images.pypi import SdistPin, fetch_sdist
+from gh200.images.pypi import SdistPin, fetch_sdist, published_sdist_sha256
 from gh200.paths import cache_dir, containers_dir
 
 SHA256 = r"^[0-9a-f]{64}$"
+# What the series check calls each carried patch (one classification for `patches check` and
+# `upgrade`): the apply script's result for a carried entry, renamed.
+SERIES_STATUS = {"applies": "applies", "already-applied": "absorbed", "conflict": "conflicts"}
 
 
 class PatchCheckFailed(OperationFailed):
@@ -182,21 +186,80 @@ def resolve_pin(version: str, sha256: str | None) -> str:
     return pinned
 
 
+def parse_vllm_version(text: str) -> str:
+    """A vLLM release version as PyPI spells it (PEP 440, canonical, no local part), or BadInput."""
+    try:
+        parsed = Version(text)
+    except InvalidVersion:
+        raise BadInput(
+            f"vLLM version {text!r} is not a PEP 440 version", "name a release, e.g. 0.34.0"
+        ) from None
+    if parsed.local is not None:
+        raise BadInput(
+            f"vLLM version {text!r} has a local part (+{parsed.local}); PyPI publishes none",
+            f"name the release itself, e.g. {parsed.public}",
+        )
+    if str(parsed) != text:
+        raise BadInput(f"vLLM version {text!r} is not in canonical form", f"write {parsed}")
+    return text
+
+
+def resolve_sdist(version: str, sha256: str | None) -> tuple[str, bool]:
+    """(sha256 of vLLM `version`'s sdist, whether the series pins it). A version no file pins and
+    no --sha256 names takes the sha256 PyPI publishes (the caller prints it for review)."""
+    if sha256 is None and version not in load_series().vllm_sdists:
+        return published_sdist_sha256("vllm", version), False
+    pin = resolve_pin(version, sha256)
+    return pin, load_series().vllm_sdists.get(version) == pin
+
+
+def classify(report: dict[str, Any]) -> list[dict[str, str]]:
+    """Per carried patch: applies | absorbed | conflicts, with the apply script's detail (a
+    conflict names the file and the hunk). Needs a report of an `every` run that wrote each
+    applying patch before trying the next, as check_series makes."""
+    rows = []
+    for row in report["patches"]:
+        if row["status"] != "carried":
+            continue
+        status = SERIES_STATUS.get(row["result"])
+        if status is None:
+            raise PatchCheckFailed(
+                f"patch {row['id']}: unexpected apply result {row['result']!r}", "run the check with --every"
+            )
+        rows.append({"patch": row["id"], "status": status, "detail": str(row.get("detail", ""))})
+    return rows
+
+
+def check_tree(root: Path, version: str, *, series: Path | None = None) -> dict[str, Any]:
+    """The series checked on the vLLM tree under root (which it edits: pass a scratch copy). Every
+    entry is tried in series order, each applying patch written before the next is tried, as the
+    image build applies them; `classification` holds classify()'s rows."""
+    code, report, _ = run_apply_script(root, version=version, check_only=False, series=series)
+    report["classification"] = classify(report)
+    report["series"] = str(series or series_path())
+    report["changed"] = False
+    report["ok"] = code == 0 and bool(report.get("ok"))
+    return report
+
+
 def check_series(
     version: str, *, sha256: str | None = None, progress: bool = False, runtime: bool = True
 ) -> dict[str, Any]:
     """Apply the series for real in a scratch tree of vLLM `version`; the apply script's report.
 
+    Patches are tried in series order, each on the tree with the earlier applying ones written (as
+    the image build applies them). `classification` holds classify()'s rows; `sdist_pinned` says
+    whether the sha256 came from series.yaml (else from --sha256 or PyPI's index).
+
     runtime: also say, per carried patch, whether its runtime test passed on the cached vLLM wheel
     (tests/vllm's check, one run); a failed runtime test fails the check, a wheel not cached yet
     is reported as such."""
-    pin = resolve_pin(version, sha256)
+    version = parse_vllm_version(version)
+    pin, pinned = resolve_sdist(version, sha256)
     with scratch_tree(version, pin, progress=progress) as root:
-        code, report, _ = run_apply_script(root, version=version, check_only=False)
+        report = check_tree(root, version)
+    report["sdist_pinned"] = pinned
     report["sdist_sha256"] = pin
-    report["series"] = str(series_path())
-    report["changed"] = False
-    report["ok"] = code == 0 and bool(report.get("ok"))
     report.pop("root", None)  # the scratch tree is gone
     if runtime:
         _add_runtime(report, version)

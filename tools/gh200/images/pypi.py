@@ -82,6 +82,16 @@ def _sdist_entry(package: str, version: str) -> dict[str, Any]:
     )
 
 
+def published_sdist_sha256(package: str, version: str) -> str:
+    """The sha256 PyPI publishes for package==version's sdist (for a version no file pins yet)."""
+    sha = str(_sdist_entry(package, version).get("digests", {}).get("sha256", ""))
+    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise SourceFetchFailed(
+            f"PyPI publishes no sha256 for the {package}=={version} sdist", "check PyPI's JSON API"
+        )
+    return sha
+
+
 def fetch_sdist(pin: SdistPin, *, progress: bool = True) -> Path:
     """Download the sdist once into the cache, checking its sha256; return its path."""
     marker = sources_dir() / f"{pin.normalized}-{pin.version}.sha256"
