@@ -31,7 +31,7 @@ from gh200.bench.smoke import (
     require_vocab,
 )
 from gh200.errors import BadInput, OperationFailed
-from gh200.output import console, progress
+from gh200.output import console, progress, table_console
 from gh200.profiles.schema import Profile
 
 
@@ -92,19 +92,12 @@ class Outcome:
 
 def target_for_profile(profile: Profile, client: Any | None = None) -> Target:
     """The deployed container of `profile` (found by label): its URL, image and model revision."""
-    from gh200.deploy.deploy import (
-        L_HASH,
-        L_IMAGE_TAG,
-        api_key_for,
-        base_url,
-        engine_kind,
-        gh200_containers,
-    )
     from gh200.engine import connect
     from gh200.profiles import profile_hash
+    from gh200.served import L_HASH, L_IMAGE_TAG, api_key_for, base_url, engine_kind, running_containers
 
     client = client or connect()
-    running = [c for c in gh200_containers(client, profile=profile.name) if c.status == "running"]
+    running = running_containers(client, profile.name)
     if not running:
         raise BadInput(
             f"profile {profile.name} is not deployed here",
@@ -312,7 +305,7 @@ def _record(path: Path | None, sets: list[RunSet], target: Target, run_id: str) 
 
 
 def print_report(outcome: Outcome, markdown_to_stdout: bool = True) -> None:
-    screen = report.table_console()
+    screen = table_console()
     for table in report.rich_tables(outcome.target.label, outcome.sets, outcome.gates or None):
         screen.print(table)
     if markdown_to_stdout:

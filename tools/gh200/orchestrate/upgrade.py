@@ -158,8 +158,8 @@ def _default_rollout() -> RolloutFn:
 
 def deployed_vllm_profiles(client: Any) -> list[Any]:
     """Profiles of the running vLLM containers (found by label), by name, each once."""
-    from gh200.deploy.deploy import L_PROFILE, gh200_containers
     from gh200.profiles import load_profile
+    from gh200.served import L_PROFILE, gh200_containers
 
     names = {
         str(c.labels.get(L_PROFILE))
