@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from gh200.baseline.store import find_baseline, this_host
+from gh200.bench import run as bench_run
 from gh200.bench.client import Endpoint, RequestResult
 from gh200.bench.results import append_records, make_record
 from gh200.bench.run import Outcome
@@ -115,8 +116,8 @@ def world(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> World:
             self.name = name
 
     monkeypatch.setattr(rollout_module, "deploy", fake_deploy)
-    monkeypatch.setattr(rollout_module.bench_run, "target_for_profile", fake_target)
-    monkeypatch.setattr(rollout_module.bench_run, "run", fake_run)
+    monkeypatch.setattr(bench_run, "target_for_profile", fake_target)
+    monkeypatch.setattr(bench_run, "run", fake_run)
     monkeypatch.setattr(
         rollout_module, "running_containers", lambda _c, _p: [Container(n) for n in w.running]
     )
