@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gh200.baseline.facts import collect_facts
 from gh200.bench import report
 from gh200.bench.client import Endpoint, ModelNotServed, probe
 from gh200.bench.prompts import PromptMode
@@ -115,6 +116,8 @@ def target_for_profile(profile: Profile, client: Any | None = None) -> Target:
         "profile_hash": labels.get(L_HASH),
         "profile_file_matches": labels.get(L_HASH) == profile_hash(profile),
         "image": labels.get(L_IMAGE_TAG) or labels.get("io.gh200.image"),
+        # The image ID the container runs: a rebuilt tag shows up here when the tag does not change.
+        "image_digest": (running[0].attrs or {}).get("Image"),
         "model": profile.model.repo,
         "model_revision": labels.get("io.gh200.model-revision"),
         "served_model": profile.model.served_name,
@@ -264,6 +267,9 @@ def run(
     require_vocab(target.endpoint, prompt_mode)
     run_id = uuid.uuid4().hex[:12]
     target.context["prompt_mode"] = prompt_mode
+    # What explains a change in speed beside the profile: driver, CUDA, kernel, page size, bundle and
+    # the server's version (read once by the client's probe), in every record of this run.
+    target.context["facts"] = collect_facts(target.endpoint.kind, target.endpoint.server_version).as_json()
     path = (results_path or default_results_path()) if write_results else None
     with progress(show_progress) as bar:
         tasks: dict[int, Any] = {}

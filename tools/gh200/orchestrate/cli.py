@@ -240,8 +240,47 @@ def decide_command(
         print(f"{name}chosen {chosen}: {decision.reason}")
 
 
+def rollout_command(
+    profile: str = typer.Argument(..., help="Profile to roll out (name or YAML path)."),
+    *,
+    image: str | None = typer.Option(
+        None, "--image", help="Run this local image instead of the profile's (e.g. a new vLLM build)."
+    ),
+    accept: bool = typer.Option(False, "--accept", help="Make a passing run this host's new baseline."),
+    shape: str | None = typer.Option(
+        None, "--shape", help="INPUT:OUTPUT to gate on (default: the profile's expected shapes)."
+    ),
+    warm: int = typer.Option(10, "--warm", help="Warm runs after the cold one (the gate needs >= 3)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object; no progress."),
+) -> None:
+    """Deploy PROFILE's new version, benchmark it, gate it against this host's baseline; roll back
+    by itself when it is slower (exit 3), naming the metric and what changed."""
+    from gh200.bench.smoke import parse_shapes
+    from gh200.errors import OperationFailed, Regression
+    from gh200.orchestrate.rollout import rollout
+    from gh200.profiles import load_profile
+
+    loaded = load_profile(profile)
+    pair: tuple[int, int] | None = None
+    if shape is not None:
+        (pair,) = parse_shapes([shape])
+    result = rollout(loaded, image=image, accept=accept, shape=pair, warm_runs=warm, progress=not json_out)
+    if json_out:
+        emit_json(result.as_json())
+        if result.exit_code:
+            raise typer.Exit(result.exit_code)
+        return
+    if result.outcome == "rolled_back":
+        raise Regression(result.message, "compare the changes named; `gh200 logs` shows the restored server")
+    if result.outcome == "failed":
+        raise OperationFailed(result.message, "the previous version runs again where one was running")
+    style = "yellow" if result.outcome == "no_baseline" else "green"
+    console.print(f"[{style}]{result.outcome}[/] {result.message}", highlight=False, soft_wrap=True)
+
+
 def register(app: typer.Typer) -> None:
     """Add this job's commands to the root app."""
     app.command("deploy")(deploy_command)
     app.command("demo")(demo_command)
     app.add_typer(sweep_app, name="sweep")
+    app.command("rollout")(rollout_command)
