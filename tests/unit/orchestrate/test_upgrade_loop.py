@@ -19,6 +19,7 @@ import yaml
 from gh200.errors import BadInput, OperationFailed
 from gh200.images.recipe import tree_hash
 from gh200.orchestrate import upgrade as up
+from gh200.orchestrate.rollout import RolloutResult
 from gh200.paths import bundle_root, containers_dir
 
 SHA = "c" * 64
@@ -70,11 +71,12 @@ class FakeRollout:
         self.outcomes = outcomes or {}
         self.calls: list[dict[str, Any]] = []
 
-    def __call__(self, profile: Any, **kw: Any) -> Any:
+    def __call__(self, profile: Any, **kw: Any) -> RolloutResult:
         self.calls.append({"profile": profile.name, **kw})
         outcome = self.outcomes.get(profile.name, "passed")
-        data = {"profile": profile.name, "outcome": outcome, "image": kw["image"]}
-        return SimpleNamespace(outcome=outcome, as_json=lambda: dict(data))
+        # The real result type, so that upgrade reads what rollout really returns.
+        message = f"{profile.name}: output tok/s -12.0%" if outcome == "rolled_back" else ""
+        return RolloutResult(outcome, profile.name, "testhost", message=message)  # type: ignore[arg-type]
 
 
 def _profiles(*names: str) -> Callable[[], list[Any]]:
@@ -234,6 +236,8 @@ def test_the_first_regression_stops_the_upgrade_and_nothing_is_pinned(
     assert [r["profile"] for r in report["rollouts"]] == ["a", "b"]
     assert report["rollouts"][1]["outcome"] == outcome
     assert "profile b" in report["detail"] and report["pinned"] == []
+    if outcome == "rolled_back":
+        assert "(b: output tok/s -12.0%)" in report["detail"]  # rollout's message: which metric moved
 
 
 def test_a_failed_build_rolls_nothing_out(bundle: Path, series: dict[str, Any]) -> None:

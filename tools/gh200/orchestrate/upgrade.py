@@ -23,7 +23,6 @@ on the pinned image.
 from __future__ import annotations
 
 import datetime as dt
-import importlib
 import json
 import platform
 import time
@@ -63,7 +62,10 @@ REFUSED = {"latest", "stable", "nightly", "main"}
 
 
 class RolloutLike(Protocol):
-    outcome: str
+    """What upgrade reads of orchestrate.rollout's RolloutResult (fakes in unit tests)."""
+
+    @property
+    def outcome(self) -> str: ...
 
     def as_json(self) -> dict[str, Any]: ...
 
@@ -147,13 +149,6 @@ def can_build_arm64() -> bool:
 def workstation_command(version: str, accept: bool, unlocked: bool) -> str:
     flags = (" --accept" if accept else "") + (" --unlocked" if unlocked else "")
     return f"gh200 upgrade vllm {version}{flags}"
-
-
-def _default_rollout() -> RolloutFn:
-    # The rollout module (branch orch): rollout(profile, *, image, accept, client, progress).
-    module = importlib.import_module("gh200.orchestrate.rollout")
-    fn: RolloutFn = module.rollout
-    return fn
 
 
 def deployed_vllm_profiles(client: Any) -> list[Any]:
@@ -285,14 +280,19 @@ def _after_series(
         client = connect()
     with staged_bundle(files) as stage:
         result.image = (build or _builder(client, unlocked, progress))(stage)
-    run = rollout or _default_rollout()
+    from gh200.orchestrate.rollout import rollout as gated_rollout
+
+    run: RolloutFn = rollout or gated_rollout
     for profile in (profiles or (lambda: deployed_vllm_profiles(client)))():
         done = run(profile, image=result.image, accept=accept, client=client, progress=progress)
         result.rollouts.append(done.as_json())
         if done.outcome not in ROLLOUT_OK:
             result.outcome = "rolled_back" if done.outcome == "rolled_back" else "failed"
+            said = str(done.as_json().get("message") or "")
             result.detail = (
-                f"profile {profile.name}: roll-out {done.outcome}; vLLM {result.from_version} stays pinned"
+                f"profile {profile.name}: roll-out {done.outcome}"
+                + (f" ({said})" if said else "")
+                + f"; vLLM {result.from_version} stays pinned"
             )
             return
     result.pinned = promote(files)
