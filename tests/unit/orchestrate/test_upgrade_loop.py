@@ -327,3 +327,57 @@ def test_deployed_vllm_profiles_are_found_by_label(bundle: Path) -> None:
     found = up.deployed_vllm_profiles(SimpleNamespace(containers=Containers()))
     assert [p.name for p in found] == ["dsv4-flash-canada-mtp3", "glm52-awq"]
     assert f"{L_ENGINE}=vllm" in asked[0]["filters"]["label"]
+
+
+class _NoEngine:
+    """Only what plan_build asks of an engine here: no image is local, the platform is unknown."""
+
+    class images:  # noqa: N801 - mirrors DockerClient.images
+        @staticmethod
+        def get(ref: str) -> Any:
+            from docker.errors import ImageNotFound
+
+            raise ImageNotFound(ref)
+
+
+@pytest.mark.parametrize("smoke", ["passed", "skipped", "failed"])
+def test_the_builder_plans_from_the_stage_and_fails_on_a_failed_runtime_smoke(
+    bundle: Path, series: dict[str, Any], monkeypatch: pytest.MonkeyPatch, smoke: str
+) -> None:
+    from gh200.images import build as build_module
+    from gh200.images import vllm_venv
+
+    planned: list[Any] = []
+
+    def build_image(client: Any, name: str, **kw: Any) -> Any:
+        # The real plan of the real (staged) recipe; only the engine's build is left out.
+        planned.append(
+            build_module.plan_build(client, name, platform=kw["platform"], unlocked=kw["unlocked"])
+        )
+        return SimpleNamespace(tag=planned[-1].tag)
+
+    monkeypatch.setattr(build_module, "build_image", build_image)
+    monkeypatch.setattr(
+        vllm_venv, "image_runtime_smoke", lambda client, tag: {"state": smoke, "lines": ["x"]}
+    )
+    rollout = FakeRollout()
+    result = up.upgrade(
+        "vllm",
+        "0.34.0",
+        unlocked=True,
+        progress=False,
+        arm64=True,
+        client=_NoEngine(),
+        rollout=rollout,
+        profiles=_profiles("a"),
+    )
+    (plan,) = planned
+    assert plan.base.ref == "vllm/vllm-openai:v0.34.0-aarch64" and plan.platform == "linux/arm64"
+    if smoke == "failed":
+        assert result.outcome == "failed" and "runtime smoke test failed" in result.detail
+        assert rollout.calls == []
+        return
+    assert result.outcome == "upgraded" and rollout.calls[0]["image"] == plan.tag == result.image
+    # After the pin moved, the bundle's own plan names the image the upgrade built.
+    after = build_module.plan_build(_NoEngine(), "vllm", platform="linux/arm64", unlocked=True)
+    assert after.tag == plan.tag
