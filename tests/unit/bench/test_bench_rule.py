@@ -205,9 +205,9 @@ PART3 = {
 
 
 def test_sweep_starts_at_mtp0_runs_every_expected_shape_and_restores(monkeypatch: pytest.MonkeyPatch) -> None:
-    from gh200.orchestrate import sweep as sweep_module
     from gh200.bench.client import Endpoint
     from gh200.bench.run import Outcome, Target
+    from gh200.orchestrate import sweep as sweep_module
     from gh200.profiles import load_profile
     from gh200.profiles.schema import Profile
 

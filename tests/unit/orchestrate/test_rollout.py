@@ -65,6 +65,7 @@ class World:
     speed: list[float] = field(default_factory=lambda: list(STEADY))
     identical: bool = False
     fail_start: bool = False
+    fail_before: OperationFailed | None = None
     deployed: list[Profile] = field(default_factory=list)
     measured: int = 0
 
@@ -78,6 +79,8 @@ def world(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> World:
         w.deployed.append(profile)
         if w.identical:
             return DeployResult(False, [])
+        if w.fail_before is not None:
+            raise w.fail_before
         if w.fail_start:
             raise DeployFailed("local-tiny: not ready after 3s; rolled back: restarted", "read the log")
         before = list(w.running)
@@ -235,6 +238,13 @@ def test_a_new_version_that_never_gets_healthy_is_failed_and_the_old_one_named(w
     assert result.outcome == "failed" and result.exit_code == 1
     assert "not ready" in result.message and result.run_id is None
     assert result.restored == "gh200-local-tiny-old00000"
+
+
+def test_a_deploy_that_fails_before_starting_anything_is_failed_not_an_exception(world: World) -> None:
+    world.fail_before = OperationFailed("image gh200/x is not here and pulling it failed", "pull it")
+    result = go()
+    assert result.outcome == "failed" and result.exit_code == 1
+    assert result.message.startswith("image gh200/x is not here") and world.measured == 0
 
 
 def test_no_previous_container_means_nothing_restored(world: World) -> None:

@@ -325,7 +325,8 @@ def rollout(
         result.outcome = "rolled_back"
         result.message = regression_message(profile.name, measured, result.restored)
         return result
-    except DeployFailed as err:
+    except OperationFailed as err:
+        # Not healthy, benchmark stopped, image build failed...: deploy restored what it had stopped.
         result = _ended(result, measured, client, previous)
         result.message = err.one_line()
         return result
