@@ -169,9 +169,10 @@ class FileResult:
     new_text: str | None = None
 
 
-def _apply_hunks(lines: list[str], hunks: list[Hunk], *, reverse: bool) -> tuple[list[str], int | None]:
-    """(result, None) when every hunk matches exactly, in order; else (lines, number of the first
-    hunk that does not). reverse: undo the hunks (match their result, put back their original)."""
+def _apply_hunks(lines: list[str], hunks: list[Hunk], *, reverse: bool) -> tuple[list[str], int | None, int]:
+    """(result, None, offset) when every hunk matches exactly, in order; else (lines, number of the
+    first hunk that does not, the offset where it was looked for). reverse: undo the hunks (match
+    their result, put back their original)."""
     offset = 0
     out = list(lines)
     for number, hunk in enumerate(hunks, 1):
@@ -179,10 +180,10 @@ def _apply_hunks(lines: list[str], hunks: list[Hunk], *, reverse: bool) -> tuple
         start = (hunk.new_start if reverse else hunk.old_start) - 1
         pos = _find(out, find, start + offset)
         if pos is None:
-            return lines, number
+            return lines, number, offset
         out[pos : pos + len(find)] = put
         offset = pos - start + len(put) - len(find)
-    return out, None
+    return out, None, offset
 
 
 def apply_file(root: Path, fp: FilePatch) -> FileResult:
@@ -194,7 +195,7 @@ def apply_file(root: Path, fp: FilePatch) -> FileResult:
     if not path.is_file():
         return FileResult(fp.path, "conflict", "file does not exist in this vLLM")
     lines = split_lines(read_exact(path))
-    out, failed = _apply_hunks(lines, fp.hunks, reverse=False)
+    out, failed, offset = _apply_hunks(lines, fp.hunks, reverse=False)
     if failed is None:
         return FileResult(fp.path, "applied", f"{len(fp.hunks)} hunks", "".join(out))
     if _apply_hunks(lines, fp.hunks, reverse=True)[1] is None:
@@ -203,7 +204,7 @@ def apply_file(root: Path, fp: FilePatch) -> FileResult:
     return FileResult(
         fp.path,
         "conflict",
-        f"hunk {failed} {hunk.header} does not match (expected near line {hunk.old_start})",
+        f"hunk {failed} {hunk.header} does not match (expected near line {hunk.old_start + offset})",
     )
 
 
