@@ -381,3 +381,26 @@ def test_the_builder_plans_from_the_stage_and_fails_on_a_failed_runtime_smoke(
     # After the pin moved, the bundle's own plan names the image the upgrade built.
     after = build_module.plan_build(_NoEngine(), "vllm", platform="linux/arm64", unlocked=True)
     assert after.tag == plan.tag
+
+
+def test_repinning_keeps_comments_and_never_writes_a_version_twice(bundle: Path) -> None:
+    from gh200.images.vllm_pin import repinned_files
+
+    path = bundle / "containers/vllm/patches/series.yaml"
+    original = path.read_text()
+    path.write_text(original.replace("vllm_sdists:\n", f'vllm_sdists:\n  "0.34.0": {SHA}\n', 1))
+    files = repinned_files("0.34.0", SHA, {"glm52-mtp-quant"})
+    text = files[Path("patches/series.yaml")]
+    assert text.count('"0.34.0": ') == 1
+    assert '    vllm: ["0.33.0", "0.34.0"]\n' in text and text.count('"0.34.0"]') == 1
+    # Every comment line of the original survives.
+    assert [ln for ln in original.splitlines() if ln.lstrip().startswith("#")] == [
+        ln for ln in text.splitlines() if ln.lstrip().startswith("#")
+    ]
+    with pytest.raises(OperationFailed, match="not once"):
+        # A recipe whose base names another image cannot be re-pinned by these edits.
+        recipe = bundle / "containers/vllm/Containerfile"
+        recipe.write_text(
+            recipe.read_text().replace("ARG BASE=vllm/vllm-openai:v0.33.0-aarch64", "ARG BASE=x")
+        )
+        repinned_files("0.34.0", SHA, {"glm52-mtp-quant"})

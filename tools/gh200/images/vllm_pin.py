@@ -71,7 +71,8 @@ def _repinned_series(text: str, version: str, sha256: str, listed: set[str]) -> 
     end = start + 1
     while end < len(lines) and lines[end].startswith("  ") and lines[end].strip():
         end += 1
-    lines.insert(end, f'  "{version}": {sha256}\n')
+    if version not in Series.model_validate(yaml.safe_load(text)).vllm_sdists:
+        lines.insert(end, f'  "{version}": {sha256}\n')
     entry: str | None = None
     seen: set[str] = set()
     for i, line in enumerate(lines):
@@ -82,7 +83,8 @@ def _repinned_series(text: str, version: str, sha256: str, listed: set[str]) -> 
         listing = re.match(r"^(    vllm: )(\[.*\])\s*$", line)
         if listing and entry in listed:
             versions = [str(v) for v in yaml.safe_load(listing.group(2))]
-            lines[i] = f"{listing.group(1)}{json.dumps([*versions, version])}\n"
+            if version not in versions:
+                lines[i] = f"{listing.group(1)}{json.dumps([*versions, version])}\n"
             seen.add(entry)
     if seen != listed:
         missing = ", ".join(sorted(listed - seen))
@@ -90,8 +92,14 @@ def _repinned_series(text: str, version: str, sha256: str, listed: set[str]) -> 
     out = "".join(lines)
     # The result must read back as exactly the intended series.
     series = Series.model_validate(yaml.safe_load(out))
-    assert series.vllm_sdists.get(version) == sha256
-    assert {p.id for p in series.patches if version in p.vllm} == listed
+    if (
+        series.vllm_sdists.get(version) != sha256
+        or {p.id for p in series.patches if version in p.vllm} != listed
+    ):
+        raise OperationFailed(
+            f"{series_path()}: re-pinning vLLM {version} did not give the intended series",
+            f"pin {version} by hand (sha256 {sha256})",
+        )
     return out
 
 
