@@ -404,3 +404,27 @@ def test_repinning_keeps_comments_and_never_writes_a_version_twice(bundle: Path)
             recipe.read_text().replace("ARG BASE=vllm/vllm-openai:v0.33.0-aarch64", "ARG BASE=x")
         )
         repinned_files("0.34.0", SHA, {"glm52-mtp-quant"})
+
+
+def test_deployed_profiles_are_listed_before_the_build(bundle: Path, series: dict[str, Any]) -> None:
+    order: list[str] = []
+
+    def profiles() -> list[Any]:
+        order.append("list")
+        return [SimpleNamespace(name="a")]
+
+    def build(stage: Path) -> str:
+        order.append("build")
+        return "localhost/gh200-vllm:new"
+
+    up.upgrade(
+        "vllm",
+        "0.34.0",
+        progress=False,
+        arm64=True,
+        build=build,
+        rollout=FakeRollout(),
+        profiles=profiles,
+        client=object(),
+    )
+    assert order == ["list", "build"]

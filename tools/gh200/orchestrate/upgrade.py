@@ -278,12 +278,14 @@ def _after_series(
         from gh200.engine import connect
 
         client = connect()
+    # What runs now is what gets rolled out: listed before the build, not after the first roll-out.
+    deployed = (profiles or (lambda: deployed_vllm_profiles(client)))()
     with staged_bundle(files) as stage:
         result.image = (build or _builder(client, unlocked, progress))(stage)
     from gh200.orchestrate.rollout import rollout as gated_rollout
 
     run: RolloutFn = rollout or gated_rollout
-    for profile in (profiles or (lambda: deployed_vllm_profiles(client)))():
+    for profile in deployed:
         done = run(profile, image=result.image, accept=accept, client=client, progress=progress)
         result.rollouts.append(done.as_json())
         if done.outcome not in ROLLOUT_OK:
