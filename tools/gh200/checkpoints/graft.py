@@ -21,9 +21,9 @@ import hashlib
 import json
 import os
 import shutil
-import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
@@ -172,16 +172,9 @@ def _at_or_after(name: str, first: int) -> bool:
 
 
 def plan_graft(
-    base_dir: Path,
-    mtp_dir: Path,
-    mtp_config: Path | None = None,
-    mtp_layers: int | None = None,
-    on_mtp_tensors: Callable[[list[NewTensor]], None] = lambda _tensors: None,
+    base_dir: Path, mtp_dir: Path, mtp_config: Path | None = None, mtp_layers: int | None = None
 ) -> GraftPlan:
-    """Read headers and configs, run every check, and compute OUT's small files and digest.
-
-    `on_mtp_tensors` gets the MTP layer's tensors as soon as they are known, before the base's
-    checks (graft starts the read-only hash of the MTP shard-to-be there)."""
+    """Read headers and configs, run every check, and compute OUT's small files and digest."""
     base = open_checkpoint(base_dir)
     source = open_checkpoint(mtp_dir, require_config=mtp_config is None, partial_ok=True)
     assert base.config is not None and base.config_bytes is not None
@@ -269,7 +262,6 @@ def plan_graft(
         )
         for name in sorted(entries, key=natural_key)
     ]
-    on_mtp_tensors(mtp_tensors)
 
     # Base: index entries of the MTP layers are dropped; everything else is carried over.
     carried_rel, warnings = _carried_files(base)
@@ -552,8 +544,7 @@ def graft(
             raise BadInput(
                 f"--out {out} is inside {what} {given}", "write OUT beside the inputs, not inside them"
             )
-    early = _EarlyHash()
-    plan = plan_graft(base_dir, mtp_dir, mtp_config, mtp_layers, on_mtp_tensors=early.start)
+    plan = plan_graft(base_dir, mtp_dir, mtp_config, mtp_layers)
     transfer = _Transfer()
     repaired: list[str] = []
     if out.exists():
@@ -562,7 +553,6 @@ def graft(
             # Made from these inputs: unchanged if intact, else rebuilt (no --force needed for a repair).
             repaired = damage(out, record, plan)
             if not repaired:
-                early.stop.set()
                 return GraftResult(out, False, plan, transfer, time.monotonic() - start)
         elif not force:
             why = "was grafted from other inputs" if record else "is not a graft made by gh200"
@@ -598,8 +588,10 @@ def graft(
             mtp_path = tmp / plan.mtp_shard
             # The recorded sha256 is of the bytes the shard must hold (hashed from the sources beside
             # the copy), so that `models verify` catches a faulty copy rather than record it.
-            write_spliced(mtp_path, plan.mtp_tensors, {"format": "pt"}, on_bytes, fsync)
-            written[plan.mtp_shard] = (mtp_path.stat().st_size, early.result(plan.mtp_tensors))
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                intended = pool.submit(spliced_sha256, plan.mtp_tensors, {"format": "pt"})
+                write_spliced(mtp_path, plan.mtp_tensors, {"format": "pt"}, on_bytes, fsync)
+                written[plan.mtp_shard] = (mtp_path.stat().st_size, intended.result())
             _write_index(tmp / INDEX_NAME, plan.weight_map, plan.index_metadata)
             written[INDEX_NAME] = _finish(tmp / INDEX_NAME, fsync)
             (tmp / CONFIG_NAME).write_bytes(plan.config_bytes)
@@ -614,42 +606,6 @@ def graft(
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return GraftResult(out, True, plan, transfer, time.monotonic() - start, repaired)
-
-
-class _EarlyHash:
-    """spliced_sha256 of the MTP shard-to-be, started as soon as plan_graft knows its tensors.
-
-    It only reads the sources, so it may run before the base's checks are done (no side effect);
-    it is the graft's longest step, so it runs beside the checks and the copy instead of after
-    them. A daemon thread: a refused or unchanged graft stops it (or exits) without waiting."""
-
-    def __init__(self) -> None:
-        self.stop = threading.Event()
-        self._tensors: list[NewTensor] | None = None
-        self._thread: threading.Thread | None = None
-        self._sha = ""
-        self._error: BaseException | None = None
-
-    def start(self, tensors: list[NewTensor]) -> None:
-        self._tensors = list(tensors)
-        self._thread = threading.Thread(target=self._run, name="graft-sha256", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        assert self._tensors is not None
-        try:
-            self._sha = spliced_sha256(self._tensors, {"format": "pt"}, self.stop)
-        except BaseException as err:  # raised in the caller by result()
-            self._error = err
-
-    def result(self, tensors: list[NewTensor]) -> str:
-        """The sha256 of the shard `tensors` make (hashed now if they are not what was started)."""
-        if self._thread is None or tensors != self._tensors:
-            return spliced_sha256(tensors, {"format": "pt"})
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._sha
 
 
 def _finish(path: Path, fsync: bool) -> tuple[int, str]:

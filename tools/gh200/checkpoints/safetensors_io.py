@@ -16,7 +16,6 @@ import json
 import math
 import os
 import struct
-import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -326,15 +325,12 @@ def write_spliced(
             os.close(fd)
 
 
-def spliced_sha256(
-    tensors: Sequence[NewTensor], metadata: dict[str, str] | None = None, stop: threading.Event | None = None
-) -> str:
+def spliced_sha256(tensors: Sequence[NewTensor], metadata: dict[str, str] | None = None) -> str:
     """sha256 of the file `write_spliced` writes for these tensors, computed from the sources.
 
     It is what the file must hold, not what landed: a record made from it lets `models verify` catch
     a faulty copy. Run beside `write_spliced` (another thread: hashlib and preadv release the GIL), it
-    reads the same page-cached source bytes and costs little wall time. Setting `stop` ends it
-    early (its result is then of no use: "").
+    reads the same page-cached source bytes and costs little wall time.
     """
     digest = hashlib.sha256(build_header(tensors, metadata))
     buffer = bytearray(_FALLBACK_BUFFER)
@@ -351,8 +347,6 @@ def spliced_sha256(
                 src = fds[tensor.source] = os.open(tensor.source, os.O_RDONLY)
             pos, remaining = tensor.offset, tensor.nbytes
             while remaining > 0:
-                if stop is not None and stop.is_set():
-                    return ""
                 got = os.preadv(src, [view[: min(remaining, len(buffer))]], pos)
                 if got == 0:
                     raise CorruptSafetensors(
