@@ -51,6 +51,26 @@ def refused(args: list[str], parser: dict[str, Any]) -> list[str]:
         i += 1
         if isinstance(spec["value"], list) and value.lower() not in spec["value"]:
             problems.append(f"{token} {value}: the parser takes one of {spec['value']}")
+        elif spec["value"] == "stage":
+            problems += [f"{token} {value}: {why}" for why in _stage_refusals(value, parser["stage"])]
+    return problems
+
+
+def _stage_refusals(value: str, stage: dict[str, list[str]]) -> list[str]:
+    """common_speculative_stage_from_arg on TYPE[:key=value,...] (no quoted or escaped commas)."""
+    kind, _, options = value.partition(":")
+    problems = []
+    if kind.replace("-", "_") not in stage["types"]:
+        problems.append(f"unknown speculative stage type: {kind}")
+    for option in options.split(",") if options else []:
+        key, eq, item = option.partition("=")
+        key = key.lstrip("-").replace("-", "_")
+        if not eq:
+            problems.append(f"invalid speculative stage option: {option}")
+        elif key not in stage["keys"]:
+            problems.append(f"unknown speculative stage parameter: {key}")
+        elif key in ("n_max", "n_min") and not (item.isdigit()):
+            problems.append(f"speculative stage {key} must be an integer >= 0")
     return problems
 
 
@@ -95,13 +115,50 @@ def test_a_typo_in_the_render_fails_the_check(
     assert any(p.startswith(line) for p in problems), problems
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="render emits --draft-max for ik_llama draft models; the pinned commit refuses it "
-    "(use --spec-type draft:n_max=N,p_min=0.0). No ik_llama profile has a draft model yet.",
-)
 def test_an_ik_llama_draft_profile_renders_arguments_the_parser_takes() -> None:
     tiny = load_profile("local-tiny", PROFILES)
     assert tiny.model.draft is not None and tiny.settings.speculative is not None
-    ik = tiny.model_copy(update={"engine": "ik_llama"})
-    assert refused(flags.server_args(render.argv(ik)), _parser()) == []
+    args = flags.server_args(render.argv(tiny.model_copy(update={"engine": "ik_llama"})))
+    assert refused(args, _parser()) == []
+    n = tiny.settings.speculative.num_speculative_tokens
+    assert args[args.index("--spec-type") + 1] == f"draft:n_max={n}"
+    assert "-md" in args and "--draft-max" not in args
+
+
+@pytest.mark.parametrize(
+    ("wrong", "line"),
+    [
+        # The legacy flag the pinned parser takes only to refuse it.
+        (["--draft-max", "3"], "--draft-max: not a flag of ik_llama.cpp"),
+        # llama.cpp's spelling of the same stage is not an ik_llama.cpp stage type.
+        (["--spec-type", "draft-simple"], "--spec-type draft-simple: unknown speculative stage type"),
+        (["--spec-type", "draft:n-max=3"], ""),  # '-' read as '_': taken
+        (["--spec-type", "draft:max=3"], "--spec-type draft:max=3: unknown speculative stage parameter"),
+        (["--spec-type", "draft:n_max"], "--spec-type draft:n_max: invalid speculative stage option"),
+        (["--spec-type", "draft:n_max=-1"], "--spec-type draft:n_max=-1: speculative stage n_max must be"),
+    ],
+)
+def test_the_stage_check_refuses_what_the_parser_refuses(wrong: list[str], line: str) -> None:
+    problems = refused(wrong, _parser())
+    assert problems[0].startswith(line) if line else problems == [], problems
+
+
+def test_a_wrong_draft_render_for_ik_llama_fails_the_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The every-setting render of the ik_llama profiles carries a draft model, so a draft flag the
+    pinned parser refuses fails the check on the real profiles, not only on a test profile."""
+    real = render.argv
+
+    def legacy(profile: Any) -> list[str]:
+        out = real(profile)
+        if "--spec-type" in out:
+            i = out.index("--spec-type")
+            out[i : i + 2] = ["--draft-max", out[i + 1].rsplit("=", 1)[1]]
+        return out
+
+    rendered = flags.rendered_server_args("ik_llama", PROFILES)
+    assert any("--spec-type" in args and "-md" in args for args in rendered)
+    monkeypatch.setattr(render, "argv", legacy)
+    problems = [
+        p for args in flags.rendered_server_args("ik_llama", PROFILES) for p in refused(args, _parser())
+    ]
+    assert any(p.startswith("--draft-max: not a flag") for p in problems), problems

@@ -199,6 +199,19 @@ def run_check(
     timeout: float = 600,
 ) -> dict[str, Any]:
     """containers/vllm/mtp_check.py on `checkpoint` in the venv (patched when overlay_dir is set)."""
+    script = containers_dir() / "vllm" / "mtp_check.py"
+    return run_script(venv, overlay_dir, script, "--checkpoint", str(checkpoint), *args, timeout=timeout)
+
+
+def run_script(
+    venv: VllmVenv,
+    overlay_dir: Path | None,
+    script: Path,
+    *args: str,
+    timeout: float = 600,
+) -> dict[str, Any]:
+    """`script` in the venv (patched when overlay_dir is set), offline; its last stdout line is
+    its JSON report, returned with the log (everything else it printed) under "log"."""
     # One vLLM cache per twin: its model-info cache is keyed by class name and holds the module's
     # hash, so twins sharing it would evict each other and re-inspect in a subprocess every run.
     scratch = cache_dir() / "vllm-run" / (overlay_dir.name if overlay_dir is not None else venv.root.name)
@@ -217,14 +230,13 @@ def run_check(
     }
     if overlay_dir is not None:
         env["PYTHONPATH"] = str(overlay_dir)
-    argv = [
-        str(venv.python),
-        str(containers_dir() / "vllm" / "mtp_check.py"),
-        "--checkpoint",
-        str(checkpoint),
-    ]
     done = subprocess.run(
-        [*argv, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+        [str(venv.python), str(script), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
     lines = done.stdout.strip().splitlines()
     try:
@@ -232,7 +244,7 @@ def run_check(
     except (IndexError, json.JSONDecodeError) as err:
         tail = " ".join(done.stderr.strip().splitlines()[-3:])
         raise VllmVenvFailed(
-            f"mtp_check.py gave no report (exit {done.returncode}): {tail}", "see its stderr"
+            f"{script.name} gave no report (exit {done.returncode}): {tail}", "see its stderr"
         ) from err
     # vLLM logs to stdout: everything before the report line, then stderr.
     report["log"] = "\n".join(lines[:-1]) + "\n" + done.stderr

@@ -12,7 +12,7 @@ import shlex
 from pathlib import Path
 
 from gh200.profiles import loader, render
-from gh200.profiles.schema import Profile
+from gh200.profiles.schema import DraftSpec, Profile, SpeculativeSpec
 
 LLAMA_ENGINES = ("llama_cpp", "ik_llama")
 FLAG = re.compile(r"--?[A-Za-z][A-Za-z0-9_-]*")
@@ -36,8 +36,12 @@ def flag_names(args: list[str]) -> list[str]:
 
 
 def with_every_setting(profile: Profile) -> Profile:
-    """The profile with each optional llama-server setting given, so every branch of the render runs."""
+    """The profile with each optional llama-server setting given, so every branch of the render runs
+    (a draft model included: the draft flags differ between llama.cpp and ik_llama.cpp)."""
     s = profile.settings
+    speculative = s.speculative
+    if speculative is None or speculative.method != "draft":
+        speculative = SpeculativeSpec(method="draft", num_speculative_tokens=3)
     filled = s.model_copy(
         update={
             "threads": s.threads or 2,
@@ -45,9 +49,13 @@ def with_every_setting(profile: Profile) -> Profile:
             "parallel": s.parallel or 1,
             "flash_attn": s.flash_attn or "auto",
             "metrics": True,
+            "speculative": speculative,
         }
     )
-    return profile.model_copy(update={"settings": filled})
+    model = profile.model
+    if model.draft is None:
+        model = model.model_copy(update={"draft": DraftSpec(file="draft.gguf")})
+    return profile.model_copy(update={"settings": filled, "model": model})
 
 
 def rendered_server_args(engine: str, directory: Path | None = None) -> list[list[str]]:

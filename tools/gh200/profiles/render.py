@@ -210,7 +210,10 @@ def llama_argv(profile: Profile, files: dict[str, str] | None = None) -> list[st
                 str(s.speculative.num_speculative_tokens),
             ]
         else:
-            argv += ["--draft-max", str(s.speculative.num_speculative_tokens)]
+            # ik_llama.cpp refuses the legacy --draft-max (common/common.cpp at the pinned commit);
+            # its one form is a --spec-type stage. p_min is left at the parser's default, as
+            # llama.cpp's draft-simple above leaves its own.
+            argv += ["--spec-type", f"draft:n_max={s.speculative.num_speculative_tokens}"]
     if profile.api_key_file:
         argv += ["--api-key-file", API_KEY_IN_CONTAINER]
     return argv + list(s.extra_args)

@@ -166,7 +166,15 @@ def check_profile(profile: Profile, host: HostSpec, where: str) -> list[Problem]
                 f"MTP requested but {profile.model.repo} ships no MTP layer",
                 "add model.graft (an MTP layer from another checkpoint), or model.mtp_layers if it ships one",
             )
-        if s.speculative.method == "draft" and profile.model.draft is None:
+        if s.speculative.method == "draft" and profile.engine == "vllm":
+            # The render would pass method "draft" to vLLM, whose SpeculativeConfig refuses it
+            # (tests/vllm/test_vllm_dsv4_draft.py shows the refusal); model.draft is a GGUF for llama.cpp.
+            add(
+                "settings.speculative",
+                "draft-model speculation is for llama.cpp engines; vLLM profiles here use MTP",
+                "use method mtp (the checkpoint's MTP layer or a graft)",
+            )
+        elif s.speculative.method == "draft" and profile.model.draft is None:
             add("settings.speculative", "draft speculation needs a draft model", "add model.draft.file")
     if profile.model.graft is not None and profile.engine != "vllm":
         add("model.graft", "an MTP graft serves through vLLM only", "remove the graft or use engine vllm")
