@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -29,6 +30,7 @@ from gh200.checkpoints.safetensors_io import (
     write_spliced,
 )
 from gh200.checkpoints.testdata import seeded_fill
+from gh200.errors import BadInput
 
 DTYPES = ["F32", "BF16", "F16", "I32", "U8", "F8_E4M3", "I64", "BOOL", "F64", "I8"]
 
@@ -275,3 +277,277 @@ def test_fallback_copy_across_real_filesystems(tmp_path: Path, monkeypatch: pyte
         _check_against_reference(out, picks, expected)
     finally:
         shutil.rmtree(src_root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("dtype", sorted(st_io.DTYPE_BITS))
+def test_every_dtype_is_sized_as_the_reference_library_sizes_it(tmp_path: Path, dtype: str) -> None:
+    """For each dtype we know, the reference reads a file sized by us, and refuses one byte more or less.
+
+    Shapes whose bits fill whole bytes: the reference refuses a sub-byte tensor that ends mid-byte.
+    """
+    for shape in [(8,), (4,), (2, 4), (0, 3), (16, 1, 3), ()]:
+        if math.prod(shape) * st_io.DTYPE_BITS[dtype] % 8:
+            continue
+        nbytes = tensor_nbytes(dtype, shape)
+        header = {"t": {"dtype": dtype, "shape": list(shape), "data_offsets": [0, nbytes]}}
+        path = _raw(tmp_path / "ok.safetensors", header, b"\x01" * nbytes)
+        ((name, info),) = safetensors.deserialize(path.read_bytes())
+        assert (name, info["dtype"], tuple(info["shape"])) == ("t", dtype, shape)
+        assert len(bytes(info["data"])) == nbytes
+        assert read_header(path).tensors["t"].nbytes == nbytes
+        for wrong in (nbytes - 1, nbytes + 1):
+            if wrong < 0:
+                continue
+            bad = {"t": {"dtype": dtype, "shape": list(shape), "data_offsets": [0, wrong]}}
+            path = _raw(tmp_path / "bad.safetensors", bad, b"\x01" * wrong)
+            with pytest.raises(safetensors.SafetensorError):
+                safetensors.deserialize(path.read_bytes())
+            with pytest.raises(CorruptSafetensors, match=f"needs {nbytes}"):
+                read_header(path)
+
+
+def test_an_unknown_dtype_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="unknown safetensors dtype 'Q4'"):
+        tensor_nbytes("Q4", (2,))
+
+
+def test_a_model_directorys_shards_are_its_own_safetensors_files_in_name_order(tmp_path: Path) -> None:
+    for name in ("model-00002-of-00002.safetensors", "model-00001-of-00002.safetensors", "a.safetensors"):
+        write_file(tmp_path / name, [("t", "U8", (1,))], seeded_fill())
+    (tmp_path / "dir.safetensors").mkdir()  # not a file
+    (tmp_path / "sub").mkdir()
+    write_file(tmp_path / "sub" / "nested.safetensors", [("t", "U8", (1,))], seeded_fill())
+    (tmp_path / "model.safetensors.index.json").write_text("{}")
+    (tmp_path / "notes.safetensors.txt").write_text("")
+    assert [p.name for p in st_io.iter_safetensors(tmp_path)] == [
+        "a.safetensors",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ]
+    assert all(p.parent == tmp_path for p in st_io.iter_safetensors(tmp_path))
+
+
+def _reference_reads(path: Path) -> bool:
+    try:
+        safetensors.deserialize(path.read_bytes())
+    except safetensors.SafetensorError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("header", "data", "needle"),
+    [
+        (b"[]", b"", "not a JSON object"),
+        (b"", b"", "not valid JSON"),
+        (b'{"__metadata__": ["x"]}', b"", "strings to strings"),
+        (b'{"a": {"dtype": "U8", "shape": [-1], "data_offsets": [0, 0]}}', b"", "negative shape or offsets"),
+        (b'{"a": {"dtype": "U8", "shape": [4], "data_offsets": [-4, 0]}}', b"", "negative shape or offsets"),
+        (
+            b'{"a": {"dtype": "U8", "shape": [0], "data_offsets": [4, 0]}}',
+            b"\0" * 4,
+            "negative shape or offsets",
+        ),
+        (
+            b'{"a": {"dtype": "U8", "shape": [2], "data_offsets": [2, 4]}}',
+            b"\0" * 4,
+            "a starts at 2, expected 0",
+        ),
+        (b'{"a": {"dtype": "U8", "shape": "2", "data_offsets": [0, 2]}}', b"\0\0", "malformed header entry"),
+        (b'{"a": {"dtype": "U8", "shape": [2], "data_offsets": [0]}}', b"\0\0", "malformed header entry"),
+        (b'{"a": 3}', b"", "tensor a has a malformed header entry"),
+        (b'{"a": {"dtype": "U8", "shape": [2.0], "data_offsets": [0, 2]}}', b"\0\0", "malformed"),
+        (b'{"a": {"dtype": "U8", "shape": [true], "data_offsets": [0, 1]}}', b"\0", "malformed"),
+        (b'{"a": {"dtype": "U8", "shape": [2], "data_offsets": "02"}}', b"\0\0", "malformed"),
+        (b'{"a": {"dtype": "U8", "shape": [2], "data_offsets": [0, 2, 2]}}', b"\0\0", "malformed"),
+    ],
+)
+def test_headers_the_reference_library_refuses_are_refused(
+    tmp_path: Path, header: bytes, data: bytes, needle: str
+) -> None:
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + data)
+    assert not _reference_reads(path)
+    with pytest.raises(CorruptSafetensors, match=re.escape(needle)) as err:
+        read_header(path)
+    assert err.value.message.startswith(f"{path}: ") and err.value.exit_code == 2
+
+
+@pytest.mark.parametrize("header", [b"{}", b'{"__metadata__": null}', b'{"__metadata__": {}}', b"{}      "])
+def test_an_empty_file_with_only_a_header_is_read(tmp_path: Path, header: bytes) -> None:
+    """The header may fill the file exactly (no data buffer): the reference reads it, so do we."""
+    path = tmp_path / "empty.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header)
+    assert _reference_reads(path)
+    parsed = read_header(path)
+    assert (parsed.tensors, parsed.metadata, parsed.data_bytes) == ({}, {}, 0)
+    assert parsed.file_size == 8 + len(header) == parsed.data_start
+
+
+def test_eight_bytes_saying_an_empty_header_are_not_json(tmp_path: Path) -> None:
+    path = tmp_path / "eight.safetensors"
+    path.write_bytes(struct.pack("<Q", 0))
+    assert not _reference_reads(path)
+    with pytest.raises(CorruptSafetensors, match="not valid JSON"):
+        read_header(path)
+
+
+def test_a_header_above_the_reference_limit_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    """100 MB is the reference's cap; a sparse file that could hold the header shows the cap, not the fit."""
+    for header_len, refused in ((st_io.MAX_HEADER_BYTES + 1, True), (st_io.MAX_HEADER_BYTES, False)):
+        path = tmp_path / f"big{header_len}.safetensors"
+        with open(path, "wb") as handle:
+            handle.write(struct.pack("<Q", header_len))
+            handle.truncate(8 + header_len + 16)
+        if refused:
+            with pytest.raises(CorruptSafetensors, match=f"header length {header_len} does not fit"):
+                read_header(path)
+        else:  # read, then refused as JSON (NUL bytes): the cap let it through
+            with pytest.raises(CorruptSafetensors, match="not valid JSON"):
+                read_header(path)
+        path.unlink()
+
+
+def test_a_header_longer_than_the_file_is_refused(tmp_path: Path) -> None:
+    text = b'{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}'
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(struct.pack("<Q", len(text) + 1) + text)  # one byte short of its own header
+    with pytest.raises(CorruptSafetensors, match=f"header length {len(text) + 1} does not fit the file"):
+        read_header(path)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + b"\x07")
+    assert read_header(path).tensors["a"].nbytes == 1
+
+
+def test_missing_paths_and_directories_are_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(BadInput, match="no such file") as err:
+        read_header(tmp_path / "nope.safetensors")
+    assert not isinstance(err.value, CorruptSafetensors)
+    with pytest.raises(BadInput, match="is a directory, expected a safetensors file"):
+        read_header(tmp_path)
+
+
+def test_header_identity_is_its_bytes_and_the_file_size(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    write_file(a, [("t", "U8", (4,))], seeded_fill(1), {"format": "pt"})
+    write_file(b, [("t", "U8", (4,))], seeded_fill(2), {"format": "pt"})  # same header, other data
+    ha, hb = read_header(a), read_header(b)
+    assert ha.raw == hb.raw and ha.digest() == hb.digest()
+    assert ha.digest() == hashlib.sha256(ha.raw + str(a.stat().st_size).encode()).hexdigest()
+    write_file(b, [("t", "U8", (5,))], seeded_fill(1), {"format": "pt"})
+    assert read_header(b).digest() != ha.digest()
+    longer = st_io.SafetensorsHeader(a, ha.header_len, ha.tensors, ha.metadata, ha.file_size + 1, ha.raw)
+    assert longer.digest() != ha.digest()
+    assert ha.data_bytes == 4 == ha.file_size - ha.data_start
+
+
+def test_metadata_order_does_not_change_the_bytes(tmp_path: Path) -> None:
+    tensors = [("t", "U8", (3,))]
+    write_file(tmp_path / "1", tensors, seeded_fill(), {"b": "2", "a": "1"})
+    write_file(tmp_path / "2", tensors, seeded_fill(), {"a": "1", "b": "2"})
+    assert (tmp_path / "1").read_bytes() == (tmp_path / "2").read_bytes()
+    assert read_header(tmp_path / "1").metadata == {"a": "1", "b": "2"}
+    write_file(tmp_path / "3", tensors, seeded_fill())
+    assert b"__metadata__" not in (tmp_path / "3").read_bytes()
+    assert _reference_reads(tmp_path / "3")
+
+
+def test_write_file_refuses_data_of_the_wrong_length(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"t: data gave 3 bytes, expected 4"):
+        write_file(tmp_path / "x", [("t", "U8", (4,))], lambda _n, _size: [b"abc"])
+    with pytest.raises(ValueError, match=r"t: data gave 6 bytes, expected 4"):
+        write_file(tmp_path / "x", [("t", "U8", (4,))], lambda _n, _size: [b"abc", b"def"])
+    size = write_file(
+        tmp_path / "y", [("t", "U8", (4,)), ("u", "U8", (2,))], lambda n, s: [b"ab", b"cd"][: s // 2]
+    )
+    assert size == (tmp_path / "y").stat().st_size
+    got = dict(safetensors.deserialize((tmp_path / "y").read_bytes()))
+    assert bytes(got["t"]["data"]) == b"abcd" and bytes(got["u"]["data"]) == b"ab"
+
+
+def test_a_splice_needs_a_source_for_every_non_empty_tensor(tmp_path: Path) -> None:
+    empty = NewTensor("e", "F32", (0, 4), 0)  # no source needed: no bytes
+    src = tmp_path / "s.safetensors"
+    write_file(src, [("a", "U8", (5,))], seeded_fill())
+    a = NewTensor("a", "U8", (5,), 5, src, read_header(src).data_start)
+    out = tmp_path / "out.safetensors"
+    write_spliced(out, [empty, a])
+    assert st_io.spliced_sha256([empty, a]) == hashlib.sha256(out.read_bytes()).hexdigest()
+    got = dict(safetensors.deserialize(out.read_bytes()))
+    assert bytes(got["a"]["data"]) == b"".join(seeded_fill()("a", 5)) and bytes(got["e"]["data"]) == b""
+    orphan = NewTensor("o", "U8", (2,), 2)
+    with pytest.raises(ValueError, match="o: no source for a non-empty tensor"):
+        write_spliced(tmp_path / "bad.safetensors", [a, orphan])
+    with pytest.raises(ValueError, match="o: no source for a non-empty tensor"):
+        st_io.spliced_sha256([a, orphan])
+
+
+@pytest.mark.parametrize("path", ["kernel", "fallback"])
+def test_a_source_shorter_than_its_range_is_corrupt_not_a_short_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    src = tmp_path / "s.safetensors"
+    write_file(src, [("a", "U8", (100,))], seeded_fill())
+    start = read_header(src).data_start
+    beyond = NewTensor("a", "U8", (100,), 100, src, start + 40)  # the last 40 bytes are past the end
+    if path == "fallback":
+        monkeypatch.setattr(st_io, "_FALLBACK_BUFFER", 16)
+
+        def refuse(*_args: object) -> int:
+            raise OSError(errno.ENOSYS, "Function not implemented")
+
+        monkeypatch.setattr(st_io.os, "copy_file_range", refuse)
+    with pytest.raises(CorruptSafetensors, match=f"source ended early while copying at offset {start + 100}"):
+        write_spliced(tmp_path / "out.safetensors", [beyond])
+    with pytest.raises(CorruptSafetensors, match=f"{src}: ended early at offset {start + 100}"):
+        st_io.spliced_sha256([beyond])
+
+
+@pytest.mark.parametrize("code", [errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM])
+def test_each_refusal_of_copy_file_range_falls_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    picks, expected = _sources(tmp_path)
+
+    def refuse(*_args: object) -> int:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(st_io.os, "copy_file_range", refuse)
+    out = tmp_path / "out.safetensors"
+    write_spliced(out, picks, {"format": "pt"})
+    monkeypatch.undo()
+    _check_against_reference(out, picks, expected)
+
+
+def test_other_copy_errors_are_raised_not_papered_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    picks, _ = _sources(tmp_path)
+
+    def broken(*_args: object) -> int:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(st_io.os, "copy_file_range", broken)
+    monkeypatch.setattr(st_io, "_copy_range_userspace", lambda *_a: pytest.fail("fell back on EIO"))
+    with pytest.raises(OSError, match="Input/output error"):
+        write_spliced(tmp_path / "out.safetensors", picks)
+
+
+@pytest.mark.parametrize("fsync", [True, False, None])
+def test_a_spliced_file_is_made_durable_unless_told_not_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fsync: bool | None
+) -> None:
+    picks, _ = _sources(tmp_path)
+    out = tmp_path / "out.safetensors"
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    monkeypatch.setattr(st_io.os, "fsync", spy)
+    if fsync is None:
+        write_spliced(out, picks)  # the default: durable
+    else:
+        write_spliced(out, picks, fsync=fsync)
+    assert synced == ([] if fsync is False else [out.stat().st_ino])

@@ -111,6 +111,10 @@ class SafetensorsHeader:
         return h.hexdigest()
 
 
+def _int_list(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+
+
 def parse_header(
     raw: bytes, where: str, file_size: int | None = None
 ) -> tuple[dict[str, TensorEntry], dict[str, str]]:
@@ -131,13 +135,18 @@ def parse_header(
     tensors: dict[str, TensorEntry] = {}
     for name, info in obj.items():
         try:
-            dtype = info["dtype"]
-            shape = tuple(int(d) for d in info["shape"])
-            begin, end = (int(x) for x in info["data_offsets"])
-        except (KeyError, TypeError, ValueError) as exc:
+            dtype, raw_shape, raw_offsets = info["dtype"], info["shape"], info["data_offsets"]
+        except (KeyError, TypeError) as exc:
             raise CorruptSafetensors(
                 f"{where}: tensor {name} has a malformed header entry", "re-download the file"
             ) from exc
+        # JSON integer lists only, as the reference reads them (int() would read "12" as shape [1, 2]).
+        if not (_int_list(raw_shape) and _int_list(raw_offsets) and len(raw_offsets) == 2):
+            raise CorruptSafetensors(
+                f"{where}: tensor {name} has a malformed header entry", "re-download the file"
+            )
+        shape = tuple(raw_shape)
+        begin, end = raw_offsets
         if dtype not in DTYPE_BITS:
             raise CorruptSafetensors(
                 f"{where}: tensor {name} has unknown dtype {dtype}", "re-download the file"
