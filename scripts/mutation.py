@@ -15,6 +15,8 @@ mutated copy.
     make mutation                          # every module
     make mutation MODULES=stats,render     # a subset (names below); JOBS=N mutants at once
     .venv/bin/python scripts/mutation.py --list
+    .venv/bin/python scripts/mutation.py --modules graft --survivors   # after adding tests: re-test
+                                           # only the last run's survivors (same source), not every mutant
     cd $GH200_CACHE/mutation/stats && <repo>/.venv/bin/python -m mutmut show NAME   # a survivor's diff
 
 Survivors are listed in $GH200_CACHE/mutation/<name>/survivors.txt.
@@ -161,16 +163,39 @@ class Result:
         return (self.killed + self.timeout) / self.total if self.total else 0.0
 
 
-def _run(name: str, mod: Module, jobs: int) -> Result:
-    stage = _stage(name, mod)
+def _restage_tests(name: str, mod: Module) -> tuple[Path, list[str]]:
+    """The last run's staging copy with today's tests, and the mutants it did not kill.
+
+    Only for tests added since: the module's source must be the one that run mutated (its verdicts on
+    killed mutants stand, since tests were only added), and the test selection must be the same.
+    """
+    stage = _cache() / name
+    listing = stage / "survivors.txt"
+    if not listing.is_file():
+        raise SystemExit(f"mutation: no earlier run of {name} to resume ({listing} missing); run it in full")
+    if (stage / mod.staged).read_bytes() != (REPO / mod.source).read_bytes():
+        raise SystemExit(f"mutation: {mod.source} changed since the last run of {name}; run it in full")
+    shutil.rmtree(stage / "tests")
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc", ".mypy_cache", ".ruff_cache")
+    shutil.copytree(REPO / "tests", stage / "tests", ignore=skip)
+    names = [line.split(":")[0].strip() for line in listing.read_text().splitlines() if ":" in line]
+    return stage, [n for n in names if n]
+
+
+def _run(name: str, mod: Module, jobs: int, survivors_only: bool = False) -> Result:
+    names: list[str] = []
+    if survivors_only:
+        stage, names = _restage_tests(name, mod)
+    else:
+        stage = _stage(name, mod)
     env = {**os.environ, "GH200_HOME": str(stage / "bundle"), "GH200_CACHE": str(stage / "cache")}
     env.pop("GH200_REQUIRE_ENGINE", None)
     mutmut = [sys.executable, "-m", "mutmut"]
     started = time.monotonic()
-    log = stage / "mutmut.log"
+    log = stage / ("mutmut-survivors.log" if survivors_only else "mutmut.log")
     with log.open("w") as out:
         proc = subprocess.run(
-            [*mutmut, "run", "--max-children", str(jobs)],
+            [*mutmut, "run", "--max-children", str(jobs), *names],
             check=False,
             cwd=stage,
             env=env,
@@ -207,6 +232,11 @@ def main() -> int:
     parser.add_argument("--modules", default="", help="comma-separated subset of: " + ", ".join(MODULES))
     parser.add_argument("--jobs", type=int, default=2, help="mutants tested at once (default 2)")
     parser.add_argument("--list", action="store_true", help="print the module names and exit")
+    parser.add_argument(
+        "--survivors",
+        action="store_true",
+        help="re-test only the last run's survivors with the current tests (tests added, source unchanged)",
+    )
     args = parser.parse_args()
     if args.list:
         for name, mod in MODULES.items():
@@ -224,7 +254,7 @@ def main() -> int:
     results = []
     for name in names:
         print(f"mutation: {name} ({MODULES[name].source}) ...", flush=True)
-        result = _run(name, MODULES[name], args.jobs)
+        result = _run(name, MODULES[name], args.jobs, args.survivors)
         results.append(result)
         print(
             f"  {result.killed + result.timeout}/{result.total} killed ({result.share:.1%}), "
