@@ -6,6 +6,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -711,3 +712,49 @@ def test_the_recorded_sha256_is_of_what_the_shard_must_hold(
     problems = verify_dir(out).problems
     assert [p.split(":")[0] for p in problems] == [f"model-mtp-layer{L}.safetensors"], problems
     assert "graft record says" in problems[0]
+
+
+def test_the_result_counts_what_was_linked_copied_and_spliced(tiny: dict[str, Path], tmp_path: Path) -> None:
+    """Every figure of the result (what `models graft --json` prints), counted from the files themselves."""
+    out = tmp_path / "out"
+    result = graft(tiny["base"], tiny["delta"], out).as_dict()
+    shards = sorted(tiny["base"].glob("*.safetensors"))
+    small = [
+        p
+        for p in tiny["base"].iterdir()
+        if p.is_file()
+        and p.suffix != ".safetensors"
+        and p.name not in ("config.json", "model.safetensors.index.json")
+    ]
+    mtp = read_header(out / f"model-mtp-layer{L}.safetensors")
+    suffixes: dict[str, int] = {}
+    for name in mtp.tensors:
+        suffix = re.sub(r"experts\.\d+\.", "experts.*.", name.removeprefix(MTP))
+        suffixes[suffix] = suffixes.get(suffix, 0) + 1
+    record = json.loads((out / RECORD_NAME).read_text())
+    seconds = result.pop("seconds")
+    assert isinstance(seconds, float) and 0 <= seconds < 600
+    assert result == {
+        "changed": True,
+        "status": "grafted",
+        "repaired": [],
+        "out": str(out),
+        "input_digest": record["input_digest"],
+        "mtp_layers": [L],
+        "mtp_shard": f"model-mtp-layer{L}.safetensors",
+        "mtp_tensors": len(mtp.tensors),
+        "mtp_bytes": mtp.data_bytes,
+        "suffix_counts": suffixes,
+        "dropped_base_entries": 0,
+        "base_files_linked": len(shards),
+        "base_bytes_linked": sum(p.stat().st_size for p in shards),
+        "base_files_copied": 0,
+        "base_bytes_copied": 0,
+        "small_files_copied": len(small),
+        "warnings": [],
+    }
+    assert mtp.data_bytes == mtp.file_size - mtp.data_start and len(small) >= 3
+    again = graft(tiny["base"], tiny["delta"], out).as_dict()
+    assert (again["changed"], again["status"], again["repaired"]) == (False, "unchanged", [])
+    assert again["base_files_linked"] == again["small_files_copied"] == again["base_bytes_linked"] == 0
+    assert again["input_digest"] == record["input_digest"]
