@@ -551,3 +551,188 @@ def test_a_spliced_file_is_made_durable_unless_told_not_to(
     else:
         write_spliced(out, picks, fsync=fsync)
     assert synced == ([] if fsync is False else [out.stat().st_ino])
+
+
+def test_a_file_laid_out_as_the_reference_lays_it_out_is_byte_for_byte_its_file(tmp_path: Path) -> None:
+    """Compact JSON, space padding to 8 bytes, the length prefix: the reference writer's, byte for byte."""
+    from safetensors.numpy import save
+
+    u = np.arange(6, dtype=np.float32).reshape(2, 3)
+    t = np.frombuffer(b"abcd", dtype=np.uint8)
+    # One metadata key: the reference's map order is its hash map's (the sorting is tested above).
+    reference = save({"u": u, "t": t.copy()}, {"format": "pt"})
+    chunks = {"u": u.tobytes(), "t": t.tobytes()}
+    ours = tmp_path / "ours.safetensors"
+    write_file(
+        ours,
+        [("u", "F32", (2, 3)), ("t", "U8", (4,))],
+        lambda name, _n: [chunks[name]],
+        {"format": "pt"},
+    )
+    assert ours.read_bytes() == reference
+
+
+def _one_line(err: pytest.ExceptionInfo[BadInput], path: Path) -> str:
+    line = err.value.one_line()
+    assert line.startswith(f"{path}: "), line
+    return line.removeprefix(f"{path}: ")
+
+
+@pytest.mark.parametrize(
+    ("header", "data", "line"),
+    [
+        (b"{no}", b"", "safetensors header is not valid JSON"),
+        (b"[]", b"", "safetensors header is not a JSON object (fix: re-download the file)"),
+        (
+            b'{"__metadata__": {"k": 1}}',
+            b"",
+            "__metadata__ must map strings to strings (fix: re-create the file)",
+        ),
+        (b'{"a": {"dtype": "U8"}}', b"", "tensor a has a malformed header entry (fix: re-download the file)"),
+        (
+            b'{"a": {"dtype": "U8", "shape": ["1"], "data_offsets": [0, 1]}}',
+            b"\0",
+            "tensor a has a malformed header entry (fix: re-download the file)",
+        ),
+        (
+            b'{"a": {"dtype": "Q4", "shape": [1], "data_offsets": [0, 1]}}',
+            b"\0",
+            "tensor a has unknown dtype Q4 (fix: re-download the file)",
+        ),
+        (
+            b'{"a": {"dtype": "U8", "shape": [-1], "data_offsets": [0, 0]}}',
+            b"",
+            "tensor a has negative shape or offsets (fix: re-download the file)",
+        ),
+        (
+            b'{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}',
+            b"\0" * 4,
+            "tensor a spans 4 bytes but F32[2] needs 8 (fix: re-download the file)",
+        ),
+        (
+            b'{"a": {"dtype": "U8", "shape": [2], "data_offsets": [1, 3]}}',
+            b"\0" * 3,
+            "tensor a starts at 1, expected 0 (hole or overlap) (fix: re-download the file)",
+        ),
+        (
+            b'{"a": {"dtype": "U8", "shape": [8], "data_offsets": [0, 8]}}',
+            b"\0" * 5,
+            "data buffer is 5 bytes but the header describes 8 (truncated) (fix: re-download the file)",
+        ),
+        (
+            b'{"a": {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]}}',
+            b"\0" * 5,
+            "data buffer is 5 bytes but the header describes 2 (trailing bytes) (fix: re-download the file)",
+        ),
+    ],
+)
+def test_each_refusal_is_one_line_naming_the_file_the_fault_and_the_fix(
+    tmp_path: Path, header: bytes, data: bytes, line: str
+) -> None:
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + data)
+    with pytest.raises(CorruptSafetensors) as err:
+        read_header(path)
+    said = _one_line(err, path)
+    assert said.startswith(line), said
+    if "not valid JSON" in line:
+        assert said.endswith("(fix: re-download or re-create the file)"), said
+
+
+def test_unreadable_files_are_one_line_with_the_fix(tmp_path: Path) -> None:
+    short = tmp_path / "short.safetensors"
+    short.write_bytes(b"\1\2")
+    with pytest.raises(CorruptSafetensors) as err:
+        read_header(short)
+    assert _one_line(err, short) == "shorter than 8 bytes, not a safetensors file (fix: re-download it)"
+    long = tmp_path / "long.safetensors"
+    long.write_bytes(struct.pack("<Q", 99) + b"{}")
+    with pytest.raises(CorruptSafetensors) as err:
+        read_header(long)
+    assert _one_line(err, long) == "header length 99 does not fit the file (10 bytes) (fix: re-download it)"
+    with pytest.raises(BadInput) as missing:
+        read_header(tmp_path / "nope")
+    assert _one_line(missing, tmp_path / "nope") == "no such file (fix: check the path)"
+    with pytest.raises(BadInput) as folder:
+        read_header(tmp_path)
+    assert _one_line(folder, tmp_path) == "is a directory, expected a safetensors file (fix: check the path)"
+
+
+@pytest.mark.parametrize("path", ["kernel", "fallback"])
+def test_a_short_source_says_to_re_download_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    src = tmp_path / "s.safetensors"
+    write_file(src, [("a", "U8", (10,))], seeded_fill())
+    beyond = NewTensor("a", "U8", (10,), 10, src, read_header(src).data_start + 5)
+    if path == "fallback":
+
+        def refuse(*_args: object) -> int:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+        monkeypatch.setattr(st_io.os, "copy_file_range", refuse)
+    with pytest.raises(CorruptSafetensors) as err:
+        write_spliced(tmp_path / "out.safetensors", [beyond])
+    assert err.value.one_line().endswith("(fix: re-download the source)")
+    with pytest.raises(CorruptSafetensors) as err:
+        st_io.spliced_sha256([beyond])
+    assert err.value.one_line().endswith("(fix: re-download the source)")
+
+
+@pytest.mark.parametrize("copier", ["kernel", "fallback"])
+def test_short_rounds_copy_the_last_byte_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, copier: str
+) -> None:
+    """Rounds of 999 bytes over 1000-byte tensors: the final round moves one byte, and it must land."""
+    src = tmp_path / "s.safetensors"
+    write_file(src, [("a", "U8", (1000,)), ("b", "U8", (1,)), ("c", "U8", (1999,))], seeded_fill(5))
+    header = read_header(src)
+    picks = [
+        NewTensor(n, "U8", e.shape, e.nbytes, src, header.data_start + e.begin)
+        for n, e in header.tensors.items()
+    ]
+    real = os.copy_file_range
+    if copier == "kernel":
+
+        def short(src_fd: int, dst_fd: int, count: int, offset_src: int | None = None, *_rest: object) -> int:
+            return real(src_fd, dst_fd, min(count, 999), offset_src)
+
+        monkeypatch.setattr(st_io.os, "copy_file_range", short)
+    else:
+
+        def refuse(*_args: object) -> int:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+        monkeypatch.setattr(st_io.os, "copy_file_range", refuse)
+    monkeypatch.setattr(st_io, "_FALLBACK_BUFFER", 999)
+    out = tmp_path / "out.safetensors"
+    write_spliced(out, picks)
+    intended = st_io.spliced_sha256(picks)
+    monkeypatch.undo()
+    got = dict(safetensors.deserialize(out.read_bytes()))
+    for name in ("a", "b", "c"):
+        assert bytes(got[name]["data"]) == b"".join(seeded_fill(5)(name, header.tensors[name].nbytes)), name
+    assert intended == hashlib.sha256(out.read_bytes()).hexdigest()
+
+
+def test_one_descriptor_per_source_and_none_left_open(tmp_path: Path) -> None:
+    picks, _ = _sources(tmp_path)  # five tensors from two files
+    fds = Path("/proc/self/fd")
+    if not fds.is_dir():
+        pytest.skip("needs /proc/self/fd")
+    before = len(list(fds.iterdir()))
+    opened: list[str] = []
+    real_open = os.open
+
+    def spy(path: str | Path, flags: int, *rest: int) -> int:
+        opened.append(str(path))
+        return real_open(path, flags, *rest)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(st_io.os, "open", spy)
+        write_spliced(tmp_path / "out.safetensors", picks)
+        assert sorted(opened) == sorted({str(p.source) for p in picks})
+        opened.clear()
+        st_io.spliced_sha256(picks)
+        assert sorted(opened) == sorted({str(p.source) for p in picks})
+    assert len(list(fds.iterdir())) == before
