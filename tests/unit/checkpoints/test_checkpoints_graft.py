@@ -758,3 +758,86 @@ def test_the_result_counts_what_was_linked_copied_and_spliced(tiny: dict[str, Pa
     assert (again["changed"], again["status"], again["repaired"]) == (False, "unchanged", [])
     assert again["base_files_linked"] == again["small_files_copied"] == again["base_bytes_linked"] == 0
     assert again["input_digest"] == record["input_digest"]
+
+
+def test_the_record_names_the_layers_quantization_and_tensors(tiny: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    graft(tiny["base_stub"], tiny["delta"], out)
+    record = json.loads((out / RECORD_NAME).read_text())
+    mtp = read_header(out / f"model-mtp-layer{L}.safetensors")
+    stub_index = json.loads((tiny["base_stub"] / "model.safetensors.index.json").read_text())["weight_map"]
+    assert record["format"] == graft_mod.GRAFT_FORMAT == 2
+    assert record["mtp_layers"] == [L]
+    assert record["mtp_shard"] == f"model-mtp-layer{L}.safetensors"
+    assert record["mtp_quantization_config"] == FP8_QUANT
+    assert record["dropped_base_entries"] == sorted(
+        (n for n in stub_index if n.startswith(MTP)), key=graft_mod.natural_key
+    )
+    assert record["dropped_base_entries"], "the stub base should have had entries to drop"
+    assert record["mtp_tensors"] == {
+        n: {"dtype": e.dtype, "shape": list(e.shape)} for n, e in mtp.tensors.items()
+    }
+    assert sum(record["suffix_counts"].values()) == len(mtp.tensors)
+
+
+def _spoil_record(out: Path) -> None:
+    record = json.loads((out / RECORD_NAME).read_text())
+    outputs = record["outputs"]
+    outputs["tokenizer.json"] = 3  # not an entry
+    outputs["tokenizer_config.json"]["size"] = "12"  # not a size
+    del outputs["generation_config.json"]["sha256"]
+    outputs["chat_template.jinja"]["from_base"] = True  # copied, not linked: no safetensors header
+    outputs["config.json"]["from_base"] = True  # the graft wrote it: no such base file
+    (out / RECORD_NAME).write_text(json.dumps(record))
+
+
+def test_every_fault_of_an_out_is_named_not_only_the_first(tiny: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    graft(tiny["base"], tiny["delta"], out)
+    clean = tree(out)
+    _spoil_record(out)
+    (out / "model-00001-of-00004.safetensors").unlink()
+    _truncate(out / "model.safetensors.index.json")
+    index_size = (out / "model.safetensors.index.json").stat().st_size
+    result = graft(tiny["base"], tiny["delta"], out)
+    assert result.status == "repaired"
+    assert result.repaired == [
+        "chat_template.jinja: header differs from the base's",
+        "config.json: not a file of the base",
+        f"generation_config.json: no sha256 in {RECORD_NAME}",
+        "model-00001-of-00004.safetensors: missing",
+        f"model.safetensors.index.json: {index_size} bytes, recorded {index_size + 100}",
+        f"tokenizer.json: malformed entry in {RECORD_NAME}",
+        f"tokenizer_config.json: malformed entry in {RECORD_NAME}",
+    ]
+    assert tree(out) == clean
+
+
+@pytest.mark.parametrize("record", ["[]", '"a graft"', "{not json"])
+def test_an_out_whose_record_is_not_an_object_is_not_taken_for_a_graft(
+    tiny: dict[str, Path], tmp_path: Path, record: str
+) -> None:
+    out = tmp_path / "out"
+    graft(tiny["base"], tiny["delta"], out)
+    (out / RECORD_NAME).write_text(record)
+    with pytest.raises(GraftOutputExists, match="is not a graft made by gh200"):
+        graft(tiny["base"], tiny["delta"], out)
+    assert graft(tiny["base"], tiny["delta"], out, force=True).status == "grafted"
+
+
+def test_a_manifest_entry_without_sha256_does_not_drop_the_others(
+    tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    base = copy_tree(tiny["base"], tmp_path / "base")
+    _fetch_manifest(base)
+    manifest = json.loads((base / ".gh200-manifest.json").read_text())
+    del manifest["files"]["model-00001-of-00004.safetensors"]["sha256"]
+    manifest["files"]["model-00003-of-00004.safetensors"]["size"] += 1  # another file than the one on disk
+    (base / ".gh200-manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "out"
+    graft(base, tiny["delta"], out)
+    outputs = json.loads((out / RECORD_NAME).read_text())["outputs"]
+    assert "sha256" not in outputs["model-00001-of-00004.safetensors"]
+    assert "sha256" not in outputs["model-00003-of-00004.safetensors"]
+    for shard in ("model-00002-of-00004.safetensors", "model-00004-of-00004.safetensors"):
+        assert outputs[shard]["sha256"] == hashlib.sha256((base / shard).read_bytes()).hexdigest(), shard
