@@ -736,3 +736,34 @@ def test_one_descriptor_per_source_and_none_left_open(tmp_path: Path) -> None:
         st_io.spliced_sha256(picks)
         assert sorted(opened) == sorted({str(p.source) for p in picks})
     assert len(list(fds.iterdir())) == before
+
+
+def test_a_header_is_read_as_stored(tmp_path: Path) -> None:
+    path = tmp_path / "x.safetensors"
+    write_file(path, [("a", "U8", (3,)), ("b", "F16", (2,))], seeded_fill(), {"format": "pt"})
+    header = read_header(path)
+    stored = path.read_bytes()
+    assert header.path == path
+    assert header.header_len == struct.unpack("<Q", stored[:8])[0]
+    assert header.raw == stored[8 : 8 + header.header_len]
+    assert header.metadata == {"format": "pt"} and list(header.tensors) == ["a", "b"]
+
+
+def test_a_length_with_the_top_bit_set_does_not_fit(tmp_path: Path) -> None:
+    """The length prefix is unsigned: 0xFF..FF is 2**64-1 bytes, not -1 (which would read the whole file)."""
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(b"\xff" * 8 + b'{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}\0')
+    assert not _reference_reads(path)
+    with pytest.raises(CorruptSafetensors, match=f"header length {2**64 - 1} does not fit"):
+        read_header(path)
+
+
+def test_a_size_mismatch_names_the_tensors_own_span(tmp_path: Path) -> None:
+    header = (
+        b'{"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},'
+        b'"b":{"dtype":"F32","shape":[2],"data_offsets":[4,8]}}'
+    )
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 8)
+    with pytest.raises(CorruptSafetensors, match=re.escape("tensor b spans 4 bytes but F32[2] needs 8")):
+        read_header(path)
