@@ -462,3 +462,65 @@ def test_a_truncated_base_shard_is_repaired_through_fetch_and_graft(
     assert f"repaired {base}/{SHARD2}: " in text and f"repaired {final}/{SHARD2}: " in text, text
     assert (final / SHARD2).read_bytes() == (tiny["base"] / SHARD2).read_bytes()
     assert verify_dir(final).ok and verify_dir(base).ok
+
+
+def test_the_result_counts_files_and_bytes_as_fetched(
+    endpoint: HubServer, tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    """Every figure of the result (what `models fetch --json` prints), counted from the files themselves."""
+    endpoint.add_dir(BASE_REPO, C1, tiny["base"])
+    dest = tmp_path / "base"
+    sizes = {rel: len(data) for rel, data in files_of(tiny["base"]).items()}
+    first = fetch(ref(), None, dest).as_dict()
+    seconds = first.pop("seconds")
+    assert isinstance(seconds, float) and 0 <= seconds < 600
+    assert first == {
+        "changed": True,
+        "status": "fetched",
+        "repaired": [],
+        "repo": BASE_REPO,
+        "revision": C1,
+        "path": str(dest),
+        "files": len(sizes),
+        "bytes": sum(sizes.values()),
+        "bytes_downloaded": sum(sizes.values()),
+    }
+    again = fetch(ref(), None, dest).as_dict()
+    del again["seconds"]
+    assert again == {**first, "changed": False, "status": "unchanged", "bytes_downloaded": 0}
+    (dest / "tokenizer.json").unlink()
+    repaired = fetch(ref(), None, dest).as_dict()
+    del repaired["seconds"]
+    assert repaired == {
+        **first,
+        "status": "repaired",
+        "repaired": ["tokenizer.json: missing"],
+        "bytes_downloaded": sizes["tokenizer.json"],
+    }
+
+
+@pytest.mark.parametrize("spare", [0, -1])
+def test_free_disk_must_hold_what_is_missing_plus_the_margin(
+    endpoint: HubServer, tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spare: int
+) -> None:
+    """Exactly the missing bytes plus 1 GiB free is enough; one byte less is refused before any download."""
+    endpoint.add_dir(BASE_REPO, C1, tiny["base"])
+    need = sum(len(data) for data in files_of(tiny["base"]).values())
+    real = shutil.disk_usage
+
+    def exact(path: Any) -> Any:
+        usage = real(path)
+        return type(usage)(usage.total, usage.used, need + fetch_mod.DISK_MARGIN_BYTES + spare)
+
+    monkeypatch.setattr(fetch_mod.shutil, "disk_usage", exact)
+    if spare == 0:
+        assert fetch(ref(), None, tmp_path / "base").status == "fetched"
+        return
+    with pytest.raises(NotEnoughDisk) as err:
+        fetch(ref(), None, tmp_path / "base")
+    free = (need + fetch_mod.DISK_MARGIN_BYTES - 1) / 2**30
+    assert err.value.one_line() == (
+        f"{tmp_path}: {need / 2**30:.1f} GiB still to download (+1 GiB margin), {free:.1f} GiB free "
+        "(fix: free space, or set GH200_MODELS (or --out) to a larger filesystem)"
+    )
+    assert sum(endpoint.gets.values()) == 0
