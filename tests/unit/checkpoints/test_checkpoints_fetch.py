@@ -524,3 +524,86 @@ def test_free_disk_must_hold_what_is_missing_plus_the_margin(
         "(fix: free space, or set GH200_MODELS (or --out) to a larger filesystem)"
     )
     assert sum(endpoint.gets.values()) == 0
+
+
+def test_each_refusal_of_an_existing_directory_is_one_line_with_its_fix(
+    endpoint: HubServer, tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    endpoint.add_dir(BASE_REPO, C1, tiny["base"])
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    with pytest.raises(BadInput) as err:
+        fetch(ref(), None, mine)
+    assert err.value.one_line() == (
+        f"{mine} exists and was not fetched from {BASE_REPO} (fix: remove it or choose another --out)"
+    )
+    dest = tmp_path / "base"
+    fetch(ref(), None, dest)
+    endpoint.add_dir("someone/else", C1, tiny["base"])
+    with pytest.raises(BadInput) as err:
+        fetch(ref("someone/else"), None, dest)
+    assert err.value.one_line() == (
+        f"{dest} exists and was not fetched from someone/else (fix: remove it or choose another --out)"
+    )
+    endpoint.repos[BASE_REPO].commit = C2
+    with pytest.raises(BadInput) as err:
+        fetch(ref(BASE_REPO, C2), None, dest)
+    assert err.value.one_line() == (
+        f"{dest} holds {BASE_REPO}@{C1}, not {C2} "
+        "(fix: pass --force to replace it (unchanged files are kept), or choose another --out)"
+    )
+    partial = tmp_path / ".base.partial"
+    partial.mkdir()
+    with pytest.raises(BadInput) as err:
+        fetch(ref(BASE_REPO, C2), None, dest, force=True)
+    assert err.value.one_line() == (
+        f"{dest} and {partial} both exist (fix: remove {partial} (an interrupted fetch) and re-run)"
+    )
+    assert json.loads((dest / MANIFEST_NAME).read_text())["revision"] == C1  # nothing moved
+    with pytest.raises(BadInput) as err:
+        fetch(ref(BASE_REPO, C2), ["IQ1_S/*"], tmp_path / "none")
+    assert err.value.one_line() == (
+        f"{BASE_REPO}@{C2}: no file matches ['IQ1_S/*'] (fix: check the profile's model.files, "
+        "or pass --include PATTERN (e.g. 'UD-IQ2_XXS/*'))"
+    )
+
+
+@pytest.mark.parametrize("bars_were_off", [False, True])
+def test_a_fetch_leaves_huggingface_hubs_logging_and_progress_bars_as_it_found_them(
+    endpoint: HubServer, tiny: dict[str, Path], tmp_path: Path, bars_were_off: bool
+) -> None:
+    import logging
+
+    from huggingface_hub.utils.tqdm import (
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+    )
+
+    endpoint.add_dir(DELTA_REPO, C2, tiny["delta"])
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    seen: list[tuple[int, bool]] = []
+    import huggingface_hub
+
+    real_snapshot = huggingface_hub.snapshot_download
+
+    def watch(*args: Any, **kwargs: Any) -> Any:
+        seen.append((logger.level, are_progress_bars_disabled()))
+        return real_snapshot(*args, **kwargs)
+
+    try:
+        logger.setLevel(logging.INFO)
+        if bars_were_off:
+            disable_progress_bars()
+        else:
+            enable_progress_bars()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(huggingface_hub, "snapshot_download", watch)
+            fetch(ref(DELTA_REPO, C2), None, tmp_path / "delta")
+        assert seen == [(logging.ERROR, True)]  # quiet while downloading
+        assert logger.level == logging.INFO
+        assert are_progress_bars_disabled() is bars_were_off
+    finally:
+        logger.setLevel(level)
+        enable_progress_bars()
