@@ -342,3 +342,43 @@ def test_compose_service_shapes(pinned_bundle: Path) -> None:
     assert gpu["ports"] == [f"{vllm.bind_address}:{vllm.port}:{vllm.port}"]
     assert gpu["labels"]["io.gh200.stack"] == "pair"
     assert gpu["command"] == render.argv(plain)
+
+
+def test_a_model_file_pattern_resolves_to_exactly_one_file(tmp_path: Path) -> None:
+    """There is no shell in the container: the shard pattern becomes the one file it names here."""
+    profile = load_profile("glm52-iq2xxs-cpu", PROFILES)
+    pattern = profile.model.gguf_file
+    assert pattern == "UD-IQ2_XXS/*-00001-of-*.gguf"
+    shards = tmp_path / "UD-IQ2_XXS"
+    shards.mkdir()
+    with pytest.raises(ValueError) as err:
+        render.resolve_model_files(profile, tmp_path)
+    assert str(err.value) == f"{pattern!r} matches nothing in {tmp_path}"
+    (shards / "GLM-00001-of-00002.gguf").write_bytes(b"")
+    (shards / "GLM-00002-of-00002.gguf").write_bytes(b"")
+    assert render.resolve_model_files(profile, tmp_path) == {pattern: "UD-IQ2_XXS/GLM-00001-of-00002.gguf"}
+    (shards / "dir-00001-of-00002.gguf").mkdir()  # a directory is not a model file
+    assert render.resolve_model_files(profile, tmp_path) == {pattern: "UD-IQ2_XXS/GLM-00001-of-00002.gguf"}
+    for name in ("A", "B", "C", "D"):
+        (shards / f"{name}-00001-of-00003.gguf").write_bytes(b"")
+        listed = sorted(p.name for p in shards.glob("*-00001-of-*.gguf") if p.is_file())
+        with pytest.raises(ValueError) as err:
+            render.resolve_model_files(profile, tmp_path)
+        shown = ", ".join(f"UD-IQ2_XXS/{n}" for n in listed[:4])
+        more = " ..." if len(listed) > 4 else ""
+        assert str(err.value) == f"{pattern!r} matches {len(listed)} files: {shown}{more} in {tmp_path}"
+    assert len(listed) == 5 and str(err.value).endswith(f" ... in {tmp_path}")
+
+
+def test_the_draft_model_file_is_resolved_too(tmp_path: Path) -> None:
+    profile = load_profile("local-tiny", PROFILES)
+    assert profile.model.draft is not None
+    (tmp_path / "tiny-llama-spm.gguf").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"'tiny-llama-spm-draft\.gguf' matches nothing"):
+        render.resolve_model_files(profile, tmp_path)
+    (tmp_path / "tiny-llama-spm-draft.gguf").write_bytes(b"")
+    assert render.resolve_model_files(profile, tmp_path) == {
+        "tiny-llama-spm.gguf": "tiny-llama-spm.gguf",
+        "tiny-llama-spm-draft.gguf": "tiny-llama-spm-draft.gguf",
+    }
+    assert render.model_files(profile) == ["tiny-llama-spm.gguf", "tiny-llama-spm-draft.gguf"]
