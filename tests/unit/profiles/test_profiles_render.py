@@ -382,3 +382,24 @@ def test_the_draft_model_file_is_resolved_too(tmp_path: Path) -> None:
         "tiny-llama-spm-draft.gguf": "tiny-llama-spm-draft.gguf",
     }
     assert render.model_files(profile) == ["tiny-llama-spm.gguf", "tiny-llama-spm-draft.gguf"]
+
+
+def test_compose_carries_a_cpu_profiles_shm_size_and_keeps_long_arguments_on_one_line(
+    pinned_bundle: Path,
+) -> None:
+    cpu = _profile("glm52-iq2xxs-cpu")
+    long_arg = "--override-kv " + ",".join(f"key{i}=value{i}" for i in range(6)) + " spaced words"
+    assert 80 < len(long_arg) < 110
+    cpu = cpu.model_copy(
+        update={
+            "shm_size": "16g",
+            "settings": cpu.settings.model_copy(update={"extra_args": [long_arg]}),
+        }
+    )
+    text = render.compose([cpu])
+    service = yaml.safe_load(text)["services"]["glm52-iq2xxs-cpu"]
+    assert service["shm_size"] == "16g"
+    assert service["command"][-1] == long_arg
+    assert any(line.strip() == f"- {long_arg}" for line in text.splitlines()), "wrapped below 120 columns"
+    plain = yaml.safe_load(render.compose([_profile("glm52-iq2xxs-cpu")]))["services"]["glm52-iq2xxs-cpu"]
+    assert "shm_size" not in plain
