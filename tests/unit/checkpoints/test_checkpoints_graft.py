@@ -841,3 +841,65 @@ def test_a_manifest_entry_without_sha256_does_not_drop_the_others(
     assert "sha256" not in outputs["model-00003-of-00004.safetensors"]
     for shard in ("model-00002-of-00004.safetensors", "model-00004-of-00004.safetensors"):
         assert outputs[shard]["sha256"] == hashlib.sha256((base / shard).read_bytes()).hexdigest(), shard
+
+
+def _said(call: Callable[[], object]) -> str:
+    with pytest.raises(BadInput) as err:
+        call()
+    assert err.value.exit_code == 2
+    return err.value.one_line()
+
+
+def test_each_refusal_names_the_input_and_the_fix(tiny: dict[str, Path], tmp_path: Path) -> None:
+    """The one line `models graft` prints for each refusal of its own (the layout checks have theirs)."""
+    base, delta, out = tiny["base"], tiny["delta"], tmp_path / "out"
+    assert _said(lambda: graft(tiny["fp8"], tiny["fp8"], out)) == (
+        f"--base and --mtp-from are both {tiny['fp8']} (fix: take the MTP layer from the FP8 model)"
+    )
+    a_file = tmp_path / "file"
+    a_file.write_text("mine")
+    assert _said(lambda: graft(base, delta, a_file)) == (
+        f"--out {a_file} is a file (fix: choose a directory path for OUT)"
+    )
+    for given, what in ((base, "--base"), (delta, "--mtp-from")):
+        inside = given / "grafted"
+        assert _said(lambda: graft(base, delta, inside)) == (  # noqa: B023 (called at once)
+            f"--out {inside} is inside {what} {given} (fix: write OUT beside the inputs, not inside them)"
+        )
+    assert _said(lambda: graft(base, delta, base)) == (
+        f"--out {base} is inside --base {base} (fix: write OUT beside the inputs, not inside them)"
+    )
+    not_fp8 = variant(tmp_path / "bf16", config=lambda c: c.pop("quantization_config"))
+    assert _said(lambda: graft(base, not_fp8, out)) == (
+        "MTP source config has no FP8 quantization_config (quant_method None) (fix: take the MTP layer "
+        "from the FP8 artifact (or pass its config.json with --mtp-config))"
+    )
+    no_layer = variant(
+        tmp_path / "short", config=lambda c: c.update(num_hidden_layers=3), dims=Dims(num_hidden_layers=2)
+    )
+    assert _said(lambda: graft(base, no_layer, out)) == (
+        f"{no_layer}: no tensors of layer {L} (model.layers.{L}.*) "
+        "(fix: point --mtp-from at the FP8 artifact or the MTP delta repo)"
+    )
+    unreadable = tmp_path / "bad.json"
+    unreadable.write_text("{")
+    said = _said(lambda: graft(base, tiny["delta_noconfig"], out, mtp_config=unreadable))
+    assert said.startswith(f"--mtp-config {unreadable}: not a readable JSON config (")
+    assert said.endswith("(fix: check the path)")
+    listed = tmp_path / "list.json"
+    listed.write_text("[]")
+    assert _said(lambda: graft(base, tiny["delta_noconfig"], out, mtp_config=listed)) == (
+        f"--mtp-config {listed}: not a JSON object (fix: pass the FP8 artifact's config.json)"
+    )
+    graft(base, delta, out)
+    assert _said(lambda: graft(tiny["base_stub"], delta, out)) == (
+        f"{out} exists and was grafted from other inputs "
+        "(fix: remove it, choose another --out, or pass --force)"
+    )
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert _said(lambda: graft(base, delta, plain)) == (
+        f"{plain} exists and is not a graft made by gh200 "
+        "(fix: remove it, choose another --out, or pass --force)"
+    )
+    assert not (base / "grafted").exists() and not (delta / "grafted").exists()
