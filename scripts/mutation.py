@@ -15,8 +15,8 @@ mutated copy.
     make mutation                          # every module
     make mutation MODULES=stats,render     # a subset (names below); JOBS=N mutants at once
     .venv/bin/python scripts/mutation.py --list
-    .venv/bin/python scripts/mutation.py --modules graft --survivors   # after adding tests: re-test
-                                           # only the last run's survivors (same source), not every mutant
+    .venv/bin/python scripts/mutation.py --modules graft --survivors   # after adding tests (or an
+                          # interrupted run): re-test only what the last run did not kill, same source
     cd $GH200_CACHE/mutation/stats && <repo>/.venv/bin/python -m mutmut show NAME   # a survivor's diff
 
 Survivors are listed in $GH200_CACHE/mutation/<name>/survivors.txt.
@@ -164,23 +164,23 @@ class Result:
 
 
 def _restage_tests(name: str, mod: Module) -> tuple[Path, list[str]]:
-    """The last run's staging copy with today's tests, and the mutants it did not kill.
+    """The last run's staging copy with today's tests, and the mutants it did not kill or never reached.
 
-    Only for tests added since: the module's source must be the one that run mutated (its verdicts on
-    killed mutants stand, since tests were only added), and the test selection must be the same.
+    For tests added since (or a run that was interrupted): the module's source must be the one that run
+    mutated, so that its verdicts on killed mutants stand, and the test selection must be the same.
     """
     stage = _cache() / name
-    listing = stage / "survivors.txt"
-    if not listing.is_file():
-        raise SystemExit(f"mutation: no earlier run of {name} to resume ({listing} missing); run it in full")
+    meta = stage / "mutants" / f"{mod.staged}.meta"
+    if not meta.is_file():
+        raise SystemExit(f"mutation: no earlier run of {name} to resume ({meta} missing); run it in full")
     if (stage / mod.staged).read_bytes() != (REPO / mod.source).read_bytes():
         raise SystemExit(f"mutation: {mod.source} changed since the last run of {name}; run it in full")
     shutil.rmtree(stage / "tests")
     skip = shutil.ignore_patterns("__pycache__", "*.pyc", ".mypy_cache", ".ruff_cache")
     shutil.copytree(REPO / "tests", stage / "tests", ignore=skip)
-    # `mutmut results` lists every mutant not killed; a timeout counts as killed and would time out again.
-    rows = [line.rsplit(":", 1) for line in listing.read_text().splitlines() if ":" in line]
-    return stage, [name.strip() for name, status in rows if status.strip() in ("survived", "no tests")]
+    # mutmut's exit codes per mutant: None not run yet, 0 survived, 33 no tests (timeouts count as killed).
+    verdicts: dict[str, int | None] = json.loads(meta.read_text())["exit_code_by_key"]
+    return stage, sorted(n for n, code in verdicts.items() if code in (None, 0, 33))
 
 
 def _run(name: str, mod: Module, jobs: int, survivors_only: bool = False) -> Result:
@@ -236,7 +236,8 @@ def main() -> int:
     parser.add_argument(
         "--survivors",
         action="store_true",
-        help="re-test only the last run's survivors with the current tests (tests added, source unchanged)",
+        help="re-test only what the last run did not kill (or did not reach) with the current tests "
+        "(tests added, source unchanged)",
     )
     args = parser.parse_args()
     if args.list:
