@@ -403,3 +403,41 @@ def test_compose_carries_a_cpu_profiles_shm_size_and_keeps_long_arguments_on_one
     assert any(line.strip() == f"- {long_arg}" for line in text.splitlines()), "wrapped below 120 columns"
     plain = yaml.safe_load(render.compose([_profile("glm52-iq2xxs-cpu")]))["services"]["glm52-iq2xxs-cpu"]
     assert "shm_size" not in plain
+
+
+def test_the_container_loads_the_files_deploy_resolved(pinned_bundle: Path) -> None:
+    """A shard pattern and a draft become the files deploy found, in argv and in the container spec."""
+    cpu = _profile("glm52-iq2xxs-cpu")
+    pattern = cpu.model.gguf_file
+    assert pattern is not None
+    first = "UD-IQ2_XXS/GLM-5.2-UD-IQ2_XXS-00001-of-00006.gguf"
+    where = render.model_container_dir(cpu)
+    assert _value(render.argv(cpu, {pattern: first}), "-m") == f"{where}/{first}"
+    assert _value(render.container_spec(cpu, files={pattern: first})["command"], "-m") == f"{where}/{first}"
+    assert _value(render.argv(cpu), "-m") == f"{where}/{pattern}"  # a render shows the pattern
+    tiny = _profile("local-tiny")
+    assert tiny.model.draft is not None
+    resolved = {"tiny-llama-spm.gguf": "q/main.gguf", tiny.model.draft.file: "q/draft.gguf"}
+    command = render.container_spec(tiny, files=resolved)["command"]
+    there = render.model_container_dir(tiny)
+    assert (_value(command, "-m"), _value(command, "-md")) == (
+        f"{there}/q/main.gguf",
+        f"{there}/q/draft.gguf",
+    )
+
+
+def test_a_vllm_profile_loads_no_model_file_by_name() -> None:
+    assert render.model_files(_profile("glm52-awq")) == []
+    assert render.model_files(_profile("glm52-iq2xxs-cpu")) == ["UD-IQ2_XXS/*-00001-of-*.gguf"]
+
+
+@pytest.mark.parametrize("name", ["glm52-iq2xxs-cpu", "local-tiny"])
+def test_a_llama_server_with_a_key_file_reads_the_mounted_copy(pinned_bundle: Path, name: str) -> None:
+    profile = _profile(name)
+    keyless = render.argv(profile.model_copy(update={"api_key_file": None}))
+    assert "--api-key-file" not in keyless
+    keyed = render.argv(profile.model_copy(update={"api_key_file": "/home/me/key"}))
+    extra = list(profile.settings.extra_args)
+    body = keyed[: len(keyed) - len(extra)] if extra else keyed
+    assert body == [*keyless[: len(keyless) - len(extra)], "--api-key-file", render.API_KEY_IN_CONTAINER]
+    assert keyed[len(body) :] == extra
