@@ -903,3 +903,24 @@ def test_each_refusal_names_the_input_and_the_fix(tiny: dict[str, Path], tmp_pat
         "(fix: remove it, choose another --out, or pass --force)"
     )
     assert not (base / "grafted").exists() and not (delta / "grafted").exists()
+
+
+def test_files_in_nested_folders_of_the_base_are_carried(tiny: dict[str, Path], tmp_path: Path) -> None:
+    """A base may keep extra weights or docs in sub-folders (e.g. an original/ copy): OUT keeps them too."""
+    base = copy_tree(tiny["base"], tmp_path / "base")
+    deep = base / "original" / "shards"
+    deep.mkdir(parents=True)
+    st_io.write_file(deep / "extra.safetensors", [("x", "U8", (3,))], seeded_fill())
+    (base / "docs" / "notes").mkdir(parents=True)
+    (base / "docs" / "notes" / "README.md").write_text("notes\n")
+    out = tmp_path / "out"
+    result = graft(base, tiny["delta"], out)
+    for rel in ("original/shards/extra.safetensors", "docs/notes/README.md"):
+        assert (out / rel).read_bytes() == (base / rel).read_bytes(), rel
+    assert (out / "original/shards/extra.safetensors").stat().st_ino == (
+        deep / "extra.safetensors"
+    ).stat().st_ino
+    shards = [*base.glob("*.safetensors"), deep / "extra.safetensors"]
+    assert result.transfer.linked_files == len(shards)
+    assert result.transfer.linked_bytes == sum(p.stat().st_size for p in shards)
+    assert verify_dir(out).ok
