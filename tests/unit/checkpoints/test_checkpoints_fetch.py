@@ -607,3 +607,35 @@ def test_a_fetch_leaves_huggingface_hubs_logging_and_progress_bars_as_it_found_t
     finally:
         logger.setLevel(level)
         enable_progress_bars()
+
+
+def test_a_file_replaced_by_a_directory_is_missing_and_repaired(
+    endpoint: HubServer, tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    endpoint.add_dir(BASE_REPO, C1, tiny["base"])
+    dest = tmp_path / "base"
+    fetch(ref(), None, dest)
+    (dest / "tokenizer.json").unlink()
+    (dest / "tokenizer.json").mkdir()
+    result = fetch(ref(), None, dest)
+    assert result.status == "repaired" and result.repaired == ["tokenizer.json: missing"]
+    assert files_of(dest) == files_of(tiny["base"])
+
+
+def test_progress_while_downloading_counts_finished_files_and_partial_downloads(tmp_path: Path) -> None:
+    partial = tmp_path / ".x.partial"
+    meta = partial / ".cache" / "huggingface" / "download"
+    (meta / "sub").mkdir(parents=True)
+    (partial / "a.safetensors").write_bytes(b"a" * 100)
+    (partial / "sub").mkdir()
+    (partial / "sub" / "b.json").write_bytes(b"b" * 10)
+    (meta / "x1.incomplete").write_bytes(b"x" * 7)
+    (meta / "sub" / "x2.incomplete").write_bytes(b"x" * 5)
+    (meta / "a.safetensors.metadata").write_bytes(b"m" * 1000)  # not a download in progress
+    wanted = [
+        fetch_mod.RemoteFile("a.safetensors", 100, "0" * 64, None),
+        fetch_mod.RemoteFile("sub/b.json", 10, None, "1" * 40),
+        fetch_mod.RemoteFile("not-yet.safetensors", 50, "2" * 64, None),
+    ]
+    assert fetch_mod._bytes_on_disk(partial, wanted) == 100 + 10 + 7 + 5
+    assert fetch_mod._bytes_on_disk(tmp_path / "nothing", wanted) == 0
