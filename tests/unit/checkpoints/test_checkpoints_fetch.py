@@ -639,3 +639,31 @@ def test_progress_while_downloading_counts_finished_files_and_partial_downloads(
     ]
     assert fetch_mod._bytes_on_disk(partial, wanted) == 100 + 10 + 7 + 5
     assert fetch_mod._bytes_on_disk(tmp_path / "nothing", wanted) == 0
+
+
+def test_a_new_commit_with_the_same_files_is_not_unchanged(
+    endpoint: HubServer, tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    """The manifest must name this revision: identical files under another commit are not "unchanged"."""
+    endpoint.add_dir(BASE_REPO, C1, tiny["base"])
+    dest = tmp_path / "base"
+    fetch(ref(), None, dest)
+    endpoint.repos[BASE_REPO].commit = C2  # same files, new commit
+    with pytest.raises(BadInput, match=f"holds {BASE_REPO}@{C1}, not {C2}"):
+        fetch(ref(BASE_REPO, C2), None, dest)
+    result = fetch(ref(BASE_REPO, C2), None, dest, force=True)
+    assert result.status == "fetched" and result.bytes_downloaded == 0  # every file already complete
+    assert json.loads((dest / MANIFEST_NAME).read_text())["revision"] == C2
+
+
+@pytest.mark.parametrize("manifest", ["[]", '"x"', "{broken"])
+def test_a_directory_whose_manifest_is_not_an_object_is_not_ours(
+    endpoint: HubServer, tiny: dict[str, Path], tmp_path: Path, manifest: str
+) -> None:
+    endpoint.add_dir(BASE_REPO, C1, tiny["base"])
+    dest = tmp_path / "base"
+    fetch(ref(), None, dest)
+    (dest / MANIFEST_NAME).write_text(manifest)
+    with pytest.raises(BadInput, match=f"exists and was not fetched from {BASE_REPO}"):
+        fetch(ref(), None, dest)
+    assert (dest / MANIFEST_NAME).read_text() == manifest
