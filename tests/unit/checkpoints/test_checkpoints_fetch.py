@@ -667,3 +667,24 @@ def test_a_directory_whose_manifest_is_not_an_object_is_not_ours(
     with pytest.raises(BadInput, match=f"exists and was not fetched from {BASE_REPO}"):
         fetch(ref(), None, dest)
     assert (dest / MANIFEST_NAME).read_text() == manifest
+
+
+def test_files_the_new_revision_dropped_go_with_their_empty_folders(
+    endpoint: HubServer, tmp_path: Path
+) -> None:
+    files = {
+        "config.json": b"{}",
+        "extra/deep/notes.txt": b"old notes",
+        "extra/keep.txt": b"kept",
+        "tokenizer.model": b"x" * 64,
+    }
+    endpoint.add_repo("o/m", C1, files)
+    dest = tmp_path / "m"
+    fetch(ref("o/m", C1), None, dest)
+    assert (dest / "extra/deep/notes.txt").read_bytes() == b"old notes"
+    endpoint.repos["o/m"].files = {k: v for k, v in files.items() if k != "extra/deep/notes.txt"}
+    endpoint.repos["o/m"].commit = C2
+    fetch(ref("o/m", C2), None, dest, force=True)
+    on_disk = sorted(str(p.relative_to(dest)) for p in dest.rglob("*"))
+    assert on_disk == sorted([MANIFEST_NAME, "config.json", "extra", "extra/keep.txt", "tokenizer.model"])
+    assert verify_dir(dest).ok
