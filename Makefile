@@ -18,7 +18,7 @@ help:
 	@echo "make demo   - build the llama.cpp image, deploy local-tiny, smoke-benchmark it, print the report"
 	@echo "make test   - install what the suite needs and run all of it (lint, types, unit, engine, ansible)"
 	@echo "make setup  - create .venv with the locked dependencies"
-	@echo "make mutation [MODULES=stats,render] - share of mutants the unit tests kill, per core module (slow)"
+	@echo "make mutation [MODULES=stats,render] [JOBS=N] [SURVIVORS=1] - share of mutants the unit tests kill, per core module (slow)"
 	@echo "make lint | lock | provision | images | models | deploy | smoke | verify | bench-graft | bench-client"
 	@echo "make bench-gate - detection and false-alarm rates of the baseline gate on local-tiny (real llama-server)"
 
@@ -50,7 +50,7 @@ test: setup lint
 # A benchmark, not part of `make test`: mutmut over the core decision modules (scripts/mutation.py --list).
 MODULES ?=
 mutation: $(VENV)/.synced
-	$(PY) scripts/mutation.py --modules "$(MODULES)" $(if $(JOBS),--jobs $(JOBS))
+	$(PY) scripts/mutation.py --modules "$(MODULES)" $(if $(JOBS),--jobs $(JOBS)) $(if $(SURVIVORS),--survivors)
 
 test-unit: $(VENV)/.synced
 	$(VENV)/bin/pytest tests/unit -q

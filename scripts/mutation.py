@@ -15,6 +15,8 @@ mutated copy.
     make mutation                          # every module
     make mutation MODULES=stats,render     # a subset (names below); JOBS=N mutants at once
     .venv/bin/python scripts/mutation.py --list
+    .venv/bin/python scripts/mutation.py --modules graft --survivors   # after adding tests (or an
+                          # interrupted run): re-test only what the last run did not kill, same source
     cd $GH200_CACHE/mutation/stats && <repo>/.venv/bin/python -m mutmut show NAME   # a survivor's diff
 
 Survivors are listed in $GH200_CACHE/mutation/<name>/survivors.txt.
@@ -51,9 +53,19 @@ MODULES: dict[str, Module] = {
     "stats": _pkg("bench/stats.py", "tests/unit/bench"),
     "smoke": _pkg("bench/smoke.py", "tests/unit/bench"),
     "sweep": _pkg("bench/sweep.py", "tests/unit/bench"),
-    "graft": _pkg("checkpoints/graft.py", "tests/unit/checkpoints"),
-    "safetensors_io": _pkg("checkpoints/safetensors_io.py", "tests/unit/checkpoints"),
-    "fetch": _pkg("checkpoints/fetch.py", "tests/unit/checkpoints"),
+    # Each checkpoint module by its own test file (graft also by `models verify`, which reads its
+    # record): header parsing runs under every graft and fetch test, and selecting those makes each
+    # safetensors_io mutant cost the whole suite. Never test_checkpoints_imports.py: it reads the
+    # modules' source, where a mutated module imports mutmut (undeclared), so mutmut's clean run fails.
+    "graft": _pkg(
+        "checkpoints/graft.py",
+        "tests/unit/checkpoints/test_checkpoints_graft.py",
+        "tests/unit/checkpoints/test_checkpoints_inspect_verify.py",
+    ),
+    "safetensors_io": _pkg(
+        "checkpoints/safetensors_io.py", "tests/unit/checkpoints/test_checkpoints_safetensors.py"
+    ),
+    "fetch": _pkg("checkpoints/fetch.py", "tests/unit/checkpoints/test_checkpoints_fetch.py"),
     # The profiles suite also drives the CLI, locks and the hub stand-in; only these files test
     # rendering or validation, and the full suite makes each profiles mutant several times slower.
     "render": _pkg(
@@ -151,16 +163,40 @@ class Result:
         return (self.killed + self.timeout) / self.total if self.total else 0.0
 
 
-def _run(name: str, mod: Module, jobs: int) -> Result:
-    stage = _stage(name, mod)
+def _restage_tests(name: str, mod: Module) -> tuple[Path, list[str]]:
+    """The last run's staging copy with today's tests, and the mutants it did not kill or never reached.
+
+    For tests added since (or a run that was interrupted): the module's source must be the one that run
+    mutated, so that its verdicts on killed mutants stand, and the test selection must be the same.
+    """
+    stage = _cache() / name
+    meta = stage / "mutants" / f"{mod.staged}.meta"
+    if not meta.is_file():
+        raise SystemExit(f"mutation: no earlier run of {name} to resume ({meta} missing); run it in full")
+    if (stage / mod.staged).read_bytes() != (REPO / mod.source).read_bytes():
+        raise SystemExit(f"mutation: {mod.source} changed since the last run of {name}; run it in full")
+    shutil.rmtree(stage / "tests")
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc", ".mypy_cache", ".ruff_cache")
+    shutil.copytree(REPO / "tests", stage / "tests", ignore=skip)
+    # mutmut's exit codes per mutant: None not run yet, 0 survived, 33 no tests (timeouts count as killed).
+    verdicts: dict[str, int | None] = json.loads(meta.read_text())["exit_code_by_key"]
+    return stage, sorted(n for n, code in verdicts.items() if code in (None, 0, 33))
+
+
+def _run(name: str, mod: Module, jobs: int, survivors_only: bool = False) -> Result:
+    names: list[str] = []
+    if survivors_only:
+        stage, names = _restage_tests(name, mod)
+    else:
+        stage = _stage(name, mod)
     env = {**os.environ, "GH200_HOME": str(stage / "bundle"), "GH200_CACHE": str(stage / "cache")}
     env.pop("GH200_REQUIRE_ENGINE", None)
     mutmut = [sys.executable, "-m", "mutmut"]
     started = time.monotonic()
-    log = stage / "mutmut.log"
+    log = stage / ("mutmut-survivors.log" if survivors_only else "mutmut.log")
     with log.open("w") as out:
         proc = subprocess.run(
-            [*mutmut, "run", "--max-children", str(jobs)],
+            [*mutmut, "run", "--max-children", str(jobs), *names],
             check=False,
             cwd=stage,
             env=env,
@@ -197,6 +233,12 @@ def main() -> int:
     parser.add_argument("--modules", default="", help="comma-separated subset of: " + ", ".join(MODULES))
     parser.add_argument("--jobs", type=int, default=2, help="mutants tested at once (default 2)")
     parser.add_argument("--list", action="store_true", help="print the module names and exit")
+    parser.add_argument(
+        "--survivors",
+        action="store_true",
+        help="re-test only what the last run did not kill (or did not reach) with the current tests "
+        "(tests added, source unchanged)",
+    )
     args = parser.parse_args()
     if args.list:
         for name, mod in MODULES.items():
@@ -214,7 +256,7 @@ def main() -> int:
     results = []
     for name in names:
         print(f"mutation: {name} ({MODULES[name].source}) ...", flush=True)
-        result = _run(name, MODULES[name], args.jobs)
+        result = _run(name, MODULES[name], args.jobs, args.survivors)
         results.append(result)
         print(
             f"  {result.killed + result.timeout}/{result.total} killed ({result.share:.1%}), "

@@ -462,3 +462,229 @@ def test_a_truncated_base_shard_is_repaired_through_fetch_and_graft(
     assert f"repaired {base}/{SHARD2}: " in text and f"repaired {final}/{SHARD2}: " in text, text
     assert (final / SHARD2).read_bytes() == (tiny["base"] / SHARD2).read_bytes()
     assert verify_dir(final).ok and verify_dir(base).ok
+
+
+def test_the_result_counts_files_and_bytes_as_fetched(
+    endpoint: HubServer, tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    """Every figure of the result (what `models fetch --json` prints), counted from the files themselves."""
+    endpoint.add_dir(BASE_REPO, C1, tiny["base"])
+    dest = tmp_path / "base"
+    sizes = {rel: len(data) for rel, data in files_of(tiny["base"]).items()}
+    first = fetch(ref(), None, dest).as_dict()
+    seconds = first.pop("seconds")
+    assert isinstance(seconds, float) and 0 <= seconds < 600 and round(seconds, 3) == seconds  # ms
+    assert first == {
+        "changed": True,
+        "status": "fetched",
+        "repaired": [],
+        "repo": BASE_REPO,
+        "revision": C1,
+        "path": str(dest),
+        "files": len(sizes),
+        "bytes": sum(sizes.values()),
+        "bytes_downloaded": sum(sizes.values()),
+    }
+    again = fetch(ref(), None, dest).as_dict()
+    del again["seconds"]
+    assert again == {**first, "changed": False, "status": "unchanged", "bytes_downloaded": 0}
+    (dest / "tokenizer.json").unlink()
+    repaired = fetch(ref(), None, dest).as_dict()
+    del repaired["seconds"]
+    assert repaired == {
+        **first,
+        "status": "repaired",
+        "repaired": ["tokenizer.json: missing"],
+        "bytes_downloaded": sizes["tokenizer.json"],
+    }
+
+
+@pytest.mark.parametrize("spare", [0, -1])
+def test_free_disk_must_hold_what_is_missing_plus_the_margin(
+    endpoint: HubServer, tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spare: int
+) -> None:
+    """Exactly the missing bytes plus 1 GiB free is enough; one byte less is refused before any download."""
+    endpoint.add_dir(BASE_REPO, C1, tiny["base"])
+    need = sum(len(data) for data in files_of(tiny["base"]).values())
+    real = shutil.disk_usage
+
+    def exact(path: Any) -> Any:
+        usage = real(path)
+        return type(usage)(usage.total, usage.used, need + fetch_mod.DISK_MARGIN_BYTES + spare)
+
+    monkeypatch.setattr(fetch_mod.shutil, "disk_usage", exact)
+    if spare == 0:
+        assert fetch(ref(), None, tmp_path / "base").status == "fetched"
+        return
+    with pytest.raises(NotEnoughDisk) as err:
+        fetch(ref(), None, tmp_path / "base")
+    free = (need + fetch_mod.DISK_MARGIN_BYTES - 1) / 2**30
+    assert err.value.one_line() == (
+        f"{tmp_path}: {need / 2**30:.1f} GiB still to download (+1 GiB margin), {free:.1f} GiB free "
+        "(fix: free space, or set GH200_MODELS (or --out) to a larger filesystem)"
+    )
+    assert sum(endpoint.gets.values()) == 0
+
+
+def test_each_refusal_of_an_existing_directory_is_one_line_with_its_fix(
+    endpoint: HubServer, tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    endpoint.add_dir(BASE_REPO, C1, tiny["base"])
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    with pytest.raises(BadInput) as err:
+        fetch(ref(), None, mine)
+    assert err.value.one_line() == (
+        f"{mine} exists and was not fetched from {BASE_REPO} (fix: remove it or choose another --out)"
+    )
+    dest = tmp_path / "base"
+    fetch(ref(), None, dest)
+    endpoint.add_dir("someone/else", C1, tiny["base"])
+    with pytest.raises(BadInput) as err:
+        fetch(ref("someone/else"), None, dest)
+    assert err.value.one_line() == (
+        f"{dest} exists and was not fetched from someone/else (fix: remove it or choose another --out)"
+    )
+    endpoint.repos[BASE_REPO].commit = C2
+    with pytest.raises(BadInput) as err:
+        fetch(ref(BASE_REPO, C2), None, dest)
+    assert err.value.one_line() == (
+        f"{dest} holds {BASE_REPO}@{C1}, not {C2} "
+        "(fix: pass --force to replace it (unchanged files are kept), or choose another --out)"
+    )
+    partial = tmp_path / ".base.partial"
+    partial.mkdir()
+    with pytest.raises(BadInput) as err:
+        fetch(ref(BASE_REPO, C2), None, dest, force=True)
+    assert err.value.one_line() == (
+        f"{dest} and {partial} both exist (fix: remove {partial} (an interrupted fetch) and re-run)"
+    )
+    assert json.loads((dest / MANIFEST_NAME).read_text())["revision"] == C1  # nothing moved
+    with pytest.raises(BadInput) as err:
+        fetch(ref(BASE_REPO, C2), ["IQ1_S/*"], tmp_path / "none")
+    assert err.value.one_line() == (
+        f"{BASE_REPO}@{C2}: no file matches ['IQ1_S/*'] (fix: check the profile's model.files, "
+        "or pass --include PATTERN (e.g. 'UD-IQ2_XXS/*'))"
+    )
+
+
+@pytest.mark.parametrize("bars_were_off", [False, True])
+def test_a_fetch_leaves_huggingface_hubs_logging_and_progress_bars_as_it_found_them(
+    endpoint: HubServer, tiny: dict[str, Path], tmp_path: Path, bars_were_off: bool
+) -> None:
+    import logging
+
+    from huggingface_hub.utils.tqdm import (
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+    )
+
+    endpoint.add_dir(DELTA_REPO, C2, tiny["delta"])
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    seen: list[tuple[int, bool]] = []
+    import huggingface_hub
+
+    real_snapshot = huggingface_hub.snapshot_download
+
+    def watch(*args: Any, **kwargs: Any) -> Any:
+        seen.append((logger.level, are_progress_bars_disabled()))
+        return real_snapshot(*args, **kwargs)
+
+    try:
+        logger.setLevel(logging.INFO)
+        if bars_were_off:
+            disable_progress_bars()
+        else:
+            enable_progress_bars()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(huggingface_hub, "snapshot_download", watch)
+            fetch(ref(DELTA_REPO, C2), None, tmp_path / "delta")
+        assert seen == [(logging.ERROR, True)]  # quiet while downloading
+        assert logger.level == logging.INFO
+        assert are_progress_bars_disabled() is bars_were_off
+    finally:
+        logger.setLevel(level)
+        enable_progress_bars()
+
+
+def test_a_file_replaced_by_a_directory_is_missing_and_repaired(
+    endpoint: HubServer, tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    endpoint.add_dir(BASE_REPO, C1, tiny["base"])
+    dest = tmp_path / "base"
+    fetch(ref(), None, dest)
+    (dest / "tokenizer.json").unlink()
+    (dest / "tokenizer.json").mkdir()
+    result = fetch(ref(), None, dest)
+    assert result.status == "repaired" and result.repaired == ["tokenizer.json: missing"]
+    assert files_of(dest) == files_of(tiny["base"])
+
+
+def test_progress_while_downloading_counts_finished_files_and_partial_downloads(tmp_path: Path) -> None:
+    partial = tmp_path / ".x.partial"
+    meta = partial / ".cache" / "huggingface" / "download"
+    (meta / "sub").mkdir(parents=True)
+    (partial / "a.safetensors").write_bytes(b"a" * 100)
+    (partial / "sub").mkdir()
+    (partial / "sub" / "b.json").write_bytes(b"b" * 10)
+    (meta / "x1.incomplete").write_bytes(b"x" * 7)
+    (meta / "sub" / "x2.incomplete").write_bytes(b"x" * 5)
+    (meta / "a.safetensors.metadata").write_bytes(b"m" * 1000)  # not a download in progress
+    wanted = [
+        fetch_mod.RemoteFile("a.safetensors", 100, "0" * 64, None),
+        fetch_mod.RemoteFile("sub/b.json", 10, None, "1" * 40),
+        fetch_mod.RemoteFile("not-yet.safetensors", 50, "2" * 64, None),
+    ]
+    assert fetch_mod._bytes_on_disk(partial, wanted) == 100 + 10 + 7 + 5
+    assert fetch_mod._bytes_on_disk(tmp_path / "nothing", wanted) == 0
+
+
+def test_a_new_commit_with_the_same_files_is_not_unchanged(
+    endpoint: HubServer, tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    """The manifest must name this revision: identical files under another commit are not "unchanged"."""
+    endpoint.add_dir(BASE_REPO, C1, tiny["base"])
+    dest = tmp_path / "base"
+    fetch(ref(), None, dest)
+    endpoint.repos[BASE_REPO].commit = C2  # same files, new commit
+    with pytest.raises(BadInput, match=f"holds {BASE_REPO}@{C1}, not {C2}"):
+        fetch(ref(BASE_REPO, C2), None, dest)
+    result = fetch(ref(BASE_REPO, C2), None, dest, force=True)
+    assert result.status == "fetched" and result.bytes_downloaded == 0  # every file already complete
+    assert json.loads((dest / MANIFEST_NAME).read_text())["revision"] == C2
+
+
+@pytest.mark.parametrize("manifest", ["[]", '"x"', "{broken"])
+def test_a_directory_whose_manifest_is_not_an_object_is_not_ours(
+    endpoint: HubServer, tiny: dict[str, Path], tmp_path: Path, manifest: str
+) -> None:
+    endpoint.add_dir(BASE_REPO, C1, tiny["base"])
+    dest = tmp_path / "base"
+    fetch(ref(), None, dest)
+    (dest / MANIFEST_NAME).write_text(manifest)
+    with pytest.raises(BadInput, match=f"exists and was not fetched from {BASE_REPO}"):
+        fetch(ref(), None, dest)
+    assert (dest / MANIFEST_NAME).read_text() == manifest
+
+
+def test_files_the_new_revision_dropped_go_with_their_empty_folders(
+    endpoint: HubServer, tmp_path: Path
+) -> None:
+    files = {
+        "config.json": b"{}",
+        "extra/deep/notes.txt": b"old notes",
+        "extra/keep.txt": b"kept",
+        "tokenizer.model": b"x" * 64,
+    }
+    endpoint.add_repo("o/m", C1, files)
+    dest = tmp_path / "m"
+    fetch(ref("o/m", C1), None, dest)
+    assert (dest / "extra/deep/notes.txt").read_bytes() == b"old notes"
+    endpoint.repos["o/m"].files = {k: v for k, v in files.items() if k != "extra/deep/notes.txt"}
+    endpoint.repos["o/m"].commit = C2
+    fetch(ref("o/m", C2), None, dest, force=True)
+    on_disk = sorted(str(p.relative_to(dest)) for p in dest.rglob("*"))
+    assert on_disk == sorted([MANIFEST_NAME, "config.json", "extra", "extra/keep.txt", "tokenizer.model"])
+    assert verify_dir(dest).ok

@@ -6,6 +6,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -711,3 +712,215 @@ def test_the_recorded_sha256_is_of_what_the_shard_must_hold(
     problems = verify_dir(out).problems
     assert [p.split(":")[0] for p in problems] == [f"model-mtp-layer{L}.safetensors"], problems
     assert "graft record says" in problems[0]
+
+
+def test_the_result_counts_what_was_linked_copied_and_spliced(tiny: dict[str, Path], tmp_path: Path) -> None:
+    """Every figure of the result (what `models graft --json` prints), counted from the files themselves."""
+    out = tmp_path / "out"
+    result = graft(tiny["base"], tiny["delta"], out).as_dict()
+    shards = sorted(tiny["base"].glob("*.safetensors"))
+    small = [
+        p
+        for p in tiny["base"].iterdir()
+        if p.is_file()
+        and p.suffix != ".safetensors"
+        and p.name not in ("config.json", "model.safetensors.index.json")
+    ]
+    mtp = read_header(out / f"model-mtp-layer{L}.safetensors")
+    suffixes: dict[str, int] = {}
+    for name in mtp.tensors:
+        suffix = re.sub(r"experts\.\d+\.", "experts.*.", name.removeprefix(MTP))
+        suffixes[suffix] = suffixes.get(suffix, 0) + 1
+    record = json.loads((out / RECORD_NAME).read_text())
+    seconds = result.pop("seconds")
+    assert isinstance(seconds, float) and 0 <= seconds < 600 and round(seconds, 3) == seconds  # ms
+    assert result == {
+        "changed": True,
+        "status": "grafted",
+        "repaired": [],
+        "out": str(out),
+        "input_digest": record["input_digest"],
+        "mtp_layers": [L],
+        "mtp_shard": f"model-mtp-layer{L}.safetensors",
+        "mtp_tensors": len(mtp.tensors),
+        "mtp_bytes": mtp.data_bytes,
+        "suffix_counts": suffixes,
+        "dropped_base_entries": 0,
+        "base_files_linked": len(shards),
+        "base_bytes_linked": sum(p.stat().st_size for p in shards),
+        "base_files_copied": 0,
+        "base_bytes_copied": 0,
+        "small_files_copied": len(small),
+        "warnings": [],
+    }
+    assert mtp.data_bytes == mtp.file_size - mtp.data_start and len(small) >= 3
+    again = graft(tiny["base"], tiny["delta"], out).as_dict()
+    assert (again["changed"], again["status"], again["repaired"]) == (False, "unchanged", [])
+    assert again["base_files_linked"] == again["small_files_copied"] == again["base_bytes_linked"] == 0
+    assert again["input_digest"] == record["input_digest"]
+
+
+def test_the_record_names_the_layers_quantization_and_tensors(tiny: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    graft(tiny["base_stub"], tiny["delta"], out)
+    record = json.loads((out / RECORD_NAME).read_text())
+    mtp = read_header(out / f"model-mtp-layer{L}.safetensors")
+    stub_index = json.loads((tiny["base_stub"] / "model.safetensors.index.json").read_text())["weight_map"]
+    assert record["format"] == graft_mod.GRAFT_FORMAT == 2
+    assert record["mtp_layers"] == [L]
+    assert record["mtp_shard"] == f"model-mtp-layer{L}.safetensors"
+    assert record["mtp_quantization_config"] == FP8_QUANT
+    assert record["dropped_base_entries"] == sorted(
+        (n for n in stub_index if n.startswith(MTP)), key=graft_mod.natural_key
+    )
+    assert record["dropped_base_entries"], "the stub base should have had entries to drop"
+    assert record["mtp_tensors"] == {
+        n: {"dtype": e.dtype, "shape": list(e.shape)} for n, e in mtp.tensors.items()
+    }
+    assert sum(record["suffix_counts"].values()) == len(mtp.tensors)
+
+
+def _spoil_record(out: Path) -> None:
+    record = json.loads((out / RECORD_NAME).read_text())
+    outputs = record["outputs"]
+    outputs["tokenizer.json"] = 3  # not an entry
+    outputs["tokenizer_config.json"]["size"] = "12"  # not a size
+    del outputs["generation_config.json"]["sha256"]
+    outputs["chat_template.jinja"]["from_base"] = True  # copied, not linked: no safetensors header
+    outputs["config.json"]["from_base"] = True  # the graft wrote it: no such base file
+    (out / RECORD_NAME).write_text(json.dumps(record))
+
+
+def test_every_fault_of_an_out_is_named_not_only_the_first(tiny: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    graft(tiny["base"], tiny["delta"], out)
+    clean = tree(out)
+    _spoil_record(out)
+    (out / "model-00001-of-00004.safetensors").unlink()
+    _truncate(out / "model.safetensors.index.json")
+    index_size = (out / "model.safetensors.index.json").stat().st_size
+    result = graft(tiny["base"], tiny["delta"], out)
+    assert result.status == "repaired"
+    assert result.repaired == [
+        "chat_template.jinja: header differs from the base's",
+        "config.json: not a file of the base",
+        f"generation_config.json: no sha256 in {RECORD_NAME}",
+        "model-00001-of-00004.safetensors: missing",
+        f"model.safetensors.index.json: {index_size} bytes, recorded {index_size + 100}",
+        f"tokenizer.json: malformed entry in {RECORD_NAME}",
+        f"tokenizer_config.json: malformed entry in {RECORD_NAME}",
+    ]
+    assert tree(out) == clean
+
+
+@pytest.mark.parametrize("record", ["[]", '"a graft"', "{not json"])
+def test_an_out_whose_record_is_not_an_object_is_not_taken_for_a_graft(
+    tiny: dict[str, Path], tmp_path: Path, record: str
+) -> None:
+    out = tmp_path / "out"
+    graft(tiny["base"], tiny["delta"], out)
+    (out / RECORD_NAME).write_text(record)
+    with pytest.raises(GraftOutputExists, match="is not a graft made by gh200"):
+        graft(tiny["base"], tiny["delta"], out)
+    assert graft(tiny["base"], tiny["delta"], out, force=True).status == "grafted"
+
+
+def test_a_manifest_entry_without_sha256_does_not_drop_the_others(
+    tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    base = copy_tree(tiny["base"], tmp_path / "base")
+    _fetch_manifest(base)
+    manifest = json.loads((base / ".gh200-manifest.json").read_text())
+    del manifest["files"]["model-00001-of-00004.safetensors"]["sha256"]
+    manifest["files"]["model-00003-of-00004.safetensors"]["size"] += 1  # another file than the one on disk
+    (base / ".gh200-manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "out"
+    graft(base, tiny["delta"], out)
+    outputs = json.loads((out / RECORD_NAME).read_text())["outputs"]
+    assert "sha256" not in outputs["model-00001-of-00004.safetensors"]
+    assert "sha256" not in outputs["model-00003-of-00004.safetensors"]
+    for shard in ("model-00002-of-00004.safetensors", "model-00004-of-00004.safetensors"):
+        assert outputs[shard]["sha256"] == hashlib.sha256((base / shard).read_bytes()).hexdigest(), shard
+
+
+def _said(call: Callable[[], object]) -> str:
+    with pytest.raises(BadInput) as err:
+        call()
+    assert err.value.exit_code == 2
+    return err.value.one_line()
+
+
+def test_each_refusal_names_the_input_and_the_fix(tiny: dict[str, Path], tmp_path: Path) -> None:
+    """The one line `models graft` prints for each refusal of its own (the layout checks have theirs)."""
+    base, delta, out = tiny["base"], tiny["delta"], tmp_path / "out"
+    assert _said(lambda: graft(tiny["fp8"], tiny["fp8"], out)) == (
+        f"--base and --mtp-from are both {tiny['fp8']} (fix: take the MTP layer from the FP8 model)"
+    )
+    a_file = tmp_path / "file"
+    a_file.write_text("mine")
+    assert _said(lambda: graft(base, delta, a_file)) == (
+        f"--out {a_file} is a file (fix: choose a directory path for OUT)"
+    )
+    for given, what in ((base, "--base"), (delta, "--mtp-from")):
+        inside = given / "grafted"
+        assert _said(lambda: graft(base, delta, inside)) == (  # noqa: B023 (called at once)
+            f"--out {inside} is inside {what} {given} (fix: write OUT beside the inputs, not inside them)"
+        )
+    assert _said(lambda: graft(base, delta, base)) == (
+        f"--out {base} is inside --base {base} (fix: write OUT beside the inputs, not inside them)"
+    )
+    not_fp8 = variant(tmp_path / "bf16", config=lambda c: c.pop("quantization_config"))
+    assert _said(lambda: graft(base, not_fp8, out)) == (
+        "MTP source config has no FP8 quantization_config (quant_method None) (fix: take the MTP layer "
+        "from the FP8 artifact (or pass its config.json with --mtp-config))"
+    )
+    no_layer = variant(
+        tmp_path / "short", config=lambda c: c.update(num_hidden_layers=3), dims=Dims(num_hidden_layers=2)
+    )
+    assert _said(lambda: graft(base, no_layer, out)) == (
+        f"{no_layer}: no tensors of layer {L} (model.layers.{L}.*) "
+        "(fix: point --mtp-from at the FP8 artifact or the MTP delta repo)"
+    )
+    unreadable = tmp_path / "bad.json"
+    unreadable.write_text("{")
+    said = _said(lambda: graft(base, tiny["delta_noconfig"], out, mtp_config=unreadable))
+    assert said.startswith(f"--mtp-config {unreadable}: not a readable JSON config (")
+    assert said.endswith("(fix: check the path)")
+    listed = tmp_path / "list.json"
+    listed.write_text("[]")
+    assert _said(lambda: graft(base, tiny["delta_noconfig"], out, mtp_config=listed)) == (
+        f"--mtp-config {listed}: not a JSON object (fix: pass the FP8 artifact's config.json)"
+    )
+    graft(base, delta, out)
+    assert _said(lambda: graft(tiny["base_stub"], delta, out)) == (
+        f"{out} exists and was grafted from other inputs "
+        "(fix: remove it, choose another --out, or pass --force)"
+    )
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert _said(lambda: graft(base, delta, plain)) == (
+        f"{plain} exists and is not a graft made by gh200 "
+        "(fix: remove it, choose another --out, or pass --force)"
+    )
+    assert not (base / "grafted").exists() and not (delta / "grafted").exists()
+
+
+def test_files_in_nested_folders_of_the_base_are_carried(tiny: dict[str, Path], tmp_path: Path) -> None:
+    """A base may keep extra weights or docs in sub-folders (e.g. an original/ copy): OUT keeps them too."""
+    base = copy_tree(tiny["base"], tmp_path / "base")
+    deep = base / "original" / "shards"
+    deep.mkdir(parents=True)
+    st_io.write_file(deep / "extra.safetensors", [("x", "U8", (3,))], seeded_fill())
+    (base / "docs" / "notes").mkdir(parents=True)
+    (base / "docs" / "notes" / "README.md").write_text("notes\n")
+    out = tmp_path / "out"
+    result = graft(base, tiny["delta"], out)
+    for rel in ("original/shards/extra.safetensors", "docs/notes/README.md"):
+        assert (out / rel).read_bytes() == (base / rel).read_bytes(), rel
+    assert (out / "original/shards/extra.safetensors").stat().st_ino == (
+        deep / "extra.safetensors"
+    ).stat().st_ino
+    shards = [*base.glob("*.safetensors"), deep / "extra.safetensors"]
+    assert result.transfer.linked_files == len(shards)
+    assert result.transfer.linked_bytes == sum(p.stat().st_size for p in shards)
+    assert verify_dir(out).ok

@@ -9,12 +9,16 @@ stack's error comes from the combination and not from a member.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from profiles_testlib import BROKEN, Run, run_gh200
+
+from gh200.fsutil import atomic_write_text
+from gh200.paths import profiles_dir
 
 
 @dataclass(frozen=True)
@@ -125,3 +129,37 @@ def test_render_refuses_a_broken_profile_by_path(gh200: Callable[..., Run]) -> N
     assert run.code == 2
     assert run.stdout == ""
     assert run.stderr.count("\n") == 1 and "placement.ranks[1].numa_node" in run.stderr
+
+
+UPDATE = os.environ.get("GH200_UPDATE_GOLDEN") == "1"
+PROBLEMS_GOLDEN = BROKEN / "problems.golden.json"
+
+
+def test_every_broken_profile_is_reported_word_for_word(gh200: Callable[..., Run]) -> None:
+    """The whole corpus in this process (what mutation testing sees), each line exactly as reviewed.
+
+    The `# expect:` lines pin what matters most; this pins the rest of the wording, the fix
+    included, so that a changed message is a reviewed diff of problems.golden.json (regenerate with
+    GH200_UPDATE_GOLDEN=1 like the render goldens; an update run never passes).
+    """
+    run = gh200(["profiles", "validate", "--json", *[str(c.path) for c in BROKEN_CASES]])
+    assert run.code == 2, run.stderr
+    # The bundle's profiles (GH200_HOME) differ per checkout: a placeholder, like the corpus's own path.
+    bundled = str(profiles_dir())
+
+    def portable(line: str) -> str:
+        return line.replace(str(BROKEN), "$BROKEN").replace(bundled, "$GH200_HOME/profiles")
+
+    got = {
+        Path(r["target"]).name: [portable(line) for line in r["problems"]]
+        for r in json.loads(run.stdout)["results"]
+    }
+    assert sorted(got) == sorted(c.path.name for c in BROKEN_CASES)
+    text = json.dumps(got, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    if UPDATE:
+        if PROBLEMS_GOLDEN.exists() and PROBLEMS_GOLDEN.read_text() == text:
+            pytest.skip("GH200_UPDATE_GOLDEN=1: problems.golden.json unchanged; rerun without it to test")
+        atomic_write_text(PROBLEMS_GOLDEN, text)
+        pytest.fail("GH200_UPDATE_GOLDEN=1: rewrote problems.golden.json; review the diff, rerun without it")
+    assert PROBLEMS_GOLDEN.exists(), "no problems.golden.json: run with GH200_UPDATE_GOLDEN=1 and review it"
+    assert got == json.loads(PROBLEMS_GOLDEN.read_text())

@@ -344,3 +344,102 @@ def test_compose_service_shapes(pinned_bundle: Path) -> None:
     assert gpu["ports"] == [f"{vllm.bind_address}:{vllm.port}:{vllm.port}"]
     assert gpu["labels"]["io.gh200.stack"] == "pair"
     assert gpu["command"] == render.argv(plain)
+
+
+def test_a_model_file_pattern_resolves_to_exactly_one_file(tmp_path: Path) -> None:
+    """There is no shell in the container: the shard pattern becomes the one file it names here."""
+    profile = load_profile("glm52-iq2xxs-cpu", PROFILES)
+    pattern = profile.model.gguf_file
+    assert pattern == "UD-IQ2_XXS/*-00001-of-*.gguf"
+    shards = tmp_path / "UD-IQ2_XXS"
+    shards.mkdir()
+    with pytest.raises(ValueError) as err:
+        render.resolve_model_files(profile, tmp_path)
+    assert str(err.value) == f"{pattern!r} matches nothing in {tmp_path}"
+    (shards / "GLM-00001-of-00002.gguf").write_bytes(b"")
+    (shards / "GLM-00002-of-00002.gguf").write_bytes(b"")
+    assert render.resolve_model_files(profile, tmp_path) == {pattern: "UD-IQ2_XXS/GLM-00001-of-00002.gguf"}
+    (shards / "dir-00001-of-00002.gguf").mkdir()  # a directory is not a model file
+    assert render.resolve_model_files(profile, tmp_path) == {pattern: "UD-IQ2_XXS/GLM-00001-of-00002.gguf"}
+    for name in ("A", "B", "C", "D"):
+        (shards / f"{name}-00001-of-00003.gguf").write_bytes(b"")
+        listed = sorted(p.name for p in shards.glob("*-00001-of-*.gguf") if p.is_file())
+        with pytest.raises(ValueError) as err:
+            render.resolve_model_files(profile, tmp_path)
+        shown = ", ".join(f"UD-IQ2_XXS/{n}" for n in listed[:4])
+        more = " ..." if len(listed) > 4 else ""
+        assert str(err.value) == f"{pattern!r} matches {len(listed)} files: {shown}{more} in {tmp_path}"
+    assert len(listed) == 5 and str(err.value).endswith(f" ... in {tmp_path}")
+
+
+def test_the_draft_model_file_is_resolved_too(tmp_path: Path) -> None:
+    profile = load_profile("local-tiny", PROFILES)
+    assert profile.model.draft is not None
+    (tmp_path / "tiny-llama-spm.gguf").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"'tiny-llama-spm-draft\.gguf' matches nothing"):
+        render.resolve_model_files(profile, tmp_path)
+    (tmp_path / "tiny-llama-spm-draft.gguf").write_bytes(b"")
+    assert render.resolve_model_files(profile, tmp_path) == {
+        "tiny-llama-spm.gguf": "tiny-llama-spm.gguf",
+        "tiny-llama-spm-draft.gguf": "tiny-llama-spm-draft.gguf",
+    }
+    assert render.model_files(profile) == ["tiny-llama-spm.gguf", "tiny-llama-spm-draft.gguf"]
+
+
+def test_compose_carries_a_cpu_profiles_shm_size_and_keeps_long_arguments_on_one_line(
+    pinned_bundle: Path,
+) -> None:
+    cpu = _profile("glm52-iq2xxs-cpu")
+    long_arg = "--override-kv " + ",".join(f"key{i}=value{i}" for i in range(6)) + " spaced words"
+    assert 80 < len(long_arg) < 110
+    cpu = cpu.model_copy(
+        update={
+            "shm_size": "16g",
+            "settings": cpu.settings.model_copy(update={"extra_args": [long_arg]}),
+        }
+    )
+    text = render.compose([cpu])
+    service = yaml.safe_load(text)["services"]["glm52-iq2xxs-cpu"]
+    assert service["shm_size"] == "16g"
+    assert service["command"][-1] == long_arg
+    assert any(line.strip() == f"- {long_arg}" for line in text.splitlines()), "wrapped below 120 columns"
+    plain = yaml.safe_load(render.compose([_profile("glm52-iq2xxs-cpu")]))["services"]["glm52-iq2xxs-cpu"]
+    assert "shm_size" not in plain
+
+
+def test_the_container_loads_the_files_deploy_resolved(pinned_bundle: Path) -> None:
+    """A shard pattern and a draft become the files deploy found, in argv and in the container spec."""
+    cpu = _profile("glm52-iq2xxs-cpu")
+    pattern = cpu.model.gguf_file
+    assert pattern is not None
+    first = "UD-IQ2_XXS/GLM-5.2-UD-IQ2_XXS-00001-of-00006.gguf"
+    where = render.model_container_dir(cpu)
+    assert _value(render.argv(cpu, {pattern: first}), "-m") == f"{where}/{first}"
+    assert _value(render.container_spec(cpu, files={pattern: first})["command"], "-m") == f"{where}/{first}"
+    assert _value(render.argv(cpu), "-m") == f"{where}/{pattern}"  # a render shows the pattern
+    tiny = _profile("local-tiny")
+    assert tiny.model.draft is not None
+    resolved = {"tiny-llama-spm.gguf": "q/main.gguf", tiny.model.draft.file: "q/draft.gguf"}
+    command = render.container_spec(tiny, files=resolved)["command"]
+    there = render.model_container_dir(tiny)
+    assert (_value(command, "-m"), _value(command, "-md")) == (
+        f"{there}/q/main.gguf",
+        f"{there}/q/draft.gguf",
+    )
+
+
+def test_a_vllm_profile_loads_no_model_file_by_name() -> None:
+    assert render.model_files(_profile("glm52-awq")) == []
+    assert render.model_files(_profile("glm52-iq2xxs-cpu")) == ["UD-IQ2_XXS/*-00001-of-*.gguf"]
+
+
+@pytest.mark.parametrize("name", ["glm52-iq2xxs-cpu", "local-tiny"])
+def test_a_llama_server_with_a_key_file_reads_the_mounted_copy(pinned_bundle: Path, name: str) -> None:
+    profile = _profile(name)
+    keyless = render.argv(profile.model_copy(update={"api_key_file": None}))
+    assert "--api-key-file" not in keyless
+    keyed = render.argv(profile.model_copy(update={"api_key_file": "/home/me/key"}))
+    extra = list(profile.settings.extra_args)
+    body = keyed[: len(keyed) - len(extra)] if extra else keyed
+    assert body == [*keyless[: len(keyless) - len(extra)], "--api-key-file", render.API_KEY_IN_CONTAINER]
+    assert keyed[len(body) :] == extra

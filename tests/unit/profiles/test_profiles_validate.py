@@ -308,3 +308,24 @@ def test_validate_names_the_file_and_raises_with_a_count(tmp_path: Path) -> None
     clean.write_text(text)
     assert validate(clean) == []
     validate_or_raise(clean)
+
+
+def test_a_fetched_model_must_hold_each_file_the_engine_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a host with the model fetched, a shard pattern naming no file (or several) is reported."""
+    from gh200.profiles.render import model_host_dir
+
+    monkeypatch.setenv("GH200_MODELS", str(tmp_path))
+    profile = load_profile("glm52-iq2xxs-cpu", PROFILES)
+    host = load_host(profile.host, PROFILES)
+    directory = model_host_dir(profile)
+    assert check_profile(profile, host, "here") == []  # not fetched here: nothing to check
+    (directory / "UD-IQ2_XXS").mkdir(parents=True)
+    problems = check_profile(profile, host, "here")
+    assert [p.one_line() for p in problems] == [
+        f"here: model.gguf_file: model file 'UD-IQ2_XXS/*-00001-of-*.gguf' matches nothing in {directory} "
+        f"(fix: fetch the model again (`gh200 models fetch {profile.name}`) or name one file)"
+    ]
+    (directory / "UD-IQ2_XXS" / "GLM-00001-of-00002.gguf").write_bytes(b"")
+    assert check_profile(profile, host, "here") == []

@@ -294,8 +294,13 @@ def fetch(
     _clean_stale(partial)
     for f in todo:
         if f.path in broken:
-            # A damaged file is fetched whole (no resume from a truncated or overgrown copy).
-            (partial / f.path).unlink(missing_ok=True)
+            # A damaged file is fetched whole (no resume from a truncated or overgrown copy); a
+            # directory standing in its place goes too (damaged_files reports it missing).
+            damaged = partial / f.path
+            if damaged.is_dir() and not damaged.is_symlink():
+                shutil.rmtree(damaged)
+            else:
+                damaged.unlink(missing_ok=True)
             (_hf_meta_dir(partial) / f"{f.path}.metadata").unlink(missing_ok=True)
     todo_total = sum(f.size for f in todo)
     on_phase("download", todo_total)
