@@ -51,6 +51,7 @@ MODULES: dict[str, Module] = {
     "stats": _pkg("bench/stats.py", "tests/unit/bench"),
     "smoke": _pkg("bench/smoke.py", "tests/unit/bench"),
     "sweep": _pkg("bench/sweep.py", "tests/unit/bench"),
+    "rule": _pkg("bench/rule.py", "tests/unit/bench"),
     "graft": _pkg("checkpoints/graft.py", "tests/unit/checkpoints"),
     "safetensors_io": _pkg("checkpoints/safetensors_io.py", "tests/unit/checkpoints"),
     "fetch": _pkg("checkpoints/fetch.py", "tests/unit/checkpoints"),
@@ -84,7 +85,7 @@ MODULES: dict[str, Module] = {
     "apply_patches": Module(
         "containers/vllm/apply_patches.py",
         "src/gh200_apply_patches.py",
-        ("tests/unit/images/test_apply_patches.py",),
+        ("tests/unit/images/test_apply_patches.py", "tests/unit/images/test_apply_patches_strict.py"),
     ),
 }
 
