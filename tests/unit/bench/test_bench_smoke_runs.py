@@ -33,6 +33,8 @@ def test_every_request_carries_its_own_seed_from_the_run_seed() -> None:
     sets = _run(server, plan_sets([(16, 4)], [2], warm=2, real_output=None), seed=5)
     assert [r["seed"] for r in server.requests] == [5, 6, 1005, 1006, 2005, 2006]
     assert [r.index for r in sets[0].runs] == [0, 1, 2]
+    assert [r.prompt_names for r in sets[0].runs] == [None] * 3  # synthetic prompts have no names
+    assert sets[0].runs[0].as_json()["prompt_names"] is None
     chat = FakeServer()
     _run(chat, [SetPlan("real", None, 4, 2, 1)], seed=7)
     assert [r["seed"] for r in chat.requests] == [7, 8, 1007, 1008]
