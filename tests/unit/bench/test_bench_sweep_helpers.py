@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -180,9 +181,15 @@ def test_plot_shows_each_shape_with_its_p10_p90_bars_and_rings_the_chosen_depth(
 
 def test_the_default_plot_path_is_stamped_in_utc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GH200_STATE", str(tmp_path))
-    before = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    path = default_plot_path("glm")
-    after = dt.datetime.now(dt.UTC)
+    monkeypatch.setenv("TZ", "Asia/Kolkata")  # a local clock 5:30 ahead must not leak into the stamp
+    time.tzset()
+    try:
+        before = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        path = default_plot_path("glm")
+        after = dt.datetime.now(dt.UTC)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
     assert path.parent == tmp_path / "sweeps"
     match = re.fullmatch(r"glm-(\d{8}T\d{6}Z)\.png", path.name)
     assert match, path.name
