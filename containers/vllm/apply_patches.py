@@ -183,7 +183,9 @@ def apply_file(root: Path, fp: FilePatch) -> FileResult:
     offset = 0
     out = list(lines)
     for number, hunk in enumerate(fp.hunks, 1):
-        pos = _find(out, hunk.old, hunk.old_start - 1 + offset)
+        # A hunk with no old lines (diff -U0 insertion) names the line it follows, as GNU patch reads it.
+        start = hunk.old_start - 1 if hunk.old else hunk.old_start
+        pos = _find(out, hunk.old, start + offset)
         if pos is None:
             if reverse_ok:
                 return FileResult(fp.path, "already", "the patched code is already present")
@@ -193,7 +195,7 @@ def apply_file(root: Path, fp: FilePatch) -> FileResult:
                 f"hunk {number} {hunk.header} does not match (expected near line {hunk.old_start + offset})",
             )
         out[pos : pos + len(hunk.old)] = hunk.new
-        offset = pos - (hunk.old_start - 1) + len(hunk.new) - len(hunk.old)
+        offset = pos - start + len(hunk.new) - len(hunk.old)
     return FileResult(fp.path, "applied", f"{len(fp.hunks)} hunks", "".join(out))
 
 
