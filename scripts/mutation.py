@@ -85,7 +85,7 @@ MODULES: dict[str, Module] = {
     "apply_patches": Module(
         "containers/vllm/apply_patches.py",
         "src/gh200_apply_patches.py",
-        ("tests/unit/images/test_apply_patches.py", "tests/unit/images/test_apply_patches_strict.py"),
+        tuple(f"tests/unit/images/test_apply_patches{t}.py" for t in ("", "_strict", "_edges")),
     ),
 }
 
