@@ -505,3 +505,79 @@ def test_functions_are_found_by_dotted_name() -> None:
     assert ap.find_function(source, "A.g") is None
     assert ap.find_function(source, "B.m") is None
     assert ap.find_function(source, "A.f.x") is None
+
+
+def test_a_patch_for_a_file_this_vllm_lacks_is_a_conflict(tmp_path: Path) -> None:
+    patch = "--- a/vllm/none.py\n+++ b/vllm/none.py\n@@ -1 +1 @@\n-a\n+b\n"
+    report, _ = _apply(tmp_path, {"vllm/mod.py": ORIGINAL}, patch)
+    row = report["patches"][0]
+    assert (row["result"], row["detail"]) == ("conflict", "vllm/none.py: file does not exist in this vLLM")
+    assert row["files"] == [
+        {"path": "vllm/none.py", "state": "conflict", "detail": "file does not exist in this vLLM"}
+    ]
+
+
+def test_among_identical_lines_the_stated_one_is_changed(tmp_path: Path) -> None:
+    for header, expected in (("@@ -2 +2 @@", "k\nK\nk\nk\n"), ("@@ -4 +4 @@", "k\nk\nk\nK\n")):
+        patch = f"--- a/vllm/mod.py\n+++ b/vllm/mod.py\n{header}\n-k\n+K\n"
+        report, root = _apply(tmp_path / header[4], {"vllm/mod.py": "k\nk\nk\nk\n"}, patch)
+        assert report["ok"] and (root / "vllm" / "mod.py").read_text() == expected
+
+
+def test_a_lone_zero_context_insertion_follows_its_line(tmp_path: Path) -> None:
+    patch = "--- a/vllm/mod.py\n+++ b/vllm/mod.py\n@@ -3,0 +4 @@\n+# after 3\n"
+    report, root = _apply(tmp_path, {"vllm/mod.py": ORIGINAL}, patch)
+    assert report["ok"]
+    assert (root / "vllm" / "mod.py").read_text().splitlines()[2:5] == ["# line 3", "# after 3", "# line 4"]
+
+
+def test_later_hunks_follow_the_lines_earlier_hunks_moved(tmp_path: Path) -> None:
+    # Every line alike: only the running offset tells which "k" the second hunk means.
+    patch = "--- a/vllm/mod.py\n+++ b/vllm/mod.py\n@@ -2 +2,2 @@\n-k\n+K\n+K\n@@ -5 +6 @@\n-k\n+J\n"
+    report, root = _apply(tmp_path, {"vllm/mod.py": "k\n" * 8}, patch)
+    assert report["ok"]
+    assert (root / "vllm" / "mod.py").read_text() == "k\nK\nK\nk\nk\nJ\nk\nk\nk\n"
+    missing = patch.replace("-k\n+J\n", "-q\n+J\n")
+    report, _ = _apply(tmp_path / "2", {"vllm/mod.py": "k\n" * 8}, missing)
+    assert report["patches"][0]["detail"] == (
+        "vllm/mod.py: hunk 2 @@ -5 +6 @@ does not match (expected near line 6)"
+    )
+
+
+def test_one_line_blocks_without_newline(tmp_path: Path) -> None:
+    patch = (
+        "--- a/vllm/mod.py\n+++ b/vllm/mod.py\n@@ -2 +2 @@\n-cc\n\\ No newline at end of file\n"
+        "+CC\n\\ No newline at end of file\n"
+    )
+    report, root = _apply(tmp_path, {"vllm/mod.py": "aa\ncc"}, patch)
+    assert report["ok"], json.dumps(report)
+    assert (root / "vllm" / "mod.py").read_text() == "aa\nCC"
+
+
+def test_the_new_text_is_written_to_a_hidden_sibling_then_renamed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    renames: list[tuple[Path, Path]] = []
+    replace = os.replace
+
+    def record(src: str, dst: str) -> None:
+        renames.append((Path(src), Path(dst)))
+        replace(src, dst)
+
+    monkeypatch.setattr(ap.os, "replace", record)
+    patch = "--- a/vllm/mod.py\n+++ b/vllm/mod.py\n@@ -1 +1 @@\n-# line 1\n+# one\n"
+    report, root = _apply(tmp_path, {"vllm/mod.py": ORIGINAL}, patch)
+    assert report["ok"]
+    ((src, dst),) = renames
+    assert dst == root / "vllm" / "mod.py" and src.parent == dst.parent
+    assert src.name.startswith(".mod.py.") and src.name.endswith(".tmp")
+
+
+def test_upstream_evidence_may_span_lines(tmp_path: Path) -> None:
+    root = _tree(tmp_path, {"vllm/up.py": "def f():\n    x = 1\n    return x\n"})
+    entries = (
+        "  - {id: u, status: upstream, vllm: ['0.33.0'], upstream: pr, file_upstream: vllm/up.py,"
+        ' function: f, evidence: ["x = 1\\n    return x"]}\n'
+    )
+    report = ap.run(_series(tmp_path, {}, entries), root, version=None, check_only=True)
+    assert report["patches"][0]["result"] == "upstream", json.dumps(report)
