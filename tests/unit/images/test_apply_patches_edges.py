@@ -116,6 +116,7 @@ def test_several_files_with_a_no_newline_marker_between(tmp_path: Path) -> None:
     assert (root / "vllm" / "a.py").read_text() == "a\nb\nC"  # only the new side lost its newline
     assert (root / "vllm" / "b.py").read_text() == "X\n"
     assert report["touched"] == ["vllm/a.py", "vllm/b.py"]
+    assert report["patches"][0]["detail"] == "vllm/a.py (1 hunks), vllm/b.py (1 hunks)"
     assert [f["path"] for f in report["patches"][0]["files"]] == ["vllm/a.py", "vllm/b.py"]
 
 
@@ -581,3 +582,30 @@ def test_upstream_evidence_may_span_lines(tmp_path: Path) -> None:
     )
     report = ap.run(_series(tmp_path, {}, entries), root, version=None, check_only=True)
     assert report["patches"][0]["result"] == "upstream", json.dumps(report)
+
+
+def test_a_series_of_applied_upstream_and_unlisted_entries_is_ok(tmp_path: Path) -> None:
+    root = _tree(tmp_path, {"vllm/mod.py": ORIGINAL, "vllm/up.py": "def f():\n    return 'fix'\n"})
+    entries = (
+        "  - {id: a, file: a.patch, status: carried, vllm: ['0.33.0'], upstream: none}\n"
+        "  - {id: o, file: a.patch, status: carried, vllm: ['0.32.0'], upstream: none}\n"
+        "  - {id: u, status: upstream, vllm: ['0.33.0'], upstream: pr, file_upstream: vllm/up.py,"
+        " function: f, evidence: [fix]}\n"
+    )
+    patch = "--- a/vllm/mod.py\n+++ b/vllm/mod.py\n@@ -1 +1 @@\n-# line 1\n+# one\n"
+    report = ap.run(_series(tmp_path, {"a.patch": patch}, entries), root, version=None, check_only=False)
+    assert [p["result"] for p in report["patches"]] == ["applies", "not-for-version", "upstream"]
+    assert report["ok"] is True
+
+
+def test_a_failed_series_byte_compiles_nothing_and_names_the_syntax_error(tmp_path: Path) -> None:
+    broken = "--- a/vllm/mod.py\n+++ b/vllm/mod.py\n@@ -1 +1 @@\n-# line 1\n+def (:\n"
+    conflict = "--- a/vllm/mod.py\n+++ b/vllm/mod.py\n@@ -5 +5 @@\n-nothing like it\n+x\n"
+    root = _tree(tmp_path, {"vllm/mod.py": ORIGINAL})
+    report = ap.run(
+        _series(tmp_path, {"1.patch": broken, "2.patch": conflict}), root, version=None, check_only=False
+    )
+    assert report["ok"] is False and "compile_error" not in report
+    root2 = _tree(tmp_path / "2", {"vllm/mod.py": ORIGINAL})
+    report = ap.run(_series(tmp_path / "2", {"1.patch": broken}), root2, version=None, check_only=False)
+    assert report["compile_error"] == "vllm/mod.py: SyntaxError: invalid syntax"
