@@ -609,3 +609,21 @@ def test_a_failed_series_byte_compiles_nothing_and_names_the_syntax_error(tmp_pa
     root2 = _tree(tmp_path / "2", {"vllm/mod.py": ORIGINAL})
     report = ap.run(_series(tmp_path / "2", {"1.patch": broken}), root2, version=None, check_only=False)
     assert report["compile_error"] == "vllm/mod.py: SyntaxError: invalid syntax"
+
+
+def test_a_conflict_does_not_hide_the_entries_after_it(tmp_path: Path) -> None:
+    root = _tree(tmp_path, {"vllm/a.py": "A\n", "vllm/b.py": "B\n", "vllm/c.py": "c\n"})
+    patches = {
+        "1.patch": "--- a/vllm/c.py\n+++ b/vllm/c.py\n@@ -1 +1 @@\n-nothing like it\n+x\n",
+        "2.patch": "--- a/vllm/a.py\n+++ b/vllm/a.py\n@@ -1 +1 @@\n-a\n+A\n"
+        "--- a/vllm/b.py\n+++ b/vllm/b.py\n@@ -1 +1 @@\n-b\n+B\n"
+        "--- a/vllm/c.py\n+++ b/vllm/c.py\n@@ -1 +1 @@\n-c\n+C\n",
+        "3.patch": "--- a/vllm/c.py\n+++ b/vllm/c.py\n@@ -1 +1 @@\n-c\n+C\n",
+    }
+    report = ap.run(_series(tmp_path, patches), root, version=None, check_only=True)
+    rows = [(p["id"], p["result"], p["detail"]) for p in report["patches"]]
+    assert rows == [
+        ("p0", "conflict", "vllm/c.py: hunk 1 @@ -1 +1 @@ does not match (expected near line 1)"),
+        ("p1", "conflict", "partly present: vllm/a.py, vllm/b.py"),
+        ("p2", "applies", "vllm/c.py (1 hunks)"),
+    ]
