@@ -53,6 +53,7 @@ MODULES: dict[str, Module] = {
     "stats": _pkg("bench/stats.py", "tests/unit/bench"),
     "smoke": _pkg("bench/smoke.py", "tests/unit/bench"),
     "sweep": _pkg("bench/sweep.py", "tests/unit/bench"),
+    "rule": _pkg("bench/rule.py", "tests/unit/bench"),
     # Each checkpoint module by its own test file (graft also by `models verify`, which reads its
     # record): header parsing runs under every graft and fetch test, and selecting those makes each
     # safetensors_io mutant cost the whole suite. Never test_checkpoints_imports.py: it reads the
@@ -61,9 +62,12 @@ MODULES: dict[str, Module] = {
         "checkpoints/graft.py",
         "tests/unit/checkpoints/test_checkpoints_graft.py",
         "tests/unit/checkpoints/test_checkpoints_inspect_verify.py",
+        "tests/unit/checkpoints/test_checkpoints_graft_index.py",
     ),
     "safetensors_io": _pkg(
-        "checkpoints/safetensors_io.py", "tests/unit/checkpoints/test_checkpoints_safetensors.py"
+        "checkpoints/safetensors_io.py",
+        "tests/unit/checkpoints/test_checkpoints_safetensors.py",
+        "tests/unit/checkpoints/test_checkpoints_header_rules.py",
     ),
     "fetch": _pkg("checkpoints/fetch.py", "tests/unit/checkpoints/test_checkpoints_fetch.py"),
     # The profiles suite also drives the CLI, locks and the hub stand-in; only these files test
@@ -96,7 +100,7 @@ MODULES: dict[str, Module] = {
     "apply_patches": Module(
         "containers/vllm/apply_patches.py",
         "src/gh200_apply_patches.py",
-        ("tests/unit/images/test_apply_patches.py",),
+        tuple(f"tests/unit/images/test_apply_patches{t}.py" for t in ("", "_strict", "_edges")),
     ),
 }
 

@@ -47,6 +47,11 @@ class FakeServer:
     spec_metrics: bool = False  # vLLM: per-request metrics.speculative_decoding in the usage chunk
     reasoning_field: str | None = None  # chat: stream text as delta[reasoning_field] instead of content
     counter_noise: float = 0.0  # added to the accepted and drafted counters at every /metrics read
+    metrics_missing_reads: int = 0  # the first N /metrics reads answer 404 (a server still starting)
+    # Per-position counters appear only once counted, as prometheus_client shows a labelled child.
+    positions_when_counted: bool = False
+    tokenize_cap: int | None = None  # /tokenize returns at most this many tokens (a short tokenizer)
+    metrics_reads: int = 0
     counters: dict[str, float] = field(
         default_factory=lambda: {"draft_tokens": 0.0, "accepted_tokens": 0.0, "drafts": 0.0}
     )
@@ -86,8 +91,12 @@ class FakeServer:
             text = body.get("content") if self.kind == "llama_cpp" else body.get("prompt")
             # One token per word; a word keeps its id and distinct words never share one, as in a
             # real vocabulary (a hash would collide on the random prompt nonces).
-            return httpx.Response(200, json={"tokens": [self._id(w) for w in str(text).split()]})
+            tokens = [self._id(w) for w in str(text).split()]
+            return httpx.Response(200, json={"tokens": tokens[: self.tokenize_cap]})
         if path == "/metrics":
+            self.metrics_reads += 1
+            if self.metrics_reads <= self.metrics_missing_reads:
+                return httpx.Response(404)
             prefix = "llamacpp" if self.kind == "llama_cpp" else "vllm"
             lines = [
                 f'{prefix}:spec_decode_num_draft_tokens_total{{model_name="{self.model}"}} '
@@ -99,6 +108,7 @@ class FakeServer:
                 f'{prefix}:spec_decode_num_accepted_tokens_per_pos_total{{position="{i}"}} '
                 f"{self.counters.get(f'pos_{i}', 0.0)}"
                 for i in range(self.draft_per_token[0])
+                if f"pos_{i}" in self.counters or not self.positions_when_counted
             ]
             # Traffic the benchmark did not send (another client of the same server).
             self.counters["accepted_tokens"] += self.counter_noise

@@ -62,3 +62,33 @@ def test_percentile_rejects_bad_input() -> None:
         percentile([], 50)
     with pytest.raises(ValueError):
         percentile([1.0], 101)
+
+
+def test_percentile_bounds_are_inclusive() -> None:
+    # q=0 and q=100 are the min and the max, not errors; just outside either end is refused.
+    values = [3.0, 1.0, 2.0]
+    assert percentile(values, 0) == 1.0
+    assert percentile(values, 100) == 3.0
+    for q in (-0.001, 100.001):
+        with pytest.raises(ValueError) as err:
+            percentile(values, q)
+        assert str(err.value) == f"percentile {q} outside 0..100"
+
+
+def test_no_values_errors_say_what_was_asked() -> None:
+    with pytest.raises(ValueError) as err:
+        percentile([], 50)
+    assert str(err.value) == "percentile of no values"
+    with pytest.raises(ValueError) as err:
+        cv([])
+    assert str(err.value) == "cv of no values"
+
+
+def test_summary_json_rounds_floats_to_six_places_and_keeps_the_count_an_int() -> None:
+    s = describe([1.23456789, 1.23456789])
+    assert s is not None
+    out = s.as_json()
+    assert out["n"] == 2 and isinstance(out["n"], int)
+    assert out["median"] == 1.234568 and out["p10"] == 1.234568
+    assert isinstance(out["median"], float)
+    assert out["cv"] == 0.0

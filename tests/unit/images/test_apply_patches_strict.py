@@ -18,7 +18,9 @@ from gh200.paths import containers_dir
 
 def _load() -> ModuleType:
     path = containers_dir() / "vllm" / "apply_patches.py"
-    spec = importlib.util.spec_from_file_location("gh200_apply_patches_strict", path)
+    spec = importlib.util.spec_from_file_location(
+        "gh200_apply_patches", path
+    )  # the name scripts/mutation.py stages it under
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
