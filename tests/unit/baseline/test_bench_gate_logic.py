@@ -32,13 +32,13 @@ def runs(base: float, jitter: list[float]) -> list[dict[str, Any]]:
 JITTER = [0.99, 1.0, 1.01, 0.995, 1.005, 0.98, 1.02, 0.997, 1.003, 1.0]
 
 
-def test_slowed_runs_are_exactly_ten_percent_slower() -> None:
+def test_slowed_runs_decode_exactly_ten_percent_slower() -> None:
     original = runs(300.0, JITTER)
     slow = slowed_runs(original, 0.10)
     for a, b in zip(original, slow, strict=True):
         assert b["output_tok_s"] == pytest.approx(a["output_tok_s"] * 0.9)
         assert b["tpot_ms"] == pytest.approx(a["tpot_ms"] / 0.9)
-        assert b["ttft_ms"] == pytest.approx(a["ttft_ms"] / 0.9)
+        assert b["ttft_ms"] == a["ttft_ms"]  # a decode slowdown: detection must not ride on TTFT
         assert b["cold"] == a["cold"]
     assert original[1]["output_tok_s"] == pytest.approx(297.0)  # the input is left alone
 

@@ -6,10 +6,12 @@ the machine's drift falls on both, and measures each deployment once the way the
 cold + 10 warm runs of one shape. Then every ordered pair of distinct deployments is a trial:
 
 - false alarm: baseline = unchanged deployment i, new = unchanged deployment j;
-- known 10% slowdown: baseline = unchanged i, new = unchanged j with every run made exactly 10%
-  slower (tok/s x 0.9, TPOT and TTFT / 0.9). Redeploying a server that is slower by exactly 10%
-  is not possible on a shared 2-core machine, so the slowdown is applied to measured runs: the
-  noise is real deployment-to-deployment noise, the amount is known;
+- known 10% slowdown: baseline = unchanged i, new = unchanged j with every run's decode made
+  exactly 10% slower (output tok/s x 0.9, TPOT and ITL / 0.9, TTFT left as measured: a decode
+  regression, like the real one below, so detection cannot ride on the noisy prefill metric).
+  Redeploying a server that is slower by exactly 10% is not possible on a shared 2-core machine,
+  so the slowdown is applied to measured runs: the noise is real deployment-to-deployment noise,
+  the amount is known;
 - real slowdown: baseline = unchanged i, new = slowed j (its size is measured and printed).
 
 Pairs share deployments, so the trials are not independent; the rates are estimates from K
@@ -123,7 +125,8 @@ class Trials:
 
 
 def slowed_runs(runs: list[dict[str, Any]], slowdown: float) -> list[dict[str, Any]]:
-    """The same runs, each exactly `slowdown` slower: throughput x (1 - s), latencies / (1 - s)."""
+    """The same runs with decode exactly `slowdown` slower: output and total tok/s x (1 - s), TPOT
+    and ITL / (1 - s); TTFT (prefill) as measured."""
     keep = 1.0 - slowdown
     out: list[dict[str, Any]] = []
     for run in runs:
@@ -131,7 +134,7 @@ def slowed_runs(runs: list[dict[str, Any]], slowdown: float) -> list[dict[str, A
         for key in ("output_tok_s", "total_tok_s"):
             if isinstance(new.get(key), int | float):
                 new[key] = new[key] * keep
-        for key in ("tpot_ms", "ttft_ms", "itl_ms"):
+        for key in ("tpot_ms", "itl_ms"):
             if isinstance(new.get(key), int | float):
                 new[key] = new[key] / keep
         out.append(new)
