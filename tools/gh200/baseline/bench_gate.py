@@ -180,7 +180,7 @@ def measure(
     """
     from gh200.bench.client import probe
     from gh200.bench.smoke import SetPlan, Smoke
-    from gh200.deploy.deploy import base_url, deploy, stop
+    from gh200.deploy.deploy import api_key_for, base_url, deploy, stop
     from gh200.engine import connect
     from gh200.errors import OperationFailed
     from gh200.output import progress
@@ -214,7 +214,11 @@ def measure(
                 started = time.monotonic()
                 try:
                     deploy(client, profile, progress=False, smoke=None)
-                    endpoint = asyncio.run(probe(base_url(profile), model=profile.model.served_name))
+                    endpoint = asyncio.run(
+                        probe(
+                            base_url(profile), api_key=api_key_for(profile), model=profile.model.served_name
+                        )
+                    )
                     (run_set,) = asyncio.run(Smoke(endpoint, [plan], seed=index).run())
                     runs, error = [r.as_json() for r in run_set.runs], run_set.error
                 except OperationFailed as err:
