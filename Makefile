@@ -20,7 +20,7 @@ help:
 	@echo "make setup  - create .venv with the locked dependencies"
 	@echo "make mutation [MODULES=stats,render] [JOBS=N] [SURVIVORS=1] - share of mutants the unit tests kill, per core module (slow)"
 	@echo "make lint | lock | provision | images | models | deploy | smoke | verify | bench-graft | bench-client"
-	@echo "make bench-gate - detection and false-alarm rates of the baseline gate on local-tiny (real llama-server)"
+	@echo "make bench-gate [ARGS=\"--deployments 10 --budget-min 20\"] - detection and false-alarm rates of the baseline gate on local-tiny (real llama-server)"
 
 $(UV):
 	python3 -m venv $(UV_VENV)
@@ -86,4 +86,4 @@ bench-client: setup
 	$(PY) -m gh200.orchestrate.bench_client
 
 bench-gate: setup
-	$(PY) -m gh200.baseline.bench_gate
+	$(PY) -m gh200.baseline.bench_gate $(ARGS)

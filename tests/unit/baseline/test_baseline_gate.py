@@ -140,3 +140,43 @@ def test_compare_metric_reports_signed_change() -> None:
     assert c.change == pytest.approx(-0.1)
     assert c.worse_by == pytest.approx(-0.1)
     assert not c.regressed
+
+
+def test_a_slowdown_of_four_runs_in_ten_is_not_hidden_by_the_median() -> None:
+    # Four runs ~12% slower, six ~2% slower: the mean falls 5.9%, the median only 3.8%. The median
+    # rule passes it; the Hodges-Lehmann shift (5.1%) with p 0.009 does not.
+    new = [90.0, 91.0, 92.0, 93.0, 100.0, 101.0, 102.0, 103.0, 104.0, 105.0]
+    c = verdict("output_tok_s", BASE, new).comparisons[0]
+    assert c.new_median / c.baseline_median - 1 == pytest.approx(-0.0383, abs=1e-3)
+    assert c.worse_by == pytest.approx(0.0513, abs=1e-3)
+    assert c.regressed
+
+
+def test_a_median_jumping_across_a_gap_is_not_a_five_percent_slowdown() -> None:
+    # Runs in two clusters; every run ~3 tok/s lower and one moved from the fast cluster to the slow.
+    # The medians differ by 6.6% (p 0.03), the runs by about 3%: the median rule cries wolf.
+    base = [100.0, 101.0, 102.0, 112.0, 113.0, 114.0, 115.0, 116.0, 117.0, 118.0]
+    new = [97.0, 98.0, 99.0, 100.0, 101.0, 111.0, 112.0, 113.0, 114.0, 115.0]
+    c = verdict("output_tok_s", base, new).comparisons[0]
+    assert c.new_median / c.baseline_median - 1 == pytest.approx(-0.066, abs=1e-3)
+    assert c.significant
+    assert c.worse_by == pytest.approx(0.0296, abs=1e-3)
+    assert not c.regressed
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.01])
+def test_the_interval_is_the_rank_bounds_of_the_pairwise_ratios(alpha: float) -> None:
+    import math
+
+    from scipy.stats import norm
+
+    new = [91.0, 95.0, 96.0, 97.5, 99.0, 100.0, 101.0, 103.0, 104.0, 111.0]
+    diffs = sorted(math.log(b / a) for a in BASE for b in new)
+    rank = round(50 - norm.ppf(1 - alpha) * math.sqrt(100 * 21 / 12))  # 28 at 0.05, 17 at 0.01
+    c = compare_metric(RULES["output_tok_s"], BASE, new, alpha=alpha)
+    assert c.change == pytest.approx(math.expm1((diffs[49] + diffs[50]) / 2))
+    assert c.change_low == pytest.approx(math.expm1(diffs[rank - 1]))
+    assert c.change_high == pytest.approx(math.expm1(diffs[100 - rank]))
+    assert c.change_low < c.change < c.change_high
+    assert c.as_json()["ci_level"] == pytest.approx(1 - 2 * alpha)
+    assert f"{1 - 2 * alpha:.0%} CI" in c.describe()

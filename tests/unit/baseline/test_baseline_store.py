@@ -164,3 +164,24 @@ def test_a_corrupt_baseline_is_named(
     path.write_text("{not json")
     code, _, err = gh200(["baseline", "show"], capsys, monkeypatch)
     assert code == 1 and str(path) in err and "delete it and accept a run again" in err
+
+
+@pytest.mark.parametrize("form", ["file", "run id"])
+def test_accept_records_the_file_the_run_was_read_from(
+    form: str,
+    state: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # `accept` and `check` share one loader: the source must be the file the records came from,
+    # whether RUN is a file of one run or an id looked up in --results (not the id, not the default).
+    results = tmp_path / "elsewhere.jsonl"
+    record_run(results, "abab1212cdcd", [run_set(STEADY)])
+    args = [str(results)] if form == "file" else ["abab12", "--results", str(results)]
+    code, out, err = gh200(["baseline", "accept", *args, "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    assert json.loads(out)["baselines"][0]["source"] == str(results.resolve())
+    code, out, err = gh200(["baseline", "check", *args, "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    assert json.loads(out)["run_id"] == "abab1212cdcd"

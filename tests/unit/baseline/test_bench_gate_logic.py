@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gh200.baseline.bench_gate import Deployment, slowed_runs, summarise, trials
+from gh200.baseline.bench_gate import (
+    Deployment,
+    main,
+    noise,
+    read_record,
+    room_for_another_pair,
+    slowed_runs,
+    summarise,
+    trials,
+    write_record,
+)
 
 
 def runs(base: float, jitter: list[float]) -> list[dict[str, Any]]:
@@ -21,13 +32,13 @@ def runs(base: float, jitter: list[float]) -> list[dict[str, Any]]:
 JITTER = [0.99, 1.0, 1.01, 0.995, 1.005, 0.98, 1.02, 0.997, 1.003, 1.0]
 
 
-def test_slowed_runs_are_exactly_ten_percent_slower() -> None:
+def test_slowed_runs_decode_exactly_ten_percent_slower() -> None:
     original = runs(300.0, JITTER)
     slow = slowed_runs(original, 0.10)
     for a, b in zip(original, slow, strict=True):
         assert b["output_tok_s"] == pytest.approx(a["output_tok_s"] * 0.9)
         assert b["tpot_ms"] == pytest.approx(a["tpot_ms"] / 0.9)
-        assert b["ttft_ms"] == pytest.approx(a["ttft_ms"] / 0.9)
+        assert b["ttft_ms"] == a["ttft_ms"]  # a decode slowdown: detection must not ride on TTFT
         assert b["cold"] == a["cold"]
     assert original[1]["output_tok_s"] == pytest.approx(297.0)  # the input is left alone
 
@@ -48,3 +59,59 @@ def test_trials_pair_distinct_deployments_and_count_what_the_gate_flags() -> Non
     assert summary["met"] is True
     assert summary["real_slowdown_measured"] == pytest.approx(0.2, abs=0.01)
     assert summary["errors"] == ["connect"]
+
+
+def test_a_record_replays_to_the_same_rates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    deployments = [
+        Deployment("unchanged", i, runs(300.0 * (1 + 0.005 * i), JITTER), 1.0, load=2.5) for i in range(3)
+    ]
+    deployments += [Deployment("slowed", i, runs(240.0, JITTER), 1.0, load=3.5) for i in range(2)]
+    record = tmp_path / "rec" / "gate.json"
+    write_record(record, deployments, (64, 128), 10, 0.4)
+    back, shape, warm, synth = read_record(record)
+    assert (shape, warm, synth) == ("64:128", 10, 0.4)
+    assert summarise(back, shape, synth) == summarise(deployments, shape, synth)
+    assert main(["--replay", str(record)]) == 0
+    out = capsys.readouterr().out
+    assert "detection of a 10% slowdown: 6/6 = 100.0%" in out
+    assert "false alarms on unchanged servers: 0/6 = 0.0%" in out
+    assert "measured 20.4% slower" in out  # 240 against the unchanged median 301.5
+    assert "load average (1 min) during the run: 2.5 min, 2.5 median, 3.5 max" in out
+
+
+def test_a_file_that_is_not_a_record_is_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"deployments": [{"kind": "unchanged"}]}')
+    assert main(["--replay", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "not a bench-gate record" in err
+
+
+@pytest.mark.parametrize(
+    ("spent", "pairs", "budget", "room"),
+    [
+        (0.0, 0, 1.0, True),  # the first pair always runs
+        (500.0, 0, 1.0, True),
+        (100.0, 2, 150.0, True),  # 50 s a pair: the third ends at 150 s, just inside
+        (100.0, 2, 149.0, False),
+        (300.0, 1, 1000.0, True),
+        (600.0, 1, 1000.0, False),  # one more 600 s pair would end at 1200 s
+    ],
+)
+def test_a_pair_starts_only_when_it_ends_within_the_budget(
+    spent: float, pairs: int, budget: float, room: bool
+) -> None:
+    assert room_for_another_pair(spent, pairs, budget) is room
+
+
+def test_noise_splits_within_and_between_deployments() -> None:
+    # Identical runs inside each deployment, medians 300 and 330: all noise is between deployments.
+    flat = [1.0] * 10
+    deployments = [
+        Deployment("unchanged", 0, runs(300.0, flat), 1.0),
+        Deployment("unchanged", 1, runs(330.0, flat), 1.0),
+    ]
+    deployments.append(Deployment("slowed", 0, runs(100.0, JITTER), 1.0))  # not part of the unchanged noise
+    found = noise(deployments, "output_tok_s")
+    assert found["within_cv"] == 0.0
+    assert found["between_cv"] == pytest.approx(21.213 / 315, abs=1e-4)

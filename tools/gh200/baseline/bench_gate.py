@@ -6,10 +6,12 @@ the machine's drift falls on both, and measures each deployment once the way the
 cold + 10 warm runs of one shape. Then every ordered pair of distinct deployments is a trial:
 
 - false alarm: baseline = unchanged deployment i, new = unchanged deployment j;
-- known 10% slowdown: baseline = unchanged i, new = unchanged j with every run made exactly 10%
-  slower (tok/s x 0.9, TPOT and TTFT / 0.9). Redeploying a server that is slower by exactly 10%
-  is not possible on a shared 2-core machine, so the slowdown is applied to measured runs: the
-  noise is real deployment-to-deployment noise, the amount is known;
+- known 10% slowdown: baseline = unchanged i, new = unchanged j with every run's decode made
+  exactly 10% slower (output tok/s x 0.9, TPOT and ITL / 0.9, TTFT left as measured: a decode
+  regression, like the real one below, so detection cannot ride on the noisy prefill metric).
+  Redeploying a server that is slower by exactly 10% is not possible on a shared 2-core machine,
+  so the slowdown is applied to measured runs: the noise is real deployment-to-deployment noise,
+  the amount is known;
 - real slowdown: baseline = unchanged i, new = slowed j (its size is measured and printed).
 
 Pairs share deployments, so the trials are not independent; the rates are estimates from K
@@ -21,12 +23,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from gh200.baseline.gate import Verdict, compare_runs
+from gh200.baseline.gate import GATED_METRICS, Verdict, compare_runs
 
 DESCRIPTION = "Detection and false-alarm rates of the baseline gate on local-tiny's real llama-server."
 TARGET_DETECTION = 0.95
@@ -35,6 +40,20 @@ KNOWN_SLOWDOWN = 0.10
 DEFAULT_SHAPE = (64, 128)
 DEFAULT_SYNTH = 0.4
 PREFIX = "bgate-"
+DEFAULT_BUDGET_MIN = 20.0
+RUN_FIELDS = (
+    "index",
+    "cold",
+    "wall_s",
+    "output_tokens",
+    "output_tok_s",
+    "total_tok_s",
+    "ttft_ms",
+    "tpot_ms",
+    "decode_tok_s",
+    "server_tpot_ms",
+    "acceptance",
+)
 
 
 @dataclass
@@ -44,6 +63,29 @@ class Deployment:
     runs: list[dict[str, Any]]
     seconds: float
     error: str | None = None
+    load: float | None = None  # 1-minute load average when its measurement ended
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "index": self.index,
+            "seconds": round(self.seconds, 3),
+            "error": self.error,
+            "load": self.load,
+            # The scalar figures of each run are what the gate reads; per-request detail is left out.
+            "runs": [{k: v for k, v in r.items() if k in RUN_FIELDS} for r in self.runs],
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Deployment:
+        return cls(
+            str(doc["kind"]),
+            int(doc["index"]),
+            list(doc["runs"]),
+            float(doc["seconds"]),
+            doc.get("error"),
+            doc.get("load"),
+        )
 
     def median(self, metric: str) -> float:
         values = sorted(float(r[metric]) for r in self.runs if not r.get("cold") and r.get(metric))
@@ -83,7 +125,8 @@ class Trials:
 
 
 def slowed_runs(runs: list[dict[str, Any]], slowdown: float) -> list[dict[str, Any]]:
-    """The same runs, each exactly `slowdown` slower: throughput x (1 - s), latencies / (1 - s)."""
+    """The same runs with decode exactly `slowdown` slower: output and total tok/s x (1 - s), TPOT
+    and ITL / (1 - s); TTFT (prefill) as measured."""
     keep = 1.0 - slowdown
     out: list[dict[str, Any]] = []
     for run in runs:
@@ -91,7 +134,7 @@ def slowed_runs(runs: list[dict[str, Any]], slowdown: float) -> list[dict[str, A
         for key in ("output_tok_s", "total_tok_s"):
             if isinstance(new.get(key), int | float):
                 new[key] = new[key] * keep
-        for key in ("tpot_ms", "ttft_ms", "itl_ms"):
+        for key in ("tpot_ms", "itl_ms"):
             if isinstance(new.get(key), int | float):
                 new[key] = new[key] / keep
         out.append(new)
@@ -121,16 +164,28 @@ def trials(deployments: list[Deployment], shape: str) -> dict[str, Trials]:
 
 
 def measure(
-    count: int, shape: tuple[int, int], warm: int, synth: float, show_progress: bool = True
+    count: int,
+    shape: tuple[int, int],
+    warm: int,
+    synth: float,
+    *,
+    budget_s: float,
+    record: Path | None = None,
+    show_progress: bool = True,
 ) -> list[Deployment]:
-    """`count` fresh deployments each of the unchanged and the slowed variant, alternating."""
+    """Up to `count` fresh deployments each of the unchanged and the slowed variant, alternating.
+
+    Bounded in time: a pair of deployments is started only while the pairs so far say it ends
+    within `budget_s`; what was measured is kept (and written to `record` after every deployment).
+    """
     from gh200.bench.client import probe
     from gh200.bench.smoke import SetPlan, Smoke
     from gh200.engine import connect
+    from gh200.errors import OperationFailed
     from gh200.orchestrate import deploy, stop
     from gh200.output import progress
     from gh200.profiles import load_profile
-    from gh200.served import base_url
+    from gh200.served import api_key_for, base_url
 
     client = connect()
     base = load_profile("local-tiny")
@@ -148,29 +203,92 @@ def measure(
     }
     plan = SetPlan("synthetic", shape[0], shape[1], 1, warm)
     deployments: list[Deployment] = []
+    began = time.monotonic()
     with progress(show_progress) as bar:
         task = bar.add_task("bench-gate deployments", total=2 * count)
         for index in range(count):
+            if not room_for_another_pair(time.monotonic() - began, index, budget_s):
+                bar.update(task, description=f"bench-gate: time budget reached after {index} pairs")
+                break
             for kind in ("unchanged", "slowed") if index % 2 == 0 else ("slowed", "unchanged"):
                 profile = variants[kind]
                 started = time.monotonic()
                 try:
                     deploy(client, profile, progress=False, smoke=None)
-                    endpoint = asyncio.run(probe(base_url(profile), model=profile.model.served_name))
-                    (run_set,) = asyncio.run(Smoke(endpoint, [plan], seed=index).run())
-                    runs = [r.as_json() for r in run_set.runs]
-                    deployments.append(
-                        Deployment(kind, index, runs, time.monotonic() - started, run_set.error)
+                    endpoint = asyncio.run(
+                        probe(
+                            base_url(profile), api_key=api_key_for(profile), model=profile.model.served_name
+                        )
                     )
+                    (run_set,) = asyncio.run(Smoke(endpoint, [plan], seed=index).run())
+                    runs, error = [r.as_json() for r in run_set.runs], run_set.error
+                except OperationFailed as err:
+                    # One failed deployment (a health timeout on a loaded machine) is counted, not fatal.
+                    runs, error = [], str(err)
                 finally:
                     stop(client, profile.name)
+                deployments.append(
+                    Deployment(kind, index, runs, time.monotonic() - started, error, os.getloadavg()[0])
+                )
+                if len(deployments) >= 2 and all(d.error for d in deployments[-2:]):
+                    raise OperationFailed(
+                        f"two deployments in a row failed, the last with: {error}",
+                        "check `gh200 deploy local-tiny` by hand",
+                    )
+                if record is not None:
+                    write_record(record, deployments, shape, warm, synth)
                 last = deployments[-1]
                 bar.update(
                     task,
                     advance=1,
-                    description=f"bench-gate {kind} #{index + 1}: {last.median('output_tok_s'):.1f} tok/s",
+                    description=(
+                        f"bench-gate {kind} #{index + 1}: "
+                        + (
+                            f"failed ({last.error[:60]})"
+                            if last.error
+                            else f"{last.median('output_tok_s'):.1f} tok/s"
+                        )
+                        + f", load {last.load:.1f}"
+                    ),
                 )
     return deployments
+
+
+def room_for_another_pair(spent_s: float, pairs_done: int, budget_s: float) -> bool:
+    """Whether one more pair, as long as the mean pair so far, still ends within the budget.
+    The first pair always runs: with nothing measured there is no estimate and no rate."""
+    return pairs_done == 0 or spent_s + spent_s / pairs_done <= budget_s
+
+
+def write_record(
+    path: Path, deployments: list[Deployment], shape: tuple[int, int], warm: int, synth: float
+) -> None:
+    """The measured deployments, so the rates can be recomputed (`--replay`) without redeploying."""
+    from gh200.fsutil import atomic_write_text
+
+    doc = {
+        "version": 1,
+        "shape": f"{shape[0]}:{shape[1]}",
+        "warm": warm,
+        "synthetic_acceptance": synth,
+        "deployments": [d.as_json() for d in deployments],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
+
+
+def read_record(path: Path) -> tuple[list[Deployment], str, int, float]:
+    """A record written by `write_record`; BadInput when it is not one."""
+    from gh200.errors import BadInput
+
+    try:
+        doc = json.loads(path.read_text())
+        deployments = [Deployment.from_json(d) for d in doc["deployments"]]
+        return deployments, str(doc["shape"]), int(doc["warm"]), float(doc["synthetic_acceptance"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise BadInput(
+            f"{path} is not a bench-gate record ({err})", "pass a file written by `make bench-gate`"
+        ) from err
 
 
 def _free_port() -> int:
@@ -181,12 +299,35 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def noise(deployments: list[Deployment], metric: str) -> dict[str, float | None]:
+    """Where the noise of a metric is: within one deployment (CV of its warm runs, the median over
+    deployments) and between deployments (CV of the unchanged deployments' medians)."""
+    import statistics
+
+    def cv(values: list[float]) -> float | None:
+        return statistics.stdev(values) / statistics.fmean(values) if len(values) > 1 else None
+
+    unchanged = [d for d in deployments if d.kind == "unchanged" and not d.error]
+    within = [
+        c
+        for d in unchanged
+        if (c := cv([float(r[metric]) for r in d.runs if not r.get("cold") and r.get(metric)])) is not None
+    ]
+    medians = [m for d in unchanged if math.isfinite(m := d.median(metric))]
+    between = cv(medians)
+    return {
+        "within_cv": round(_mid(within), 4) if within else None,
+        "between_cv": None if between is None else round(between, 4),
+    }
+
+
 def summarise(deployments: list[Deployment], shape: str, synth: float) -> dict[str, Any]:
     found = trials(deployments, shape)
     unchanged = [d.median("output_tok_s") for d in deployments if d.kind == "unchanged" and not d.error]
     slowed = [d.median("output_tok_s") for d in deployments if d.kind == "slowed" and not d.error]
     spread = (max(unchanged) / min(unchanged) - 1) if unchanged else None
     real = (1 - _mid(slowed) / _mid(unchanged)) if unchanged and slowed else None
+    loads = [d.load for d in deployments if d.load is not None]
     detection, false_alarm = found["known_10pct"].rate, found["false_alarm"].rate
     return {
         "shape": shape,
@@ -196,9 +337,11 @@ def summarise(deployments: list[Deployment], shape: str, synth: float) -> dict[s
         "median_tok_s_unchanged": [round(v, 2) for v in unchanged],
         "median_tok_s_slowed": [round(v, 2) for v in slowed],
         "deployment_spread": None if spread is None else round(spread, 4),
+        "noise": {rule.name: noise(deployments, rule.name) for rule in GATED_METRICS},
         "synthetic_acceptance": synth,
         "real_slowdown_measured": None if real is None else round(real, 4),
         "seconds": round(sum(d.seconds for d in deployments), 1),
+        "load_1min": {"min": min(loads), "median": _mid(loads), "max": max(loads)} if loads else None,
         **{name: t.as_json() for name, t in found.items()},
         "target": {"detection": TARGET_DETECTION, "false_alarms": TARGET_FALSE_ALARMS},
         "met": detection >= TARGET_DETECTION and false_alarm <= TARGET_FALSE_ALARMS,
@@ -211,6 +354,50 @@ def _mid(values: list[float]) -> float:
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
+def render(result: dict[str, Any], warm: int) -> str:
+    """The human summary: rates as counts and ratios, the noise behind them, the machine's load."""
+    fa, known, real = result["false_alarm"], result["known_10pct"], result["real_slowdown"]
+    counts = result["deployments"]
+    spread = result["deployment_spread"]
+    lines = [
+        f"bench-gate: local-tiny {result['shape']} c1, 1 cold + {warm} warm runs per deployment"
+        " (the gate reads the warm runs)",
+        f"  deployments: {counts['unchanged']} unchanged, {counts['slowed']} slowed; unchanged medians"
+        f" spread {'n/a' if spread is None else format(spread, '.1%')} (max/min - 1)",
+    ]
+    for metric, n in result["noise"].items():
+        w, b = n["within_cv"], n["between_cv"]
+        lines.append(
+            f"  noise {metric}: within a deployment CV {'n/a' if w is None else format(w, '.1%')},"
+            f" between deployments CV {'n/a' if b is None else format(b, '.1%')}"
+        )
+    lines += [
+        f"  detection of a {KNOWN_SLOWDOWN:.0%} slowdown: {known['flagged']}/{known['trials']}"
+        f" = {known['rate']:.1%} (target >= {TARGET_DETECTION:.0%}); by metric {known['flagged_by_metric']}",
+        f"  false alarms on unchanged servers: {fa['flagged']}/{fa['trials']} = {fa['rate']:.1%}"
+        f" (target <= {TARGET_FALSE_ALARMS:.0%}); by metric {fa['flagged_by_metric']}",
+    ]
+    if result["real_slowdown_measured"] is not None:
+        lines.append(
+            f"  real slowdown (synthetic acceptance {result['synthetic_acceptance']:g}, measured"
+            f" {result['real_slowdown_measured']:.1%} slower in median output tok/s):"
+            f" flagged {real['flagged']}/{real['trials']} = {real['rate']:.1%};"
+            f" by metric {real['flagged_by_metric']}"
+        )
+    load = result["load_1min"]
+    if load is not None:
+        lines.append(
+            f"  load average (1 min) during the run: {load['min']:.1f} min, {load['median']:.1f} median,"
+            f" {load['max']:.1f} max on {os.cpu_count()} CPUs"
+        )
+    errors = result["errors"]
+    lines.append(
+        f"  target met: {'yes' if result['met'] else 'NO'}; {result['seconds']:.0f} s of deploy + measure"
+        + (f"; {len(errors)} deployment(s) failed: {errors[0]}" if errors else "")
+    )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gh200.baseline.bench_gate", description=DESCRIPTION)
     parser.add_argument("--deployments", type=int, default=10, help="fresh deployments of each variant")
@@ -219,41 +406,67 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--synth", type=float, default=DEFAULT_SYNTH, help="synthetic acceptance per draft position (slowed)"
     )
+    parser.add_argument(
+        "--budget-min",
+        type=float,
+        default=DEFAULT_BUDGET_MIN,
+        help="start no deployment pair that would end past this many minutes (what was measured is kept)",
+    )
+    parser.add_argument(
+        "--record",
+        type=Path,
+        default=None,
+        help="write the measured deployments here (default: STATE/bench-gate/<time>.json)",
+    )
+    parser.add_argument(
+        "--replay", type=Path, default=None, help="recompute the rates from a record instead of deploying"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     from gh200.bench.smoke import parse_shapes
+    from gh200.errors import Gh200Error
 
-    if args.deployments < 2 or not 0 < args.synth < 1 or args.warm < 3:
-        print("error: --deployments >= 2, --warm >= 3 and 0 < --synth < 1 (fix the value)", file=sys.stderr)
+    if args.deployments < 2 or not 0 < args.synth < 1 or args.warm < 3 or args.budget_min <= 0:
+        print(
+            "error: --deployments >= 2, --warm >= 3, 0 < --synth < 1 and --budget-min > 0 (fix the value)",
+            file=sys.stderr,
+        )
         return 2
-    (shape,) = parse_shapes([args.shape])
-    deployments = measure(args.deployments, shape, args.warm, args.synth, show_progress=not args.json)
-    result = summarise(deployments, args.shape, args.synth)
+    try:
+        if args.replay is not None:
+            deployments, shape_text, warm, synth = read_record(args.replay)
+        else:
+            (shape,) = parse_shapes([args.shape])
+            shape_text, warm, synth = args.shape, args.warm, args.synth
+            record = args.record or _default_record()
+            deployments = measure(
+                args.deployments,
+                shape,
+                warm,
+                synth,
+                budget_s=60 * args.budget_min,
+                record=record,
+                show_progress=not args.json,
+            )
+    except Gh200Error as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    result = summarise(deployments, shape_text, synth)
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
         return 0
-    fa, known, real = result["false_alarm"], result["known_10pct"], result["real_slowdown"]
-    counts = result["deployments"]
-    lines = [
-        f"bench-gate: local-tiny {args.shape} c1, 1 cold + {args.warm} warm runs per deployment",
-        f"  deployments: {counts['unchanged']} unchanged, {counts['slowed']} slowed; unchanged medians"
-        f" spread {result['deployment_spread']:.1%} (max/min - 1)",
-        f"  detection of a {KNOWN_SLOWDOWN:.0%} slowdown: {known['flagged']}/{known['trials']}"
-        f" = {known['rate']:.1%} (target >= {TARGET_DETECTION:.0%})",
-        f"  false alarms on unchanged servers: {fa['flagged']}/{fa['trials']} = {fa['rate']:.1%}"
-        f" (target <= {TARGET_FALSE_ALARMS:.0%}); by metric {fa['flagged_by_metric']}",
-    ]
-    if result["real_slowdown_measured"] is not None:
-        lines.append(
-            f"  real slowdown (synthetic acceptance {args.synth:g}, measured"
-            f" {result['real_slowdown_measured']:.1%} slower): flagged {real['flagged']}/{real['trials']}"
-            f" = {real['rate']:.1%}; by metric {real['flagged_by_metric']}"
-        )
-    lines.append(
-        f"  target met: {'yes' if result['met'] else 'NO'}; {result['seconds']:.0f} s of deploy + measure"
-    )
-    print("\n".join(lines))
+    print(render(result, warm))
+    if args.replay is None:
+        print(f"  record: {record} (recompute with --replay)")
     return 0
+
+
+def _default_record() -> Path:
+    from datetime import UTC, datetime
+
+    from gh200.paths import state_dir
+
+    return state_dir() / "bench-gate" / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
 
 
 if __name__ == "__main__":

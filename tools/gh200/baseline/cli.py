@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
@@ -16,25 +17,37 @@ baseline_app = typer.Typer(
 )
 
 RUN_HELP = "A run id (or unique prefix, or `latest`) from the results file, or a results file of one run."
+# `accept` and `check` name a run the same way: one set of arguments, one loader.
+RunArg = Annotated[str, typer.Argument(help=RUN_HELP)]
+ResultsOpt = Annotated[Path | None, typer.Option("--results", help="Results file to look the run id up in.")]
+ProfileOpt = Annotated[
+    str | None, typer.Option("--profile", help="With `latest`: the newest run of this profile.")
+]
+
+
+def _load_run(run: str, results: Path | None, profile: str | None) -> tuple[list[dict[str, Any]], Path]:
+    """The records of the run set RUN names, and the file they were read from."""
+    from gh200.baseline.store import resolve_run
+    from gh200.bench.results import default_results_path
+
+    records = resolve_run(run, results, profile)
+    source = (
+        Path(run).expanduser() if Path(run).expanduser().is_file() else (results or default_results_path())
+    )
+    return records, source
 
 
 @baseline_app.command("accept")
 def accept_command(
-    run: str = typer.Argument(..., help=RUN_HELP),
-    *,
-    results: Path | None = typer.Option(None, "--results", help="Results file to look the run id up in."),
-    profile: str | None = typer.Option(
-        None, "--profile", help="With `latest`: the newest run of this profile."
-    ),
+    run: RunArg,
+    results: ResultsOpt = None,
+    profile: ProfileOpt = None,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Make a finished run set this host's baseline for each of its profile's shapes."""
-    from gh200.baseline.store import accept, resolve_run
+    from gh200.baseline.store import accept
 
-    records = resolve_run(run, results, profile)
-    from gh200.bench.results import default_results_path
-
-    source = Path(run) if Path(run).is_file() else (results or default_results_path())
+    records, source = _load_run(run, results, profile)
     written = accept(records, source=str(source.resolve()))
     if json_out:
         emit_json({"changed": True, "baselines": [b.as_json() for b in written]})
@@ -110,18 +123,15 @@ def show_command(
 
 @baseline_app.command("check")
 def check_command(
-    run: str = typer.Argument(..., help=RUN_HELP),
-    *,
-    results: Path | None = typer.Option(None, "--results", help="Results file to look the run id up in."),
-    profile: str | None = typer.Option(
-        None, "--profile", help="With `latest`: the newest run of this profile."
-    ),
+    run: RunArg,
+    results: ResultsOpt = None,
+    profile: ProfileOpt = None,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Gate a run set against the baselines: exit 1 when a metric got worse beyond noise and the floor."""
-    from gh200.baseline.store import GateRegression, check_run, resolve_run
+    from gh200.baseline.store import GateRegression, check_run
 
-    records = resolve_run(run, results, profile)
+    records, _ = _load_run(run, results, profile)
     verdicts = check_run(records)
     ok = all(v.status != "regression" for v in verdicts)
     if json_out:
