@@ -178,8 +178,12 @@ def test_an_unchanged_profile_freshly_deployed_passes_against_the_baseline(
 def test_a_slowed_version_is_rolled_back_by_itself(
     story: dict[str, Any], gh200: Callable[..., tuple[int, str, str]]
 ) -> None:
+    from gh200.deploy.deploy import deploy
+
     engine = story["engine"]
     baseline = _baseline_run(story)
+    if not _running(engine):  # (b) failed and left nothing running: the previous version, as (b) left it
+        deploy(engine, story["fast"], progress=False, smoke=None)
     (before,) = _running(engine)
     code, out, err = gh200("rollout", str(story["slow_yaml"]), "--shape", SHAPE, "--json")
     result = json.loads(out)
