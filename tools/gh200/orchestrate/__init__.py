@@ -1,0 +1,1 @@
+"""Orchestration: the jobs that use both deploy and bench (rollout, upgrade, fleets)."""
