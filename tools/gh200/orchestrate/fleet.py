@@ -11,6 +11,7 @@ because the fleet stopped before them.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from gh200.errors import BadInput, Gh200Error, OperationFailed
-from gh200.paths import state_dir
+from gh200.paths import ansible_dir, state_dir
 
 PLAYBOOK = "upgrade"
 GROUP = "gh200"
@@ -119,41 +120,28 @@ class FleetSummary:
 
 
 def inventory_hosts(inventory: Path, group: str = GROUP) -> list[str]:
-    """The group's hosts in the order `serial: 1` visits them (ansible-inventory's order)."""
+    """The group's hosts in the order `serial: 1` visits them (`ansible GROUP --list-hosts`)."""
     from gh200.provision.runner import check_inventory
 
     inv = check_inventory(inventory)
-    tool = Path(sys.executable).parent / "ansible-inventory"
+    tool = Path(sys.executable).parent / "ansible"
     done = subprocess.run(
-        [str(tool if tool.exists() else "ansible-inventory"), "--list", "--export", "-i", str(inv)],
+        [str(tool if tool.exists() else "ansible"), group, "-i", str(inv), "--list-hosts"],
         capture_output=True,
         text=True,
         check=False,
+        env={**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_CONFIG": str(ansible_dir() / "ansible.cfg")},
     )
-    try:
-        data = json.loads(done.stdout) if done.returncode == 0 else None
-    except json.JSONDecodeError:
-        data = None
-    if not isinstance(data, dict):
+    lines = done.stdout.splitlines()
+    if done.returncode != 0 or not lines or not lines[0].strip().startswith("hosts ("):
         detail = " ".join((done.stderr or done.stdout).split())[-300:]
         raise FleetInputError(f"inventory {inventory} cannot be read: {detail}", "fix the inventory file")
-    hosts = _group_hosts(data, group, set())
+    hosts = [line.strip() for line in lines[1:] if line.strip()]
     if not hosts:
         raise FleetInputError(
             f"inventory {inventory} has no hosts in group {group!r}",
             f"put the workstations under `{group}:` (see ansible/inventory/example)",
         )
-    return hosts
-
-
-def _group_hosts(data: dict[str, Any], group: str, seen: set[str]) -> list[str]:
-    if group in seen:
-        return []
-    seen.add(group)
-    entry = data.get(group) or {}
-    hosts: list[str] = list(entry.get("hosts") or [])
-    for child in entry.get("children") or []:
-        hosts += [h for h in _group_hosts(data, str(child), seen) if h not in hosts]
     return hosts
 
 

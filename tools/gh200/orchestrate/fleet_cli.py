@@ -74,7 +74,9 @@ def register(app: typer.Typer) -> None:
         profile: str = typer.Argument(..., help="Profile name (or path) to roll out on every host."),
         inventory: Path = inventory_opt,
         accept: bool = typer.Option(False, "--accept", help="A passing run becomes each host's baseline."),
-        image: str | None = typer.Option(None, "--image", help="Roll out this image instead of the profile's."),
+        image: str | None = typer.Option(
+            None, "--image", help="Roll out this image instead of the profile's."
+        ),
         results: Path | None = results_opt,
         artifacts: Path | None = artifacts_opt,
         json_out: bool = json_opt,
