@@ -24,9 +24,11 @@ pytestmark = pytest.mark.skipif(
 SCRIPT = """#!/bin/sh
 echo "$0 $*" >> {calls}
 case {mode} in
-  pass) printf '%s\\n' '{{"changed": true, "outcome": "passed", "message": "ok", "regressions": [], "changes": {{}}}}'; exit 0;;
+  pass) printf '%s\\n' '{{"changed": true, "outcome": "passed", "message": "ok",
+    "regressions": [], "changes": {{}}}}'; exit 0;;
   regress) printf '%s\\n' '{{"changed": true, "outcome": "rolled_back", "message": "output_tok_s fell 20%",
-    "regressions": [{{"metric": "output_tok_s", "change_pct": -20.0}}], "changes": {{"threads": [2, 1]}}}}'; exit 3;;
+    "regressions": [{{"metric": "output_tok_s", "change_pct": -20.0}}],
+    "changes": {{"threads": [2, 1]}}}}'; exit 3;;
   fail) echo "error: engine gone (fix: start it)" >&2; exit 1;;
 esac
 """

@@ -340,7 +340,7 @@ def run_fleet(
         ident=f"{out.name}-{PLAYBOOK}",
         on_result=on_result,
     )
-    failed = {}
+    failed: dict[str, str] = {}
     for task in run.failed_tasks():
         failed.setdefault(task.host, f"{task.label()}: {task.message}" if task.message else task.label())
     summary = summarize(action, target, hosts, out, failed)

@@ -70,7 +70,7 @@ def register(app: typer.Typer) -> None:
     json_opt = typer.Option(False, "--json", help="One JSON summary on stdout, no table.")
 
     @fleet.command("rollout")
-    def rollout_cmd(
+    def rollout_cmd(  # noqa: PLR0917 - typer maps each option to a parameter
         profile: str = typer.Argument(..., help="Profile name (or path) to roll out on every host."),
         inventory: Path = inventory_opt,
         accept: bool = typer.Option(False, "--accept", help="A passing run becomes each host's baseline."),
@@ -81,7 +81,7 @@ def register(app: typer.Typer) -> None:
         artifacts: Path | None = artifacts_opt,
         json_out: bool = json_opt,
     ) -> None:
-        """`gh200 rollout PROFILE` on each host in turn (serial); exit 3 if the fleet stopped on a regression."""
+        """`gh200 rollout PROFILE` on each host in turn; exit 3 if the fleet stopped on a regression."""
         _run(
             "rollout",
             inventory,
@@ -101,5 +101,5 @@ def register(app: typer.Typer) -> None:
         artifacts: Path | None = artifacts_opt,
         json_out: bool = json_opt,
     ) -> None:
-        """`gh200 upgrade vllm VERSION` on each host in turn; exit 3 if the fleet stopped on a regression."""
+        """`gh200 upgrade vllm VERSION` on each host in turn; exit 3 if it stopped on a regression."""
         _run("upgrade", inventory, json_out, version=version, results_dir=results, artifacts=artifacts)
