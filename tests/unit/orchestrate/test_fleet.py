@@ -164,6 +164,11 @@ def _no_playbook(*_: Any, **__: Any) -> RunResult:
         (["rollout", "no-such-profile"], "no profile named 'no-such-profile'"),
         (["rollout", "local-tiny", "-i", "/nonexistent/inv"], "inventory /nonexistent/inv does not exist"),
         (["upgrade", "vllm", "latest"], "vLLM version 'latest' is not a version number"),
+        (
+            ["rollout", "local-tiny", "--warm", "2"],
+            "--warm 2: the gate compares warm runs and needs at least 3",
+        ),
+        (["rollout", "local-tiny", "--shape", "512"], "bad shape '512'"),
     ],
 )
 def test_bad_input_exits_2_before_ansible(
@@ -211,12 +216,27 @@ def test_cli_runs_the_playbook_and_exits_3_with_the_summary(
     results = tmp_path / "results"
     out = CliRunner().invoke(
         app,
-        ["fleet", "rollout", "local-tiny", "-i", str(inv), "--accept", "--results", str(results), "--json"],
+        [
+            "fleet",
+            "rollout",
+            "local-tiny",
+            "-i",
+            str(inv),
+            "--accept",
+            "--shape",
+            "256:64",
+            "--warm",
+            "4",
+            "--results",
+            str(results),
+            "--json",
+        ],
         standalone_mode=False,
     )
     assert getattr(out.exception, "exit_code", None) == 3, out.exception
     assert seen["playbook"] == "upgrade" and seen["gh200_fleet_profile"] == "local-tiny"
     assert seen["gh200_fleet_accept"] is True and seen["gh200_fleet_action"] == "rollout"
+    assert seen["gh200_fleet_rollout_args"] == ["--shape", "256:64", "--warm", "4"]
     summary = json.loads(out.stdout)
     assert [(h["host"], h["outcome"]) for h in summary["hosts"]] == [
         ("ws1", "passed"),

@@ -58,7 +58,13 @@ def test_the_play_stops_at_the_first_regression(tmp_path: Path) -> None:
     inv, calls = _fleet(tmp_path, ["pass", "regress", "pass"])
     results = tmp_path / "results"
     summary = fleet.run_fleet(
-        inv, "rollout", profile="local-tiny", accept=True, results_dir=results, artifacts=tmp_path / "art"
+        inv,
+        "rollout",
+        profile="local-tiny",
+        accept=True,
+        shape="128:32",
+        results_dir=results,
+        artifacts=tmp_path / "art",
     )
     assert [(h.host, h.outcome) for h in summary.hosts] == [
         ("ws1", "passed"),
@@ -68,7 +74,7 @@ def test_the_play_stops_at_the_first_regression(tmp_path: Path) -> None:
     # ws3's gh200 never ran; the others ran once each, in order, with the rollout's arguments.
     ran = calls.read_text().splitlines()
     assert [line.split()[0].rsplit("-", 1)[1] for line in ran] == ["1", "2"]
-    assert ran[0].split()[1:] == ["rollout", "local-tiny", "--accept", "--json"]
+    assert ran[0].split()[1:] == ["rollout", "local-tiny", "--accept", "--shape", "128:32", "--json"]
     kept = json.loads((results / "ws2.json").read_text())
     assert kept["rc"] == 3 and kept["result"]["changes"] == {"threads": [2, 1]}
     assert sorted(p.name for p in results.iterdir()) == ["ws1.json", "ws2.json"]

@@ -152,6 +152,24 @@ def check_profile(profile: str) -> str:
     return load_profile(profile).name
 
 
+def rollout_args(shape: str | None, warm: int | None) -> list[str]:
+    """--shape and --warm for every host's rollout, checked here so no host fails on them."""
+    from gh200.baseline.gate import MIN_RUNS
+    from gh200.bench.smoke import parse_shapes
+
+    args: list[str] = []
+    if shape is not None:
+        (pair,) = parse_shapes([shape])
+        args += ["--shape", f"{pair[0]}:{pair[1]}"]
+    if warm is not None:
+        if warm < MIN_RUNS:
+            raise FleetInputError(
+                f"--warm {warm}: the gate compares warm runs and needs at least {MIN_RUNS}", "pass --warm 10"
+            )
+        args += ["--warm", str(warm)]
+    return args
+
+
 def check_version(version: str) -> str:
     if not VERSION_RE.fullmatch(version):
         raise FleetInputError(f"vLLM version {version!r} is not a version number", "write it as 0.33.1")
@@ -302,6 +320,8 @@ def run_fleet(
     version: str | None = None,
     accept: bool = False,
     image: str | None = None,
+    shape: str | None = None,
+    warm: int | None = None,
     results_dir: Path | None = None,
     artifacts: Path | None = None,
     extra_vars: dict[str, Any] | None = None,
@@ -319,6 +339,7 @@ def run_fleet(
             "gh200_fleet_profile": profile,
             "gh200_fleet_accept": accept,
             "gh200_fleet_image": image or "",
+            "gh200_fleet_rollout_args": rollout_args(shape, warm),
         }
     elif action == "upgrade":
         target = check_version(version or "")

@@ -77,6 +77,8 @@ def register(app: typer.Typer) -> None:
         image: str | None = typer.Option(
             None, "--image", help="Roll out this image instead of the profile's."
         ),
+        shape: str | None = typer.Option(None, "--shape", help="INPUT:OUTPUT each host gates on."),
+        warm: int | None = typer.Option(None, "--warm", help="Warm runs after the cold one (at least 3)."),
         results: Path | None = results_opt,
         artifacts: Path | None = artifacts_opt,
         json_out: bool = json_opt,
@@ -89,6 +91,8 @@ def register(app: typer.Typer) -> None:
             profile=profile,
             accept=accept,
             image=image,
+            shape=shape,
+            warm=warm,
             results_dir=results,
             artifacts=artifacts,
         )
