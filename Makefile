@@ -83,7 +83,7 @@ bench-graft: setup
 	$(PY) -m gh200.checkpoints.bench_graft
 
 bench-client: setup
-	$(PY) -m gh200.bench.bench_client
+	$(PY) -m gh200.orchestrate.bench_client
 
 bench-gate: setup
 	$(PY) -m gh200.baseline.bench_gate

@@ -39,6 +39,7 @@ def _register() -> None:
     from gh200.checkpoints import cli as checkpoints_cli
     from gh200.deploy import cli as deploy_cli
     from gh200.images import cli as images_cli
+    from gh200.orchestrate import cli as orchestrate_cli
     from gh200.orchestrate import fleet_cli
     from gh200.profiles import cli as profiles_cli
     from gh200.provision import cli as provision_cli
@@ -49,6 +50,7 @@ def _register() -> None:
         profiles_cli,
         checkpoints_cli,
         images_cli,
+        orchestrate_cli,
         deploy_cli,
         bench_cli,
         baseline_cli,

@@ -1,6 +1,7 @@
 """Error kinds. Each is caught at the CLI edge and printed as one line with its fix.
 
-Exit codes: 2 for bad input (the user can fix the input), 1 for a failed operation.
+Exit codes: 2 for bad input (the user can fix the input), 1 for a failed operation, 3 for a
+performance regression (the operation worked, the result is slower than this host's baseline).
 """
 
 from __future__ import annotations
@@ -43,3 +44,12 @@ class LockError(BadInput):
 
 class EngineUnavailable(OperationFailed):
     """No container engine answers and none could be started."""
+
+
+class Regression(OperationFailed):
+    """A new version measured slower than this host's accepted baseline (and was rolled back). Exit 3.
+
+    Its own code so that scripts and the fleet playbook tell "slower, restored" from "broken".
+    """
+
+    exit_code = 3

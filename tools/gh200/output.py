@@ -27,6 +27,12 @@ console = Console(stderr=True)
 stdout_console = Console()
 
 
+def table_console() -> Console:
+    """The shared stderr console on a terminal; piped or logged output gets room for wide tables
+    (rich would squeeze them into 80 columns)."""
+    return console if console.is_terminal else Console(stderr=True, width=220)
+
+
 def emit_json(result: Any) -> None:
     """Print one JSON object on stdout: the whole result of a --json command."""
     sys.stdout.write(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")

@@ -71,7 +71,6 @@ def _gh200(
 def test_facts_baseline_and_a_slowed_server_on_the_real_llama_server(
     deployed: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from gh200.baseline.facts import collect_facts
     from gh200.bench.results import append_records, make_record
     from gh200.bench.run import default_plans, run, target_for_profile
 
@@ -83,14 +82,15 @@ def test_facts_baseline_and_a_slowed_server_on_the_real_llama_server(
     for name, extra in (("fast", []), ("slow", ["--spec-synth-rates", "0,0,0"])):
         profile = deployed(_variant(name, extra))
         target = target_for_profile(profile)
-        facts = collect_facts(target.endpoint.url, target.endpoint.kind).as_json()
-        assert facts["server_version"], "llama-server's /props names its build"
-        assert facts["kernel"] == os.uname().release and facts["page_size"] == os.sysconf("SC_PAGE_SIZE")
         plans = default_plans(target, shapes=["32:128"], concurrencies=[1], warm=6, real_output=None)
         outcome = run(target, plans, write_results=False, show_progress=False)
         assert outcome.failed_set is None
-        # The wiring bench.results will get: the facts travel in the record's context.
-        context = {**target.context, "profile": "tbase-pair", "facts": facts}
+        # run() put the host facts into the context every record of the run is made from.
+        facts = target.context["facts"]
+        assert facts["server_version"], "llama-server's /props names its build"
+        assert facts["server_version"] == target.endpoint.server_version
+        assert facts["kernel"] == os.uname().release and facts["page_size"] == os.sysconf("SC_PAGE_SIZE")
+        context = {**target.context, "profile": "tbase-pair"}
         append_records(results, [make_record(s, context, outcome.run_id) for s in outcome.sets])
         run_ids.append(outcome.run_id)
     code, out = _gh200(

@@ -15,7 +15,6 @@ import yaml
 from deploy_testlib import leftovers, variant
 
 from gh200.deploy.deploy import (
-    ApiKeyFileInsecure,
     DeployFailed,
     ModelFileUnresolved,
     PlacementRefused,
@@ -30,6 +29,7 @@ from gh200.deploy.deploy import (
 )
 from gh200.profiles import container_spec, profile_hash
 from gh200.profiles.schema import CpuPlacement, Expected, Placement, Profile
+from gh200.served import ApiKeyFileInsecure
 
 pytestmark = pytest.mark.engine
 
@@ -140,8 +140,10 @@ def test_rollout_failure_rolls_back_to_the_previous_profile(
 
 def test_rollout_replaces_the_profile_holding_the_port(engine: Any, pair: tuple[Profile, Profile]) -> None:
     old, new = pair
+    from gh200.orchestrate.smoke_check import short_smoke
+
     first = deploy(engine, old, progress=False, smoke=None)
-    result = deploy(engine, new, progress=False)
+    result = deploy(engine, new, progress=False, smoke=short_smoke)
     assert result.changed and result.stopped == [first.targets[0]["container"]]
     assert result.smoke and result.smoke[0]["runs"] == 2
     assert gh200_containers(engine, profile=old.name) == []

@@ -17,8 +17,8 @@ from gh200.bench import run as bench_run
 from gh200.bench.client import Endpoint, probe
 from gh200.bench.run import raise_for_outcome, target_for_profile
 from gh200.bench.smoke import RunResult, RunSet, SetPlan, Smoke, SmokeFailed
-from gh200.deploy.deploy import base_url
 from gh200.profiles.schema import Profile
+from gh200.served import base_url
 
 pytestmark = pytest.mark.engine
 
@@ -145,8 +145,8 @@ def test_real_prompts_run_through_chat(tiny_server: Profile) -> None:
 
 
 def test_sweep_walks_redeploys_and_restores(engine: Any, prepared: str, tmp_path: Path) -> None:
-    from gh200.bench.sweep import sweep
     from gh200.deploy.deploy import gh200_containers, stop
+    from gh200.orchestrate.sweep import sweep
     from gh200.profiles import profile_hash
 
     profile = variant("sweep")
@@ -227,8 +227,8 @@ def test_cli_unknown_model_names_the_served_ones(
 def test_demo_end_to_end(engine: Any, prepared: str) -> None:
     """`gh200 demo` (what `make demo` runs): the real local-tiny profile, deployed and benchmarked."""
     from gh200.bench import report
-    from gh200.deploy.demo import DEMO_PROFILE, demo
     from gh200.deploy.deploy import is_running, stop
+    from gh200.orchestrate.demo import DEMO_PROFILE, demo
 
     was_running = is_running(engine, DEMO_PROFILE)
     try:

@@ -6,7 +6,14 @@ from types import SimpleNamespace
 from typing import Any
 
 from gh200 import __version__
-from gh200.baseline.facts import collect_facts, fact_changes, parse_nvidia_smi, record_facts
+from gh200.baseline.facts import (
+    argv_change,
+    collect_facts,
+    fact_changes,
+    fact_diff,
+    parse_nvidia_smi,
+    record_facts,
+)
 
 # The header of `nvidia-smi` as a 570-series driver prints it (GH200 workstation, trimmed).
 NVIDIA_SMI = """\
@@ -25,22 +32,14 @@ def test_parse_nvidia_smi_reads_driver_and_cuda() -> None:
 
 
 def test_collect_facts_with_injected_runners() -> None:
-    asked: list[str] = []
-
-    def http_get(url: str) -> Any:
-        asked.append(url)
-        return {"version": "0.33.0"} if url.endswith("/version") else None
-
     facts = collect_facts(
-        "http://127.0.0.1:8000/",
         "vllm",
+        "0.33.0",
         run=lambda argv: NVIDIA_SMI if argv == ["nvidia-smi"] else None,
-        http_get=http_get,
         uname=lambda: SimpleNamespace(release="6.8.0-1021-nvidia-64k"),
         page_size=lambda: 65536,
         hostname=lambda: "gh200-a",
     )
-    assert asked == ["http://127.0.0.1:8000/version"]
     assert facts.as_json() == {
         "hostname": "gh200-a",
         "kernel": "6.8.0-1021-nvidia-64k",
@@ -55,26 +54,13 @@ def test_collect_facts_with_injected_runners() -> None:
 
 def test_collect_facts_without_gpu_or_server() -> None:
     facts = collect_facts(
-        None,
-        None,
         run=lambda argv: None,
-        http_get=lambda url: None,
         uname=lambda: SimpleNamespace(release="6.1.0-28-amd64"),
         page_size=lambda: 4096,
         hostname=lambda: "laptop",
     )
     assert (facts.driver, facts.cuda, facts.server_version) == (None, None, None)
     assert facts.kernel == "6.1.0-28-amd64" and facts.page_size == 4096
-
-
-def test_llama_cpp_build_comes_from_props() -> None:
-    facts = collect_facts(
-        "http://h:1",
-        "llama_cpp",
-        run=lambda argv: None,
-        http_get=lambda url: {"build_info": "b6543-abc123"} if url == "http://h:1/props" else None,
-    )
-    assert facts.server_version == "b6543-abc123"
 
 
 def record(**facts: Any) -> dict[str, Any]:
@@ -115,3 +101,25 @@ def test_unknown_facts_are_not_changes() -> None:
     older = {"host": {"platform": "Linux-6.8.0-1021-nvidia-64k-aarch64-with-glibc2.39"}}
     assert record_facts(older)["kernel"] == "6.8.0-1021-nvidia-64k"
     assert fact_changes(older, record()) == ["kernel 6.8.0-1021-nvidia-64k -> 6.8.0"]
+
+
+def test_launch_args_change_names_what_was_added_and_dropped() -> None:
+    old = {**record(), "launch_args": ["llama-server", "-t", "2", "--port", "8080"]}
+    new = {
+        **record(),
+        "launch_args": ["llama-server", "-t", "1", "--port", "8080", "--spec-synth-rates", "0,0,0"],
+    }
+    assert fact_changes(old, new) == ["launch args -2 +1 +--spec-synth-rates 0,0,0"]
+    assert fact_diff(old, new) == {"launch_args": (old["launch_args"], new["launch_args"])}
+    assert fact_diff(old, old) == {}
+    assert argv_change(["a", "b"], ["b", "a"]) == "+b -b"
+
+
+def test_fact_diff_keeps_the_order_people_look_at() -> None:
+    newer = {
+        **record(driver="575.51.03", server_version="0.34.0"),
+        "image": "gh200/vllm:def",
+        "profile_hash": "h2",
+    }
+    assert list(fact_diff(record(), newer)) == ["image", "profile_hash", "server_version", "driver"]
+    assert fact_diff(record(), newer)["driver"] == ("570.86.15", "575.51.03")

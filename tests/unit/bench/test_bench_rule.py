@@ -205,10 +205,9 @@ PART3 = {
 
 
 def test_sweep_starts_at_mtp0_runs_every_expected_shape_and_restores(monkeypatch: pytest.MonkeyPatch) -> None:
-    import gh200.deploy.deploy
-    from gh200.bench import sweep as sweep_module
     from gh200.bench.client import Endpoint
     from gh200.bench.run import Outcome, Target
+    from gh200.orchestrate import sweep as sweep_module
     from gh200.profiles import load_profile
     from gh200.profiles.schema import Profile
 
@@ -234,7 +233,7 @@ def test_sweep_starts_at_mtp0_runs_every_expected_shape_and_restores(monkeypatch
         measured.append((tokens, [p.label for p in plans]))
         return Outcome(target, sets, None)
 
-    monkeypatch.setattr(gh200.deploy.deploy, "deploy", fake_deploy)
+    monkeypatch.setattr(sweep_module, "deploy", fake_deploy)
     monkeypatch.setattr(sweep_module, "target_for_profile", fake_target)
     monkeypatch.setattr(sweep_module, "run", fake_run)
     monkeypatch.setattr(sweep_module, "save_plot", lambda result, path: path)

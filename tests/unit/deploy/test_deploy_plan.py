@@ -12,20 +12,18 @@ from gh200.deploy.deploy import (
     L_GPUS,
     L_KEY_FILE,
     L_PORT,
-    ApiKeyFileInsecure,
     Target,
-    base_url,
     conflicts,
     container_name,
     create_container,
     deploy_labels,
     port_free,
-    read_api_key,
 )
 from gh200.errors import BadInput
 from gh200.profiles import container_spec, load_profile
 from gh200.profiles.render import API_KEY_IN_CONTAINER
 from gh200.profiles.schema import Profile
+from gh200.served import ApiKeyFileInsecure, base_url, read_api_key
 
 
 class _Recorder:

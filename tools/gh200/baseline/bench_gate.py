@@ -126,10 +126,11 @@ def measure(
     """`count` fresh deployments each of the unchanged and the slowed variant, alternating."""
     from gh200.bench.client import probe
     from gh200.bench.smoke import SetPlan, Smoke
-    from gh200.deploy.deploy import base_url, deploy, stop
     from gh200.engine import connect
+    from gh200.orchestrate import deploy, stop
     from gh200.output import progress
     from gh200.profiles import load_profile
+    from gh200.served import base_url
 
     client = connect()
     base = load_profile("local-tiny")

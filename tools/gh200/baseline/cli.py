@@ -72,7 +72,7 @@ def show_command(
         return
     from rich.table import Table
 
-    from gh200.bench.report import table_console
+    from gh200.output import table_console
 
     table = Table(title=f"baselines on {host or this_host()}", title_justify="left")
     for name in (

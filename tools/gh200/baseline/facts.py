@@ -6,8 +6,8 @@ another vLLM inside the same tag, a newer bundle. Collection goes through inject
 unit tests feed it recorded outputs; every fact that cannot be read is None, never an error (a host
 without nvidia-smi still records its kernel).
 
-Wiring (for bench.results): `make_record(..., context={**target.context, "facts":
-collect_facts(endpoint.url, endpoint.kind).as_json()})` once per benchmark, before the runs.
+The server's version is not fetched here: the bench client's probe reads it (vLLM's /version,
+llama.cpp's /props) and `gh200.bench.run.run` passes it in, once per benchmark, into every record.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from typing import Any
 from gh200 import __version__
 
 Runner = Callable[[list[str]], str | None]
-HttpGet = Callable[[str], Any]
 
 DRIVER_RE = re.compile(r"Driver Version:\s*([0-9][0-9.]*)")
 CUDA_RE = re.compile(r"CUDA Version:\s*([0-9][0-9.]*)")
@@ -32,6 +31,7 @@ CHANGE_FIELDS = (
     ("image", "image"),
     ("image_digest", "image digest"),
     ("profile_hash", "profile"),
+    ("launch_args", "launch args"),
     ("model_revision", "model revision"),
     ("server_version", "server version"),
     ("driver", "driver"),
@@ -68,21 +68,6 @@ def run_command(argv: list[str]) -> str | None:
     return done.stdout if done.returncode == 0 else None
 
 
-def http_get_json(url: str) -> Any:
-    import httpx
-
-    try:
-        answer = httpx.get(url, timeout=5)
-    except httpx.HTTPError:
-        return None
-    if answer.status_code != 200:
-        return None
-    try:
-        return answer.json()
-    except ValueError:
-        return None
-
-
 def parse_nvidia_smi(text: str | None) -> tuple[str | None, str | None]:
     """(driver, CUDA) from the header of plain `nvidia-smi` output."""
     if not text:
@@ -92,28 +77,11 @@ def parse_nvidia_smi(text: str | None) -> tuple[str | None, str | None]:
     return (driver.group(1) if driver else None, cuda.group(1) if cuda else None)
 
 
-def server_version(url: str | None, kind: str | None, http_get: HttpGet = http_get_json) -> str | None:
-    """vLLM's /version, or llama.cpp's build from /props; None for other servers or no answer."""
-    if not url:
-        return None
-    base = url.rstrip("/")
-    if kind == "vllm":
-        data = http_get(f"{base}/version")
-        value = data.get("version") if isinstance(data, dict) else None
-        return str(value) if value else None
-    if kind == "llama_cpp":
-        data = http_get(f"{base}/props")
-        value = data.get("build_info") if isinstance(data, dict) else None
-        return str(value) if value else None
-    return None
-
-
 def collect_facts(
-    url: str | None = None,
-    kind: str | None = None,
+    server_kind: str | None = None,
+    server_version: str | None = None,
     *,
     run: Runner = run_command,
-    http_get: HttpGet = http_get_json,
     uname: Callable[[], Any] = os.uname,
     page_size: Callable[[], int] = lambda: os.sysconf("SC_PAGE_SIZE"),
     hostname: Callable[[], str] = socket.gethostname,
@@ -128,8 +96,8 @@ def collect_facts(
         kernel=str(uname().release),
         page_size=size,
         bundle_version=__version__,
-        server_kind=kind,
-        server_version=server_version(url, kind, http_get),
+        server_kind=server_kind,
+        server_version=server_version,
         driver=driver,
         cuda=cuda,
     )
@@ -149,6 +117,7 @@ def record_facts(record: Mapping[str, Any]) -> dict[str, Any]:
         "image": record.get("image"),
         "image_digest": record.get("image_digest") or facts.get("image_digest"),
         "profile_hash": record.get("profile_hash"),
+        "launch_args": record.get("launch_args"),
         "model_revision": record.get("model_revision"),
         "server_version": facts.get("server_version"),
         "driver": facts.get("driver"),
@@ -159,19 +128,47 @@ def record_facts(record: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def fact_changes(
+def fact_diff(
     old: Mapping[str, Any], new: Mapping[str, Any], fields: tuple[str, ...] | None = None
-) -> list[str]:
-    """`driver 570.86 -> 575.51`, ... for every fact two records both know and that differs."""
+) -> dict[str, tuple[Any, Any]]:
+    """{fact: (old, new)} for every fact two records both know and that differs, in CHANGE_FIELDS order."""
     before, after = record_facts(old), record_facts(new)
-    out: list[str] = []
-    for key, label in CHANGE_FIELDS:
+    out: dict[str, tuple[Any, Any]] = {}
+    for key, _label in CHANGE_FIELDS:
         if fields is not None and key not in fields:
             continue
         a, b = before.get(key), after.get(key)
         if a is not None and b is not None and a != b:
-            out.append(f"{label} {_short(a)} -> {_short(b)}")
+            out[key] = (a, b)
     return out
+
+
+def fact_changes(
+    old: Mapping[str, Any], new: Mapping[str, Any], fields: tuple[str, ...] | None = None
+) -> list[str]:
+    """`driver 570.86.15 -> 575.51.03`, ... for every fact two records both know and that differs."""
+    labels = dict(CHANGE_FIELDS)
+    out: list[str] = []
+    for key, (a, b) in fact_diff(old, new, fields).items():
+        if key == "launch_args" and isinstance(a, list) and isinstance(b, list):
+            out.append(f"{labels[key]} {argv_change(a, b)}")
+        else:
+            out.append(f"{labels[key]} {_short(a)} -> {_short(b)}")
+    return out
+
+
+def argv_change(old: list[Any], new: list[Any]) -> str:
+    """What a new argv added and dropped (`+--spec-synth-rates 0,0,0 -12`), else the reorder."""
+    import difflib
+
+    a, b = [str(x) for x in old], [str(x) for x in new]
+    parts: list[str] = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
+        if tag in ("delete", "replace"):
+            parts.append("-" + " ".join(a[i1:i2]))
+        if tag in ("insert", "replace"):
+            parts.append("+" + " ".join(b[j1:j2]))
+    return " ".join(parts) or "reordered"
 
 
 def _short(value: Any) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from rich.console import Console
 from rich.table import Table
 
 from gh200.bench.smoke import GateResult, RunSet
@@ -38,14 +37,6 @@ DETAIL_COLUMNS = (
 )
 # Per-response and counter acceptance further apart than this: something else used the server.
 DISAGREEMENT_NOTE = 0.02
-
-
-def table_console() -> Console:
-    """The shared stderr console on a terminal; piped or logged output gets room for wide tables
-    (rich would squeeze them into 80 columns)."""
-    from gh200.output import console
-
-    return console if console.is_terminal else Console(stderr=True, width=220)
 
 
 def _num(value: float | None, digits: int = 2) -> str:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gh200.baseline.facts import collect_facts
 from gh200.bench import report
 from gh200.bench.client import Endpoint, ModelNotServed, probe
 from gh200.bench.prompts import PromptMode
@@ -31,7 +32,7 @@ from gh200.bench.smoke import (
     require_vocab,
 )
 from gh200.errors import BadInput, OperationFailed
-from gh200.output import console, progress
+from gh200.output import console, progress, table_console
 from gh200.profiles.schema import Profile
 
 
@@ -92,19 +93,12 @@ class Outcome:
 
 def target_for_profile(profile: Profile, client: Any | None = None) -> Target:
     """The deployed container of `profile` (found by label): its URL, image and model revision."""
-    from gh200.deploy.deploy import (
-        L_HASH,
-        L_IMAGE_TAG,
-        api_key_for,
-        base_url,
-        engine_kind,
-        gh200_containers,
-    )
     from gh200.engine import connect
     from gh200.profiles import profile_hash
+    from gh200.served import L_HASH, L_IMAGE_TAG, api_key_for, base_url, engine_kind, running_containers
 
     client = client or connect()
-    running = [c for c in gh200_containers(client, profile=profile.name) if c.status == "running"]
+    running = running_containers(client, profile.name)
     if not running:
         raise BadInput(
             f"profile {profile.name} is not deployed here",
@@ -122,6 +116,8 @@ def target_for_profile(profile: Profile, client: Any | None = None) -> Target:
         "profile_hash": labels.get(L_HASH),
         "profile_file_matches": labels.get(L_HASH) == profile_hash(profile),
         "image": labels.get(L_IMAGE_TAG) or labels.get("io.gh200.image"),
+        # The image ID the container runs: a rebuilt tag shows up here when the tag does not change.
+        "image_digest": (running[0].attrs or {}).get("Image"),
         "model": profile.model.repo,
         "model_revision": labels.get("io.gh200.model-revision"),
         "served_model": profile.model.served_name,
@@ -271,6 +267,9 @@ def run(
     require_vocab(target.endpoint, prompt_mode)
     run_id = uuid.uuid4().hex[:12]
     target.context["prompt_mode"] = prompt_mode
+    # What explains a change in speed beside the profile: driver, CUDA, kernel, page size, bundle and
+    # the server's version (read once by the client's probe), in every record of this run.
+    target.context["facts"] = collect_facts(target.endpoint.kind, target.endpoint.server_version).as_json()
     path = (results_path or default_results_path()) if write_results else None
     with progress(show_progress) as bar:
         tasks: dict[int, Any] = {}
@@ -312,7 +311,7 @@ def _record(path: Path | None, sets: list[RunSet], target: Target, run_id: str) 
 
 
 def print_report(outcome: Outcome, markdown_to_stdout: bool = True) -> None:
-    screen = report.table_console()
+    screen = table_console()
     for table in report.rich_tables(outcome.target.label, outcome.sets, outcome.gates or None):
         screen.print(table)
     if markdown_to_stdout:

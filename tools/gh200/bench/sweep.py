@@ -1,4 +1,6 @@
-"""Walk the number of speculative tokens upward from MTP-0, redeploying each time; stop by the posts' rule.
+"""The sweep's measurement side: depths, points, the posts' rule over them, the plot.
+
+The walk itself (redeploying at each depth) is gh200.orchestrate.sweep; this module deploys nothing.
 
 Every depth runs every expected shape of the profile (one cold and N warm runs each); the rule in
 `gh200.bench.rule` compares each depth with the one kept before it and stops the walk at the first
@@ -8,7 +10,6 @@ is kept. MTP-0 (the profile without speculative decoding) is the baseline every 
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import io
 import re
@@ -16,21 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gh200.bench.prompts import PromptMode
 from gh200.bench.rule import Decision, Depth, ShapeFigures, decide
-from gh200.bench.run import Outcome, print_report, run, target_for_profile
+from gh200.bench.run import Outcome
 from gh200.bench.smoke import RunSet, SetPlan
-from gh200.errors import BadInput, OperationFailed
+from gh200.errors import BadInput
 from gh200.fsutil import atomic_write_bytes
-from gh200.output import console
 from gh200.paths import state_dir
 from gh200.profiles.schema import Profile, SpeculativeSpec
 
 MAX_SPEC_TOKENS = 16
-
-
-class SweepFailed(OperationFailed):
-    """A step of the sweep could not be deployed or measured."""
 
 
 def parse_spec_tokens(text: str) -> list[int]:
@@ -191,79 +186,6 @@ def save_plot(result: SweepResult, path: Path) -> Path:
 def default_plot_path(profile: str) -> Path:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     return state_dir() / "sweeps" / f"{profile}-{stamp}.png"
-
-
-def sweep(
-    client: Any,
-    profile: Profile,
-    values: list[int],
-    *,
-    plans: list[SetPlan] | None = None,
-    warm: int = 10,
-    results_path: Path | None = None,
-    plot_path: Path | None = None,
-    show_progress: bool = True,
-    timeout_s: float = 600.0,
-    restore: bool = True,
-    unlocked: bool = False,
-    prompt_mode: PromptMode = "words",
-    vocab_size: int | None = None,
-) -> SweepResult:
-    """MTP-0, then each value in turn, every shape at each; `plans` default to the expected shapes."""
-    from gh200.deploy.deploy import deploy
-
-    depths = [0, *[v for v in values if v != 0]]
-    variants = [with_spec_tokens(profile, tokens) for tokens in depths]  # bad input fails before any change
-    chosen_plans = plans or expected_plans(profile, warm)
-    result = SweepResult(profile.name, [p.label for p in chosen_plans])
-    failure: BaseException | None = None
-    deployed_any = False
-    try:
-        for tokens, variant in zip(depths, variants, strict=True):
-            if show_progress:
-                console.rule(f"{profile.name}: MTP-{tokens}")
-            deployed_any = True
-            deploy(client, variant, progress=show_progress, smoke=None, unlocked=unlocked)
-            target = target_for_profile(variant, client)
-            target.label = f"{profile.name} spec={tokens}"
-            if vocab_size is not None:
-                target.endpoint = dataclasses.replace(target.endpoint, vocab_size=vocab_size)
-            outcome = run(
-                target,
-                chosen_plans,
-                results_path=results_path,
-                show_progress=show_progress,
-                timeout_s=timeout_s,
-                prompt_mode=prompt_mode,
-            )
-            result.outcomes.append(outcome)
-            if show_progress:
-                print_report(outcome, markdown_to_stdout=False)
-            failed = outcome.failed_set
-            if failed is not None:
-                raise SweepFailed(
-                    f"sweep step MTP-{tokens} stopped at {failed.plan.label}: {failed.error}",
-                    "see `gh200 logs`",
-                )
-            result.points += points_for(tokens, outcome.sets)
-            decision = judge(result.points)
-            result.chosen, result.reason = decision.chosen, decision.reason
-            if decision.stopped_at is not None:
-                break
-    except BaseException as err:
-        failure = err
-        raise
-    finally:
-        if restore and deployed_any:
-            try:
-                deploy(client, profile, progress=show_progress, smoke=None, unlocked=unlocked)
-            except (OperationFailed, BadInput) as err:
-                if failure is None:
-                    raise
-                console.print(f"[yellow]note:[/] restoring {profile.name} failed too: {err.one_line()}")
-    if result.points:
-        result.plot = save_plot(result, plot_path or default_plot_path(profile.name))
-    return result
 
 
 def expected_plans(profile: Profile, warm: int) -> list[SetPlan]:

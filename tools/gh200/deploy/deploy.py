@@ -5,8 +5,9 @@ what deploy itself needs later (port, GPUs, health URLs), and is found by those 
 
 Roll-out on one workstation: deploying a profile stops whichever gh200 containers hold its GPUs
 or its port (two big profiles do not fit at once), starts the new one, waits for readiness and runs
-a short smoke. Any failure removes the new container and restarts the previous ones, checking that
-they are healthy again (roll-back).
+the caller's smoke check (gh200.orchestrate passes one; deploy itself never benchmarks). Any failure
+removes the new container and restarts the previous ones, checking that they are healthy again
+(roll-back).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import re
 import socket
-import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,33 +30,38 @@ from gh200.errors import BadInput, OperationFailed
 from gh200.fsutil import atomic_write_text
 from gh200.output import console
 from gh200.output import progress as progress_bar
-from gh200.paths import bundle_root, state_dir
+from gh200.paths import state_dir
 from gh200.profiles import container_spec, load_any, load_profile, profile_hash
 from gh200.profiles.render import (
     API_KEY_IN_CONTAINER,
-    LABEL_PREFIX,
     NUMA_CAPABILITY,
     binds_memory,
     model_host_dir,
     resolve_model_files,
 )
 from gh200.profiles.schema import Profile, Stack
+from gh200.served import (
+    L_BIND,
+    L_CAPS,
+    L_ENGINE,
+    L_GPUS,
+    L_HASH,
+    L_HEALTH,
+    L_IMAGE_TAG,
+    L_KEY_FILE,
+    L_MODELS,
+    L_PORT,
+    L_PROFILE,
+    L_SERVED,
+    L_STACK,
+    L_TIMEOUT,
+    L,
+    api_key_for,
+    api_key_path,
+    gh200_containers,
+    read_api_key,
+)
 
-L = LABEL_PREFIX
-L_PROFILE = f"{L}.profile"
-L_HASH = f"{L}.profile-hash"
-L_STACK = f"{L}.stack"
-L_IMAGE_TAG = f"{L}.image-tag"
-L_ENGINE = f"{L}.engine"
-L_PORT = f"{L}.port"
-L_BIND = f"{L}.bind"
-L_GPUS = f"{L}.gpus"
-L_HEALTH = f"{L}.health-url"
-L_MODELS = f"{L}.models-url"
-L_SERVED = f"{L}.served-name"
-L_TIMEOUT = f"{L}.health-timeout"
-L_KEY_FILE = f"{L}.api-key-file"
-L_CAPS = f"{L}.cap-add"
 LOG_TAIL_LINES = 40
 STOP_TIMEOUT_S = 30
 TINY_MODEL_REPO = "local/tiny-llama-spm"
@@ -85,10 +90,6 @@ class DeployFailed(OperationFailed):
 
 class PortTaken(OperationFailed):
     """The profile's port is held by something that is not a gh200 container."""
-
-
-class ApiKeyFileInsecure(BadInput):
-    """The API key file is readable or writable by others."""
 
 
 class ModelMissing(BadInput):
@@ -149,62 +150,9 @@ def load_targets(name_or_path: str | Profile) -> tuple[list[Profile], str | None
     return [loaded], None
 
 
-def api_key_path(profile: Profile) -> Path | None:
-    if not profile.api_key_file:
-        return None
-    path = Path(profile.api_key_file).expanduser()
-    return path if path.is_absolute() else bundle_root() / path
-
-
-def read_api_key(path: Path) -> str:
-    """The key in a file only its owner can read (mode 0600 or stricter). Never logged."""
-    try:
-        info = path.stat()
-    except OSError as err:
-        raise BadInput(
-            f"API key file {path} cannot be read ({err.strerror})", "create it with mode 0600"
-        ) from err
-    if not stat.S_ISREG(info.st_mode):
-        raise BadInput(f"API key file {path} is not a regular file", "point api_key_file at a file")
-    if info.st_mode & 0o077:
-        raise ApiKeyFileInsecure(
-            f"API key file {path} has mode {stat.S_IMODE(info.st_mode):04o}; others may read it",
-            f"chmod 600 {path}",
-        )
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise BadInput(f"API key file {path} cannot be read", "write the key as one line of text") from err
-    key = next((line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")), "")
-    if not key:
-        raise BadInput(f"API key file {path} holds no key", "write the key on its first line")
-    return key
-
-
-def api_key_for(profile: Profile) -> str | None:
-    path = api_key_path(profile)
-    return read_api_key(path) if path else None
-
-
 def _local_url(url: str) -> str:
     """Health URLs of a profile bound to all addresses are probed on loopback."""
     return url.replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")
-
-
-def base_url(profile: Profile) -> str:
-    host = profile.bind_address
-    if host in ("0.0.0.0", ""):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{profile.port}"
-
-
-def engine_kind(engine: str) -> str:
-    """The bench client's name for a profile engine's HTTP API."""
-    return "vllm" if engine == "vllm" else "llama_cpp"
 
 
 # --- images and models -----------------------------------------------------------------------------
@@ -262,15 +210,6 @@ def model_files_for(profile: Profile, directory: Path) -> dict[str, str]:
 
 
 # --- containers -------------------------------------------------------------------------------------
-
-
-def gh200_containers(client: docker.DockerClient, **labels: str) -> list[Any]:
-    """Every gh200 container (running or not) carrying the given labels, found by label."""
-    filters = [L_PROFILE] + [f"{L}.{key.replace('_', '-')}={value}" for key, value in labels.items()]
-    try:
-        return list(client.containers.list(all=True, filters={"label": filters}))
-    except DockerException as err:
-        raise OperationFailed(f"listing containers failed: {err}", "check the container engine") from err
 
 
 def _labels(container: Any) -> dict[str, str]:
@@ -632,35 +571,11 @@ def wait_ready(
         delay = min(delay * 1.5, 5.0)
 
 
-# --- the short smoke after start -------------------------------------------------------------------
+# --- the smoke check after start ------------------------------------------------------------------
 
+# Run once each new container is ready; raising rolls the deploy back. The orchestrating callers
+# pass one (gh200.orchestrate.smoke_check.short_smoke, rollout's gate): deploy measures nothing.
 SmokeCheck = Callable[[Target, str | None], dict[str, Any]]
-
-
-def short_smoke(target: Target, api_key: str | None) -> dict[str, Any]:
-    """One small streamed request pair against the new server: it must answer as a benchmark would."""
-    import asyncio
-
-    from gh200.bench.client import Endpoint
-    from gh200.bench.smoke import SetPlan, Smoke
-
-    endpoint = Endpoint(
-        url=base_url(target.profile),
-        model=target.profile.model.served_name,
-        kind="vllm" if target.profile.engine == "vllm" else "llama_cpp",
-        api_key=api_key,
-    )
-    smoke = Smoke(endpoint, [SetPlan("synthetic", 32, 16, 1, 1)], timeout_s=300)
-    sets = asyncio.run(smoke.run())
-    run_set = sets[0]
-    if run_set.error:
-        raise DeployFailed(f"{target.name}: the short smoke failed: {run_set.error}", "see `gh200 logs`")
-    summary = run_set.summary()
-    return {
-        "profile": target.name,
-        "runs": summary.runs,
-        "output_tok_s": summary.output_tok_s.median if summary.output_tok_s else None,
-    }
 
 
 # --- deploy, roll-out and roll-back ----------------------------------------------------------------
@@ -696,7 +611,7 @@ def deploy(
     *,
     stack: str | None = None,
     progress: bool = True,
-    smoke: SmokeCheck | None = short_smoke,
+    smoke: SmokeCheck | None = None,
     unlocked: bool = False,
     security_opt: list[str] | None = None,
 ) -> DeployResult:

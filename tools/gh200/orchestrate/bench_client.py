@@ -1,6 +1,6 @@
 """Client overhead: client-measured time per output token over the server's own figure.
 
-`make bench-client` (python -m gh200.bench.bench_client). Deploys `local-tiny` if it is not running,
+`make bench-client` (python -m gh200.orchestrate.bench_client). Deploys `local-tiny` if it is not running,
 then streams requests at concurrency 1 and 8 and compares, request by request, the client's TPOT
 ((e2e - TTFT)/(n - 1)) with llama-server's `timings.predicted_per_token_ms`, which it computes the
 same way from its own clock. A ratio near 1 means the client adds no time of its own; the target is
@@ -28,12 +28,13 @@ def measure(
     from gh200.bench.smoke import SetPlan
     from gh200.deploy.deploy import deploy, is_running
     from gh200.engine import connect
+    from gh200.orchestrate.smoke_check import short_smoke
     from gh200.profiles import load_profile
 
     client = connect()
     profile = load_profile("local-tiny")
     if not is_running(client, profile.name):
-        deploy(client, profile, progress=show_progress)
+        deploy(client, profile, progress=show_progress, smoke=short_smoke)
     target = target_for_profile(profile, client)
     plans = [SetPlan("synthetic", shape[0], shape[1], c, runs - 1) for c in concurrencies]
     outcome = run(target, plans, write_results=False, show_progress=show_progress)
@@ -65,7 +66,7 @@ def measure(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gh200.bench.bench_client", description=DESCRIPTION)
+    parser = argparse.ArgumentParser(prog="python -m gh200.orchestrate.bench_client", description=DESCRIPTION)
     parser.add_argument("--runs", type=int, default=10, help="runs per concurrency (default 10)")
     parser.add_argument("--input", type=int, default=128)
     parser.add_argument("--output", type=int, default=256)

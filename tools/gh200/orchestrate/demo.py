@@ -44,6 +44,7 @@ def demo(
     from gh200.deploy.deploy import deploy, resolve_image
     from gh200.deploy.tinymodel import ensure_tiny_model
     from gh200.engine import connect, ensure_base_image
+    from gh200.orchestrate.smoke_check import short_smoke
     from gh200.profiles import load_profile
 
     steps: dict[str, Any] = {}
@@ -78,7 +79,7 @@ def demo(
         )
 
     step("4/5 deploy", f"{DEMO_PROFILE}: start, wait for /health and /v1/models, short smoke")
-    deployed = deploy(client, profile, progress=show_progress)
+    deployed = deploy(client, profile, progress=show_progress, smoke=short_smoke)
     steps["deploy"] = deployed.as_json()
     if show_progress:
         row = deployed.targets[0]

@@ -1,0 +1,363 @@
+"""rollout's own logic with a fake deploy and a fake benchmark; the baseline store, the gate and the
+results file are the real ones (in a temporary state directory).
+
+The fake deploy does what deploy does with its smoke callback: runs it on the new container and,
+when it raises, restores the previous container and re-raises (a DeployFailed keeps its class). The
+engine tests (tests/engine/orchestrate) run the real deploy and a real llama-server.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gh200.baseline.store import find_baseline, this_host
+from gh200.bench import run as bench_run
+from gh200.bench.client import Endpoint, RequestResult
+from gh200.bench.results import append_records, make_record
+from gh200.bench.run import Outcome
+from gh200.bench.run import Target as BenchTarget
+from gh200.bench.smoke import RunResult, RunSet, SetPlan
+from gh200.deploy.deploy import DeployFailed, DeployResult
+from gh200.errors import BadInput, OperationFailed
+from gh200.orchestrate import rollout as rollout_module
+from gh200.orchestrate.rollout import RolloutResult, rollout, rollout_plans
+from gh200.profiles import load_profile, profile_hash
+from gh200.profiles.schema import Profile
+
+SHAPE = (64, 128)
+STEADY = [300.0 + i for i in range(11)]
+
+
+def tok_runs(tok_s: list[float], shape: tuple[int, int] = SHAPE) -> RunSet:
+    s = RunSet(SetPlan("synthetic", shape[0], shape[1], 1, len(tok_s) - 1))
+    for i, t in enumerate(tok_s):
+        wall = shape[1] / t
+        request = RequestResult(
+            prompt_tokens_asked=shape[0],
+            output_tokens_asked=shape[1],
+            prompt_tokens=shape[0],
+            completion_tokens=shape[1],
+            cached_tokens=0,
+            ttft_s=0.01,
+            e2e_s=wall,
+            tpot_ms=(wall - 0.01) * 1000 / (shape[1] - 1),
+            itl_ms_median=None,
+            itl_ms_p90=None,
+            itl_ms_max=None,
+            chunks=shape[1],
+            finish_reason="length",
+        )
+        s.runs.append(RunResult(index=i, cold=i == 0, concurrency=1, wall_s=wall, requests=[request]))
+    return s
+
+
+@dataclass
+class World:
+    """The host as the fakes see it: what runs, how fast the next deployment is, what was called."""
+
+    running: list[str] = field(default_factory=lambda: ["gh200-local-tiny-old00000"])
+    speed: list[float] = field(default_factory=lambda: list(STEADY))
+    identical: bool = False
+    fail_start: bool = False
+    fail_before: OperationFailed | None = None
+    deployed: list[Profile] = field(default_factory=list)
+    measured: int = 0
+
+
+@pytest.fixture()
+def world(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> World:
+    monkeypatch.setenv("GH200_STATE", str(tmp_path / "state"))
+    w = World()
+
+    def fake_deploy(_client: Any, profile: Profile, *, progress: bool, smoke: Any) -> DeployResult:
+        w.deployed.append(profile)
+        if w.identical:
+            return DeployResult(False, [])
+        if w.fail_before is not None:
+            raise w.fail_before
+        if w.fail_start:
+            raise DeployFailed("local-tiny: not ready after 3s; rolled back: restarted", "read the log")
+        before = list(w.running)
+        w.running = [f"gh200-{profile.name}-{profile_hash(profile)[:8]}"]
+        try:
+            smoke(None, None)
+        except (OperationFailed, BadInput) as err:
+            w.running = before
+            kind = type(err) if isinstance(err, DeployFailed) else DeployFailed
+            raise kind(err.message + "; rolled back: restarted and healthy", err.fix) from err
+        return DeployResult(True, [])
+
+    def fake_target(profile: Profile, _client: Any = None) -> BenchTarget:
+        context = {
+            "profile": profile.name,
+            "profile_hash": profile_hash(profile),
+            "image": profile.image.ref,
+            "launch_args": ["llama-server", "--port", str(profile.port), *profile.settings.extra_args],
+        }
+        return BenchTarget(
+            Endpoint("http://127.0.0.1:1", "tiny-llama", "llama_cpp"), profile.name, context, profile
+        )
+
+    def fake_run(target: BenchTarget, plans: list[SetPlan], *, results_path: Path, **_: Any) -> Outcome:
+        w.measured += 1
+        run_id = f"{w.measured:04d}abcd"
+        sets = []
+        for plan in plans:
+            assert plan.input_tokens is not None
+            sets.append(tok_runs(w.speed[: plan.warm + 1], (plan.input_tokens, plan.output_tokens)))
+        append_records(results_path, [make_record(s, target.context, run_id) for s in sets])
+        return Outcome(target, sets, results_path, run_id=run_id)
+
+    class Container:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+    monkeypatch.setattr(rollout_module, "deploy", fake_deploy)
+    monkeypatch.setattr(bench_run, "target_for_profile", fake_target)
+    monkeypatch.setattr(bench_run, "run", fake_run)
+    monkeypatch.setattr(
+        rollout_module, "running_containers", lambda _c, _p: [Container(n) for n in w.running]
+    )
+    return w
+
+
+class FakeImages:
+    def __init__(self, present: set[str]) -> None:
+        self.present = present
+
+    def get(self, ref: str) -> object:
+        from docker.errors import ImageNotFound
+
+        if ref not in self.present:
+            raise ImageNotFound(ref)
+        return object()
+
+
+class FakeClient:
+    def __init__(self, images: set[str] | None = None) -> None:
+        self.images = FakeImages(images or set())
+
+
+def tiny(**settings: Any) -> Profile:
+    base = load_profile("local-tiny")
+    return base.model_copy(update={"settings": base.settings.model_copy(update=settings)})
+
+
+def go(profile: Profile | None = None, **kwargs: Any) -> RolloutResult:
+    kwargs.setdefault("shape", SHAPE)
+    kwargs.setdefault("client", FakeClient())
+    return rollout(profile or tiny(), progress=False, **kwargs)
+
+
+def test_first_rollout_passes_without_a_baseline_and_says_how_to_make_one(world: World) -> None:
+    result = go()
+    assert result.outcome == "no_baseline" and result.exit_code == 0
+    assert result.run_id == "0001abcd" and result.baseline_run_id is None
+    assert "--accept" in result.message and "gh200 baseline accept 0001abcd" in result.message
+    assert "64:128 c1" in result.message
+    assert find_baseline(this_host(), "local-tiny", "64:128", 1) is None  # nothing accepted by itself
+
+
+def test_accept_makes_the_run_the_baseline_then_an_unchanged_one_passes(world: World) -> None:
+    first = go(accept=True)
+    assert first.outcome == "accepted" and first.exit_code == 0
+    base = find_baseline(this_host(), "local-tiny", "64:128", 1)
+    assert base is not None and base.run_id == first.run_id
+    world.speed = [s + 0.5 for s in STEADY]
+    again = go()
+    assert again.outcome == "passed" and again.exit_code == 0 and not again.regressions
+    assert again.baseline_run_id == first.run_id and again.run_id != first.run_id
+    assert f"baseline run {first.run_id}" in again.message and "tok/s" in again.message
+    assert find_baseline(this_host(), "local-tiny", "64:128", 1).run_id == first.run_id  # type: ignore[union-attr]
+
+
+def test_a_slower_version_is_rolled_back_with_the_metric_and_the_change_named(world: World) -> None:
+    first = go(accept=True)
+    world.running = ["gh200-local-tiny-first000"]
+    world.speed = [s * 0.7 for s in STEADY]
+    slowed = tiny(extra_args=["--spec-synth-rates", "0,0,0"])
+    result = go(slowed)
+    assert result.outcome == "rolled_back" and result.exit_code == 3
+    assert result.restored == "gh200-local-tiny-first000" and world.running == [result.restored]
+    assert result.baseline_run_id == first.run_id and result.run_id not in (None, first.run_id)
+    metrics = {r.comparison.metric: r for r in result.regressions}
+    assert "output_tok_s" in metrics and "ttft_ms" not in metrics
+    row = metrics["output_tok_s"].as_json()
+    assert row["change_pct"] == pytest.approx(-30.0, abs=0.5) and row["p_value"] < 0.05
+    assert row["baseline_median"] == pytest.approx(305.5) and row["new_median"] == pytest.approx(213.85)
+    assert (row["shape"], row["concurrency"]) == ("64:128", 1)
+    assert set(result.changes) == {"profile_hash", "launch_args"}
+    assert result.changes["launch_args"][1][-2:] == ["--spec-synth-rates", "0,0,0"]
+    assert "output_tok_s fell 30.0% at 64:128 c1 (median 305.5 -> 213.8 tok/s" in result.message
+    assert "launch args +--spec-synth-rates 0,0,0" in result.message
+    assert "restored gh200-local-tiny-first000" in result.message
+    assert "\n" not in result.message
+    # The rolled-back run is recorded, never accepted.
+    assert find_baseline(this_host(), "local-tiny", "64:128", 1).run_id == first.run_id  # type: ignore[union-attr]
+
+
+def test_a_small_drift_is_not_a_regression(world: World) -> None:
+    go(accept=True)
+    world.speed = [s * 0.98 for s in STEADY]  # 2% slower: under the gate's 5% floor
+    assert go().outcome == "passed"
+
+
+def test_an_improvement_passes(world: World) -> None:
+    go(accept=True)
+    world.speed = [s * 1.5 for s in STEADY]
+    result = go(tiny(threads=1))
+    assert result.outcome == "passed" and "+50.0%" in result.message
+
+
+def test_a_regression_with_accept_is_still_rolled_back_and_not_accepted(world: World) -> None:
+    first = go(accept=True)
+    world.speed = [s * 0.6 for s in STEADY]
+    result = go(tiny(threads=1), accept=True)
+    assert result.outcome == "rolled_back"
+    assert find_baseline(this_host(), "local-tiny", "64:128", 1).run_id == first.run_id  # type: ignore[union-attr]
+
+
+def test_slower_while_the_same_version_already_ran_is_a_failure_not_a_roll_back(world: World) -> None:
+    go(accept=True)
+    world.identical, world.speed = True, [s * 0.6 for s in STEADY]
+    result = go()
+    assert result.outcome == "failed" and result.exit_code == 1 and result.restored is None
+    assert "already running" in result.message and "output_tok_s fell" in result.message
+    assert result.regressions
+
+
+def test_a_new_version_that_never_gets_healthy_is_failed_and_the_old_one_named(world: World) -> None:
+    world.fail_start = True
+    result = go()
+    assert result.outcome == "failed" and result.exit_code == 1
+    assert "not ready" in result.message and result.run_id is None
+    assert result.restored == "gh200-local-tiny-old00000"
+
+
+def test_a_deploy_that_fails_before_starting_anything_is_failed_not_an_exception(world: World) -> None:
+    world.fail_before = OperationFailed("image gh200/x is not here and pulling it failed", "pull it")
+    result = go()
+    assert result.outcome == "failed" and result.exit_code == 1
+    assert result.message.startswith("image gh200/x is not here") and world.measured == 0
+
+
+def test_no_previous_container_means_nothing_restored(world: World) -> None:
+    go(accept=True)
+    world.running = []
+    world.speed = [s * 0.6 for s in STEADY]
+
+    result = go(tiny(threads=1))
+    assert result.outcome == "rolled_back" and result.restored is None
+    assert "nothing to restore" in result.message
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"warm_runs": 0}, "--warm 0"),
+        ({"warm_runs": -3}, "--warm -3"),
+        ({"warm_runs": 2}, "at least 3"),
+        ({"shape": (2000, 100)}, "needs 2100 tokens"),
+        ({"shape": (0, 100)}, "is empty"),
+        ({"image": "Not A Ref"}, "not an image reference"),
+        ({"image": "gh200-llama_cpp:missing"}, "not on this host"),
+    ],
+)
+def test_bad_input_fails_before_any_deploy(world: World, kwargs: dict[str, Any], words: str) -> None:
+    with pytest.raises(BadInput) as caught:
+        go(**kwargs)
+    assert words in caught.value.message
+    assert world.deployed == [] and world.measured == 0
+
+
+def test_image_runs_as_given_without_the_recipe(world: World) -> None:
+    result = go(image="localhost/gh200-llama_cpp:new", client=FakeClient({"localhost/gh200-llama_cpp:new"}))
+    assert result.outcome == "no_baseline"
+    (deployed,) = world.deployed
+    assert deployed.image.ref == "localhost/gh200-llama_cpp:new" and deployed.image.recipe is None
+    assert deployed.name == "local-tiny"
+
+
+def test_default_shapes_come_from_the_profile() -> None:
+    tiny_plans = rollout_plans(load_profile("local-tiny"), None, 10)
+    # local-tiny has no expected values and 2048 tokens per slot: the posts' 2048->512 does not fit.
+    assert [(p.shape, p.concurrency, p.warm) for p in tiny_plans] == [("256:512", 1, 10)]
+    glm = load_profile("glm52-awq-mtp3-bench")
+    expected = sorted({(e.input_tokens, e.output_tokens, e.concurrency) for e in glm.expected})
+    assert [
+        (p.input_tokens, p.output_tokens, p.concurrency) for p in rollout_plans(glm, None, 10)
+    ] == expected
+
+
+def test_json_has_exactly_the_documented_keys(world: World) -> None:
+    go(accept=True)
+    world.speed = [s * 0.7 for s in STEADY]
+    doc = go(tiny(threads=1)).as_json()
+    assert set(doc) == {
+        "host",
+        "profile",
+        "outcome",
+        "message",
+        "run_id",
+        "baseline_run_id",
+        "restored",
+        "regressions",
+        "changes",
+    }
+    assert doc["regressions"] and set(doc["regressions"][0]) == {
+        "metric",
+        "shape",
+        "concurrency",
+        "baseline_median",
+        "new_median",
+        "change_pct",
+        "p_value",
+    }
+    assert all(isinstance(v, list) and len(v) == 2 for v in doc["changes"].values())
+    json.dumps(doc)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "code"),
+    [("passed", 0), ("accepted", 0), ("no_baseline", 0), ("rolled_back", 3), ("failed", 1)],
+)
+def test_cli_exit_codes_and_one_json_object(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], outcome: str, code: int
+) -> None:
+    from gh200.cli import main
+
+    canned = RolloutResult(outcome, "local-tiny", "h", run_id="r1", message=f"it {outcome}")  # type: ignore[arg-type]
+    monkeypatch.setattr(rollout_module, "rollout", lambda *a, **k: canned)
+    for args, json_out in ((["--json"], True), ([], False)):
+        monkeypatch.setattr(sys, "argv", ["gh200", "rollout", "local-tiny", *args])
+        with pytest.raises(SystemExit) as done:
+            main()
+        assert done.value.code == code
+        out, err = capsys.readouterr()
+        if json_out:
+            assert json.loads(out) == canned.as_json()
+        else:
+            assert out == "" and f"it {outcome}" in err
+
+
+def test_cli_bad_input_exits_2_before_anything(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gh200.cli import main
+
+    def must_not_run(*_a: Any, **_k: Any) -> RolloutResult:
+        raise AssertionError("rollout ran")
+
+    for args in (["no-such-profile"], ["local-tiny", "--shape", "x"]):
+        monkeypatch.setattr(rollout_module, "rollout", must_not_run)
+        monkeypatch.setattr(sys, "argv", ["gh200", "rollout", *args, "--json"])
+        with pytest.raises(SystemExit) as done:
+            main()
+        assert done.value.code == 2
+        assert capsys.readouterr().out == ""

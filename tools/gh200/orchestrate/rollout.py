@@ -1,0 +1,378 @@
+"""`gh200 rollout PROFILE`: deploy a new version, smoke it, gate it against this host's baseline.
+
+The new version (the profile file as it is now, or `--image REF`) is deployed by `deploy`, whose
+smoke callback here measures it the way the posts did (one cold + N warm runs per shape), records
+the run with the host facts, and compares it with this host's accepted baseline for the profile and
+shape (baseline.store.find_baseline, baseline.gate.compare_runs). A regression raises inside the
+callback, so deploy's own roll-back removes the new container and restarts the previous one: there
+is one roll-back path, deploy's. The result names the metric that moved (medians, %, p-value) and
+what changed between the baseline's record and the new one (baseline.facts.fact_diff).
+
+Every check on the input (profile, image, shape, runs) happens before anything is deployed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from docker import DockerClient
+from docker.errors import DockerException, ImageNotFound
+
+from gh200.baseline.facts import fact_changes, fact_diff
+from gh200.baseline.gate import MIN_RUNS, MetricComparison, compare_runs
+from gh200.baseline.store import Baseline, find_baseline, resolve_run, this_host
+from gh200.baseline.store import accept as accept_baseline
+from gh200.bench import run as bench_run
+from gh200.bench.results import default_results_path
+from gh200.bench.smoke import DEFAULT_SHAPES, SetPlan, parse_shapes
+from gh200.bench.sweep import expected_plans
+from gh200.deploy.deploy import DeployFailed, Target, deploy
+from gh200.errors import BadInput, OperationFailed
+from gh200.output import console
+from gh200.profiles.schema import Profile
+from gh200.served import running_containers
+
+RolloutOutcome = Literal["passed", "accepted", "no_baseline", "rolled_back", "failed"]
+EXIT_CODES: dict[str, int] = {
+    "passed": 0,
+    "accepted": 0,
+    "no_baseline": 0,
+    "rolled_back": 3,  # gh200.errors.Regression.exit_code
+    "failed": 1,
+}
+# A Docker image reference: [registry[:port]/]path[:tag][@sha256:digest], lower-case path.
+IMAGE_REF_RE = re.compile(
+    r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$"
+)
+
+
+class _Regressed(DeployFailed):
+    """Raised inside deploy's smoke callback so that deploy rolls the new version back."""
+
+
+@dataclass(frozen=True)
+class MetricRegression:
+    """One gated metric of one shape that regressed: the gate's comparison and where."""
+
+    shape: str
+    concurrency: int
+    comparison: MetricComparison
+
+    def describe(self) -> str:
+        c = self.comparison
+        direction = "rose" if c.change > 0 else "fell"
+        return (
+            f"{c.metric} {direction} {abs(c.change):.1%} at {self.shape} c{self.concurrency} "
+            f"(median {c.baseline_median:.4g} -> {c.new_median:.4g} {c.unit}, p={c.p_worse:.2g})"
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        c = self.comparison
+        return {
+            "metric": c.metric,
+            "shape": self.shape,
+            "concurrency": self.concurrency,
+            "baseline_median": round(c.baseline_median, 6),
+            "new_median": round(c.new_median, 6),
+            "change_pct": round(c.change * 100, 3),
+            "p_value": c.p_worse,
+        }
+
+
+@dataclass
+class RolloutResult:
+    outcome: RolloutOutcome
+    profile: str
+    host: str
+    run_id: str | None = None
+    baseline_run_id: str | None = None
+    regressions: list[MetricRegression] = field(default_factory=list)
+    changes: dict[str, list[Any]] = field(default_factory=dict)
+    restored: str | None = None
+    message: str = ""
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.outcome]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "profile": self.profile,
+            "outcome": self.outcome,
+            "message": self.message,
+            "run_id": self.run_id,
+            "baseline_run_id": self.baseline_run_id,
+            "restored": self.restored,
+            "regressions": [r.as_json() for r in self.regressions],
+            "changes": self.changes,
+        }
+
+
+# --- input ---------------------------------------------------------------------------------------
+
+
+def request_context(profile: Profile) -> int | None:
+    """Tokens one request may use on the profile's server, as far as the profile says.
+
+    llama-server splits --ctx-size over its --parallel slots; vLLM gives each request max_model_len.
+    """
+    settings = profile.settings
+    if profile.engine == "vllm":
+        return settings.max_model_len
+    if settings.ctx_size is None:
+        return None
+    return settings.ctx_size // (settings.parallel or 1)
+
+
+def rollout_plans(profile: Profile, shape: tuple[int, int] | None, warm_runs: int) -> list[SetPlan]:
+    """The sets a rollout measures; BadInput for runs or a shape the gate or the profile cannot use."""
+    if warm_runs < MIN_RUNS:
+        raise BadInput(
+            f"--warm {warm_runs}: the gate compares warm runs and needs at least {MIN_RUNS}",
+            "pass --warm 10 (the posts' one cold + 10 warm), or at least 3",
+        )
+    limit = request_context(profile)
+    if shape is not None:
+        inp, out = shape
+        if inp < 1 or out < 2:
+            raise BadInput(f"shape {inp}:{out} is empty", "pass --shape INPUT:OUTPUT, e.g. 2048:512")
+        plans = [SetPlan("synthetic", inp, out, 1, warm_runs)]
+    elif profile.expected:
+        plans = expected_plans(profile, warm_runs)
+    else:
+        # No expected values: the posts' 2048->512 where it fits, else the first smoke shape that does.
+        candidates = [(2048, 512), *parse_shapes(list(DEFAULT_SHAPES))]
+        fitting = [c for c in candidates if limit is None or c[0] + c[1] < limit]
+        if not fitting:
+            raise BadInput(
+                f"{profile.name} offers {limit} tokens per request; no default shape fits",
+                "pass --shape INPUT:OUTPUT that fits",
+            )
+        plans = [SetPlan("synthetic", fitting[0][0], fitting[0][1], 1, warm_runs)]
+    for plan in plans:
+        need = (plan.input_tokens or 0) + plan.output_tokens
+        if limit is not None and need >= limit:
+            raise BadInput(
+                f"shape {plan.shape} needs {need} tokens of context; "
+                f"{profile.name} offers {limit} per request",
+                "pass a smaller --shape, or give the profile a larger context",
+            )
+    return plans
+
+
+def with_image(profile: Profile, image: str) -> Profile:
+    """The profile running `image` as it is (no recipe build on top): what `--image` deploys."""
+    spec = profile.image.model_copy(update={"ref": image, "recipe": None})
+    return profile.model_copy(update={"image": spec})
+
+
+def check_image(client: DockerClient, image: str) -> None:
+    if not IMAGE_REF_RE.match(image):
+        raise BadInput(f"--image {image!r} is not an image reference", "pass e.g. gh200-vllm:0.34.0")
+    try:
+        client.images.get(image)
+    except ImageNotFound as err:
+        raise BadInput(
+            f"image {image} is not on this host",
+            "build it (`gh200 images build`) or pull it first; rollout never pulls mid-way",
+        ) from err
+    except DockerException as err:
+        raise OperationFailed(
+            f"looking up image {image} failed: {err}", "check the container engine"
+        ) from err
+
+
+# --- the gate after deploy ------------------------------------------------------------------------
+
+
+@dataclass
+class _Measured:
+    run_id: str | None = None
+    records: list[dict[str, Any]] = field(default_factory=list)
+    baselines: dict[tuple[str, int], Baseline] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    regressions: list[MetricRegression] = field(default_factory=list)
+    changes: dict[str, list[Any]] = field(default_factory=dict)
+    change_lines: list[str] = field(default_factory=list)
+    passed_lines: list[str] = field(default_factory=list)
+
+
+def gate_records(records: list[dict[str, Any]], host: str, measured: _Measured) -> None:
+    """Compare each recorded set with this host's baseline for its shape; fill `measured`."""
+    for record in records:
+        shape, concurrency = str(record.get("shape")), int(record.get("concurrency") or 1)
+        base = find_baseline(host, str(record.get("profile")), shape, concurrency)
+        if base is None:
+            measured.missing.append(f"{shape} c{concurrency}")
+            continue
+        measured.baselines[(shape, concurrency)] = base
+        verdict = compare_runs(
+            base.runs,
+            [r for r in record.get("runs") or [] if isinstance(r, dict)],
+            profile=str(record.get("profile")),
+            shape=shape,
+            concurrency=concurrency,
+            changes=fact_changes(base.record, record),
+        )
+        if verdict.status == "insufficient":
+            raise DeployFailed(
+                f"{shape} c{concurrency} could not be compared with its baseline ({verdict.reason})",
+                "rerun with more warm runs",
+            )
+        measured.regressions += [MetricRegression(shape, concurrency, c) for c in verdict.regressions]
+        if not measured.changes:
+            measured.changes = {k: list(v) for k, v in fact_diff(base.record, record).items()}
+            measured.change_lines = list(verdict.changes)
+        tok = next((c for c in verdict.comparisons if c.metric == "output_tok_s"), None)
+        if tok is not None:
+            measured.passed_lines.append(
+                f"{shape} c{concurrency} {tok.new_median:.4g} vs {tok.baseline_median:.4g} tok/s"
+                f" ({tok.change:+.1%})"
+            )
+
+
+def regression_message(
+    profile: str, measured: _Measured, restored: str | None, rolled_out: bool = True
+) -> str:
+    """One line: which metric moved and by how much, what changed, what runs now."""
+    moved = "; ".join(r.describe() for r in measured.regressions)
+    changed = ", ".join(measured.change_lines) if measured.change_lines else "no recorded fact"
+    if not rolled_out:
+        return (
+            f"{profile} is slower than its baseline (nothing was rolled out: this version was already"
+            f" running): {moved}; changed: {changed}"
+        )
+    where = f"restored {restored}" if restored else "nothing to restore (no previous container)"
+    return f"{profile} is slower than its baseline and was rolled back: {moved}; changed: {changed}; {where}"
+
+
+# --- rollout ---------------------------------------------------------------------------------------
+
+
+def rollout(
+    profile: Profile,
+    *,
+    image: str | None = None,
+    accept: bool = False,
+    shape: tuple[int, int] | None = None,
+    warm_runs: int = 10,
+    client: DockerClient | None = None,
+    progress: bool = True,
+) -> RolloutResult:
+    """Deploy, measure, gate, roll back on a regression (see the module doc). Raises BadInput before
+    any deploy for bad input; every other ending is a RolloutResult."""
+    plans = rollout_plans(profile, shape, warm_runs)
+    if client is None:
+        from gh200.engine import connect
+
+        client = connect()
+    if image is not None:
+        check_image(client, image)
+        profile = with_image(profile, image)
+    host = this_host()
+    results_path = default_results_path()
+    previous = [c.name for c in running_containers(client, profile.name)]
+    measured = _Measured()
+
+    def measure_and_gate() -> dict[str, Any]:
+        target = bench_run.target_for_profile(profile, client)
+        if progress:
+            console.rule(f"{profile.name}: {', '.join(p.label for p in plans)}, 1 cold + {warm_runs} warm")
+        outcome = bench_run.run(target, plans, results_path=results_path, show_progress=progress)
+        measured.run_id = outcome.run_id
+        if progress:
+            bench_run.print_report(outcome, markdown_to_stdout=False)
+        failed = outcome.failed_set
+        if failed is not None:
+            raise DeployFailed(
+                f"the rollout's benchmark stopped at {failed.plan.label}: {failed.error}", "see `gh200 logs`"
+            )
+        measured.records = resolve_run(outcome.run_id, results_path)
+        gate_records(measured.records, host, measured)
+        if measured.regressions:
+            raise _Regressed(regression_message(profile.name, measured, None), "see the rollout's message")
+        return {"profile": profile.name, "run_id": outcome.run_id}
+
+    def smoke(_target: Target, _api_key: str | None) -> dict[str, Any]:
+        return measure_and_gate()
+
+    result = RolloutResult("failed", profile.name, host)
+    in_place = False
+    try:
+        if progress:
+            console.rule(f"{profile.name}: deploy" + (f" {image}" if image else ""))
+        deployed = deploy(client, profile, progress=progress, smoke=smoke)
+        if not deployed.changed:
+            # This very version already runs healthy, so deploy started nothing: measure it in place.
+            in_place = True
+            if progress:
+                console.print(
+                    f"{profile.name}: this version already runs; measuring it in place", highlight=False
+                )
+            measure_and_gate()
+    except _Regressed:
+        result = _ended(result, measured, client, previous)
+        if in_place:
+            # Nothing new was started, so nothing was rolled back: slower, but not by this rollout.
+            result.restored = None
+            result.message = regression_message(profile.name, measured, None, rolled_out=False)
+            return result
+        result.outcome = "rolled_back"
+        result.message = regression_message(profile.name, measured, result.restored)
+        return result
+    except OperationFailed as err:
+        # Not healthy, benchmark stopped, image build failed...: deploy restored what it had stopped.
+        result = _ended(result, measured, client, previous)
+        result.message = err.one_line()
+        return result
+    return _passed(result, measured, profile.name, accept, results_path)
+
+
+def _ended(
+    result: RolloutResult, measured: _Measured, client: DockerClient, previous: list[str]
+) -> RolloutResult:
+    """Fill what a rolled-back or failed rollout knows; `restored` is the previous container if it runs."""
+    running = {c.name for c in running_containers(client, result.profile)}
+    result.restored = next((name for name in previous if name in running), None)
+    result.run_id = measured.run_id
+    result.regressions = measured.regressions
+    result.changes = measured.changes
+    base = next(iter(measured.baselines.values()), None)
+    result.baseline_run_id = base.run_id if base else None
+    return result
+
+
+def _passed(
+    result: RolloutResult, measured: _Measured, profile: str, accept: bool, results_path: Path
+) -> RolloutResult:
+    """A run that did not regress: passed, accepted as the new baseline, or passed without a baseline."""
+    result.run_id = measured.run_id
+    result.changes = measured.changes
+    base = next(iter(measured.baselines.values()), None)
+    result.baseline_run_id = base.run_id if base else None
+    if accept:
+        written = accept_baseline(measured.records, source=str(results_path))
+        result.outcome = "accepted"
+        shapes = ", ".join(f"{b.shape} c{b.concurrency}" for b in written)
+        result.message = f"{profile} run {measured.run_id} is now the baseline on {result.host} for {shapes}"
+        if measured.passed_lines:
+            result.message += f" (against the previous one: {'; '.join(measured.passed_lines)})"
+        return result
+    if measured.missing:
+        result.outcome = "no_baseline"
+        result.message = (
+            f"{profile} deployed and measured (run {measured.run_id}); no accepted baseline on {result.host} "
+            f"for {', '.join(measured.missing)}: `gh200 rollout {profile} --accept` or "
+            f"`gh200 baseline accept {measured.run_id}` makes one"
+        )
+        return result
+    result.outcome = "passed"
+    result.message = f"{profile} passed the gate against baseline run {result.baseline_run_id}: " + "; ".join(
+        measured.passed_lines
+    )
+    return result
