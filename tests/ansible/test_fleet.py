@@ -10,7 +10,7 @@ the host. The hosts serve their own copies of local-tiny (own name, own port), s
 collide with each other or with other tests' local-tiny on the same engine.
 
 Scenario: both hosts get a baseline (`--accept`); then ws1 serves a slowed variant of its copy
-(synthetic draft acceptance, as `make bench-gate` slows local-tiny), and the fleet rollout
+(12 drafted tokens, none accepted, one thread: see SLOW_SETTINGS), and the fleet rollout
 regresses on ws1, which rolls itself back, and never touches ws2: the fleet exits 3.
 """
 
@@ -33,9 +33,17 @@ from ansible_testhost import ROOT, SSH_OPTIONS, TestHost, _free_port, gh200, inv
 pytestmark = [pytest.mark.ansible, pytest.mark.slow]
 
 SOCKET_IN_HOST = "/run/gh200-test/podman.sock"
-# Synthetic acceptance of the slowed variant: far below local-tiny's own, so the slowdown is
-# large against the noise of a shared 2-core machine (bench-gate measures the gate's rates).
-SLOW_SYNTH = 0.1
+# The slowed variant, as tests/engine/orchestrate slows local-tiny: 12 drafted tokens per step,
+# none accepted (synthetic acceptance), one thread. Far beyond the gate's floor and the noise of a
+# shared 2-core machine, so the regression never depends on luck.
+SLOW_DRAFT = 12
+SLOW_SETTINGS = {
+    "threads": 1,
+    "speculative": {"method": "draft", "num_speculative_tokens": SLOW_DRAFT},
+    "extra_args": ["--spec-synth-rates", ",".join(["0"] * SLOW_DRAFT)],
+}
+# Seconds per run on local-tiny; the gate's default one cold + 10 warm runs.
+SHAPE = "64:128"
 LABEL_PROFILE = "io.gh200.profile"
 
 
@@ -104,7 +112,7 @@ def llama_image(engine: Any) -> str:
 
 
 def _profile_copies(shared: Path, name: str) -> tuple[Path, Path]:
-    """local-tiny under this host's name and port; the slow one differs only in draft acceptance."""
+    """local-tiny under this host's name and port; the slow one differs in its draft and threads."""
     raw = yaml.safe_load((ROOT / "profiles" / "local-tiny.yaml").read_text())
     raw.update(name=name, port=_free_port())
     normal = shared / "profiles" / f"{name}.yaml"
@@ -113,13 +121,7 @@ def _profile_copies(shared: Path, name: str) -> tuple[Path, Path]:
         (normal, raw),
         (
             slow,
-            {
-                **raw,
-                "settings": {
-                    **raw["settings"],
-                    "extra_args": ["--spec-synth-rates", ",".join([f"{SLOW_SYNTH:g}"] * 3)],
-                },
-            },
+            {**raw, "settings": {**raw["settings"], **SLOW_SETTINGS}},
         ),
     ):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -210,6 +212,8 @@ def fleet_rollout(
         str(where / "results"),
         "--artifacts",
         str(where / "artifacts"),
+        "--shape",
+        SHAPE,
         *args,
         "--json",
         timeout=2400,
