@@ -287,3 +287,15 @@ def test_a_slowed_host_stops_the_fleet_and_the_next_host_is_not_touched(
     assert _identity(ws2.containers()) == _identity(before2) and ws2.run_records() == records2
     assert not (tmp_path / "results" / "ws2.json").exists()
     assert "fleet stopped at ws1" in done.stderr and "not attempted: ws2" in done.stderr
+
+
+def test_when_every_host_passes_the_fleet_completes(
+    baselines: dict[str, Any], fleet: list[FleetHost], bundle_archive: str, tmp_path: Path
+) -> None:
+    done, summary = fleet_rollout(fleet, bundle_archive, tmp_path)
+    assert done.returncode == 0, (done.stderr[-2000:], summary)
+    assert [(h["host"], h["outcome"]) for h in summary["hosts"]] == [("ws1", "passed"), ("ws2", "passed")]
+    assert summary["stopped_at"] is None and summary["outcome"] == "completed"
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["ws1.json", "ws2.json"]
+    for host in summary["hosts"]:
+        assert host["rollout_outcome"] == "passed" and host["run_id"] and host["baseline_run_id"], host
