@@ -140,10 +140,14 @@ def _pregenerate_model(shared: Path, profile_path: Path) -> None:
     ensure_tiny_model(profile, directory=shared / "cache" / "models" / model_dir_name(profile))
 
 
-def write_fleet_inventory(path: Path, hosts: list[FleetHost], slow: set[str], bundle: str) -> Path:
-    """Both hosts in group gh200, in order; each rolls out its own copy of local-tiny."""
+def write_fleet_inventory(
+    path: Path, hosts: list[FleetHost], slow: set[str], bundle: str, paths: dict[str, Path] | None = None
+) -> Path:
+    """Both hosts in group gh200, in order; each rolls out its own copy of local-tiny (the slowed
+    one for the hosts in `slow`, or the path given in `paths`)."""
     entries = {}
     for fh in hosts:
+        profile = (paths or {}).get(fh.name) or (fh.slow if fh.name in slow else fh.normal)
         entries[fh.name] = {
             "ansible_host": "127.0.0.1",
             "ansible_port": fh.host.port,
@@ -151,7 +155,7 @@ def write_fleet_inventory(path: Path, hosts: list[FleetHost], slow: set[str], bu
             "ansible_become": True,
             "ansible_ssh_private_key_file": str(fh.host.key),
             "ansible_ssh_common_args": " ".join(SSH_OPTIONS),
-            "gh200_fleet_profile_paths": {"local-tiny": str(fh.slow if fh.name in slow else fh.normal)},
+            "gh200_fleet_profile_paths": {"local-tiny": str(profile)},
             "gh200_fleet_environment": {
                 "DOCKER_HOST": f"unix://{SOCKET_IN_HOST}",
                 "GH200_CACHE": str(fh.shared / "cache"),
@@ -226,6 +230,31 @@ def fleet_rollout(
     took = time.monotonic() - started
     print(f"gh200 fleet rollout {' '.join(args)}: rc {done.returncode} in {took:.0f}s; {outcomes}")
     return done, summary
+
+
+def test_a_host_that_refuses_its_rollout_stops_the_fleet(
+    fleet: list[FleetHost], bundle_archive: str, tmp_path: Path
+) -> None:
+    """ws1's copy of the profile is missing on ws1: its real gh200 refuses (exit 2) before any
+    change, the fleet keeps that error line, stops, and never reaches ws2. (Needs no image.)"""
+    ws1, ws2 = fleet
+    records = [fh.run_records() for fh in fleet]
+    missing = ws1.shared / "no-such-profile.yaml"
+    inventory = write_fleet_inventory(tmp_path / "inv", fleet, set(), bundle_archive, {"ws1": missing})
+    done = gh200(
+        "fleet", "rollout", "local-tiny", "-i", str(inventory), "--results", str(tmp_path / "r"), "--json"
+    )
+    summary = json.loads(done.stdout)
+    assert done.returncode == 1, (done.stderr[-2000:], summary)
+    assert [(h["host"], h["outcome"]) for h in summary["hosts"]] == [
+        ("ws1", "failed"),
+        ("ws2", "not_attempted"),
+    ]
+    first = summary["hosts"][0]
+    assert first["rc"] == 2 and str(missing) in first["message"] and "cannot read" in first["message"]
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["ws1.json"]
+    assert [fh.run_records() for fh in fleet] == records and ws2.containers() == []
+    assert "fleet stopped at ws1" in done.stderr and "not attempted: ws2" in done.stderr
 
 
 @pytest.fixture(scope="module")
