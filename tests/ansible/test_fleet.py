@@ -178,8 +178,9 @@ def fleet(
     engine_socket: Path,
     bundle_archive: str,
     tmp_path_factory: pytest.TempPathFactory,
-) -> list[FleetHost]:
-    """Two booted hosts with the bundle installed (gh200_bundle role, one provision run for both)."""
+) -> Iterator[list[FleetHost]]:
+    """Two booted hosts with the bundle installed (gh200_bundle role, one provision run for both).
+    The servers their rollouts started run on the machine's engine: removed at the end."""
     started = time.monotonic()
     hosts = []
     for n in (1, 2):
@@ -198,7 +199,12 @@ def fleet(
         # The bundle's user (made by the role) owns its cache and state, as on a real host.
         fh.host.sh(f"chown -R gh200:gh200 {fh.shared}")
     print(f"fleet: two hosts booted and converged (bundle) in {time.monotonic() - started:.0f}s")
-    return hosts
+    try:
+        yield hosts
+    finally:
+        for fh in hosts:
+            for container in fh.containers():
+                podman("rm", "--force", "--time", "5", container["Id"], check=False)
 
 
 def fleet_rollout(
