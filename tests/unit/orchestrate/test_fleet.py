@@ -264,3 +264,11 @@ def test_a_non_empty_results_directory_is_refused(monkeypatch: pytest.MonkeyPatc
     (tmp_path / "r" / "ws1.json").write_text("{}")
     with pytest.raises(fleet.FleetInputError, match="is not empty"):
         fleet.run_fleet(inv, "rollout", profile="local-tiny", results_dir=tmp_path / "r")
+
+
+def test_the_rollout_json_the_fleet_reads_carries_changed() -> None:
+    # gh200_run fails a task whose JSON has no top-level `changed` (rc 0): the fleet's contract.
+    from gh200.orchestrate.rollout import RolloutResult
+
+    keys = set(RolloutResult("passed", "local-tiny", "ws1").as_json())
+    assert {"changed", "host", "profile", "outcome", "message", "regressions", "changes", "restored"} <= keys
