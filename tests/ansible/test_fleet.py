@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ from typing import Any
 
 import pytest
 import yaml
-from ansible_testhost import ROOT, SSH_OPTIONS, TestHost, _free_port, gh200, inventory_vars, podman
+from ansible_testhost import ROOT, SSH_OPTIONS, TestHost, gh200, inventory_vars, podman
 
 pytestmark = [pytest.mark.ansible, pytest.mark.slow]
 
@@ -111,10 +112,24 @@ def llama_image(engine: Any) -> str:
     return ensure_image(engine, "llama_cpp", progress=False)
 
 
-def _profile_copies(shared: Path, name: str) -> tuple[Path, Path]:
+def _distinct_ports(count: int) -> list[int]:
+    """Free ports, all different: the sockets stay open until all are chosen (a closed port may be
+    handed out again at once). Rootful Podman publishes by DNAT without holding the port, so two
+    servers on one port both start, and each host's client would measure whichever answers."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def _profile_copies(shared: Path, name: str, port: int) -> tuple[Path, Path]:
     """local-tiny under this host's name and port; the slow one differs in its draft and threads."""
     raw = yaml.safe_load((ROOT / "profiles" / "local-tiny.yaml").read_text())
-    raw.update(name=name, port=_free_port())
+    raw.update(name=name, port=port)
     normal = shared / "profiles" / f"{name}.yaml"
     slow = shared / "profiles-slow" / f"{name}.yaml"
     for path, data in (
@@ -183,10 +198,10 @@ def fleet(
     The servers their rollouts started run on the machine's engine: removed at the end."""
     started = time.monotonic()
     hosts = []
-    for n in (1, 2):
+    for n, port in zip((1, 2), _distinct_ports(2), strict=True):
         shared = tmp_path_factory.mktemp(f"fleet-ws{n}")
         name = f"fleet-{os.getpid()}-ws{n}"
-        normal, slow = _profile_copies(shared, name)
+        normal, slow = _profile_copies(shared, name, port)
         _pregenerate_model(shared, normal)
         host = new_testhost(
             host_network=True, volumes=(f"{shared}:{shared}:rw", f"{engine_socket}:{SOCKET_IN_HOST}:rw")
