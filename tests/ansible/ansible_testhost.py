@@ -252,8 +252,25 @@ def ssh_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
 _COUNTER = iter(range(1000))
 
 
-def start_testhost(image: str, key: Path, bundle: str, inv_dir: Path, **overrides: Any) -> TestHost:
-    """A fresh bare host from the image, booted, with an inventory (role variables + overrides)."""
+def start_testhost(
+    image: str,
+    key: Path,
+    bundle: str,
+    inv_dir: Path,
+    *,
+    host_network: bool = False,
+    volumes: tuple[str, ...] = (),
+    **overrides: Any,
+) -> TestHost:
+    """A fresh bare host from the image, booted, with an inventory (role variables + overrides).
+
+    `host_network`: the host shares the machine's network (sshd on its own loopback port instead
+    of a published 22), so servers that containers publish on the machine's 127.0.0.1 answer on
+    the host's 127.0.0.1 too: what a host that runs containers on the machine's engine (its API
+    socket in `volumes`) needs. The mirrors' port 8080 is then shared: the first such host serves
+    it, a second one's mirror unit fails (a degraded boot) and its apt reads the first's, which
+    holds the same repositories (same image).
+    """
     _remove_stale_testhosts()
     name = f"gh200-testhost-{os.getpid()}-{next(_COUNTER)}"
     port = _free_port()
@@ -269,9 +286,13 @@ def start_testhost(image: str, key: Path, bundle: str, inv_dir: Path, **override
         "SYS_ADMIN",
         # `shutdown -r` inside ends PID 1; the policy starts it again: a reboot.
         "--restart=always",
-        "--publish",
-        f"127.0.0.1:{port}:22",
     ]
+    if host_network:
+        args += ["--network", "host", "--hostname", name]
+    else:
+        args += ["--publish", f"127.0.0.1:{port}:22"]
+    for volume in volumes:
+        args += ["--volume", volume]
     for mirror in MIRRORS:
         args += ["--add-host", f"{mirror}:127.0.0.1"]
     ca = _host_ca_bundle()
@@ -289,6 +310,10 @@ def start_testhost(image: str, key: Path, bundle: str, inv_dir: Path, **override
             shutil.copy2(key.with_suffix(".pub"), keys)
             keys.chmod(0o600)
             podman("cp", str(keys), f"{name}:/home/ops/.ssh/authorized_keys")
+            if host_network:
+                listen = Path(tmp) / "gh200-test-port.conf"
+                listen.write_text(f"Port {port}\nListenAddress 127.0.0.1\n")
+                podman("cp", str(listen), f"{name}:/etc/ssh/sshd_config.d/gh200-test-port.conf")
         podman("start", name)
         # sshd reads authorized_keys as the user.
         host.sh("chown -R ops:ops /home/ops/.ssh")
@@ -352,6 +377,7 @@ def new_testhost(
     made: list[TestHost] = []
 
     def make(**overrides: Any) -> TestHost:
+        # host_network and volumes pass through to start_testhost; the rest are role variables.
         host = start_testhost(
             testhost_image, ssh_key, bundle_archive, tmp_path_factory.mktemp("inventory"), **overrides
         )

@@ -40,7 +40,7 @@ def _register() -> None:
     from gh200.deploy import cli as deploy_cli
     from gh200.images import cli as images_cli
     from gh200.orchestrate import cli as orchestrate_cli
-    from gh200.orchestrate import upgrade_cli
+    from gh200.orchestrate import fleet_cli, upgrade_cli
     from gh200.profiles import cli as profiles_cli
     from gh200.provision import cli as provision_cli
     from gh200.ruler import cli as ruler_cli
@@ -58,6 +58,7 @@ def _register() -> None:
         ruler_cli,
         provision_cli,
         verify_cli,
+        fleet_cli,
     ):
         module.register(app)
 

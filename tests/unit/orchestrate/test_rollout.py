@@ -300,6 +300,7 @@ def test_json_has_exactly_the_documented_keys(world: World) -> None:
     world.speed = [s * 0.7 for s in STEADY]
     doc = go(tiny(threads=1)).as_json()
     assert set(doc) == {
+        "changed",
         "host",
         "profile",
         "outcome",
@@ -310,6 +311,8 @@ def test_json_has_exactly_the_documented_keys(world: World) -> None:
         "regressions",
         "changes",
     }
+    # A new version was started and rolled back: Ansible reports the host changed.
+    assert doc["outcome"] == "rolled_back" and doc["changed"] is True
     assert doc["regressions"] and set(doc["regressions"][0]) == {
         "metric",
         "shape",

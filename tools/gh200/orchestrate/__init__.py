@@ -1,4 +1,5 @@
-"""The orchestration room: rollout, sweep, demo, the client benchmark and the smoke after deploy.
+"""The orchestration room: rollout, sweep, demo, fleets, the client benchmark and the smoke
+after deploy.
 
 The only package that uses both `deploy` (containers) and `bench` (measurement); neither of those
 imports the other. Tools elsewhere that must deploy (the gate benchmark) do it through here.

@@ -94,6 +94,9 @@ class RolloutResult:
     changes: dict[str, list[Any]] = field(default_factory=dict)
     restored: str | None = None
     message: str = ""
+    # What Ansible reports (gh200_run reads the top-level `changed` of every --json command): a new
+    # version deployed, a baseline written, or a new version started and rolled back.
+    changed: bool = False
 
     @property
     def exit_code(self) -> int:
@@ -101,6 +104,7 @@ class RolloutResult:
 
     def as_json(self) -> dict[str, Any]:
         return {
+            "changed": self.changed,
             "host": self.host,
             "profile": self.profile,
             "outcome": self.outcome,
@@ -307,6 +311,7 @@ def rollout(
         if progress:
             console.rule(f"{profile.name}: deploy" + (f" {image}" if image else ""))
         deployed = deploy(client, profile, progress=progress, smoke=smoke)
+        result.changed = bool(deployed.changed)
         if not deployed.changed:
             # This very version already runs healthy, so deploy started nothing: measure it in place.
             in_place = True
@@ -323,6 +328,7 @@ def rollout(
             result.message = regression_message(profile.name, measured, None, rolled_out=False)
             return result
         result.outcome = "rolled_back"
+        result.changed = True
         result.message = regression_message(profile.name, measured, result.restored)
         return result
     except OperationFailed as err:
@@ -357,6 +363,7 @@ def _passed(
     result.baseline_run_id = base.run_id if base else None
     if accept:
         written = accept_baseline(measured.records, source=str(results_path))
+        result.changed = True
         result.outcome = "accepted"
         shapes = ", ".join(f"{b.shape} c{b.concurrency}" for b in written)
         result.message = f"{profile} run {measured.run_id} is now the baseline on {result.host} for {shapes}"
