@@ -1,10 +1,11 @@
 """`gh200 rollout` on the real engine and the real llama-server (local-tiny variants named `troll-*`).
 
 One module-scoped story, in order: (a) the first rollout passes with no baseline and the note, then
-`--accept` makes the baseline; (b) the unchanged profile, rolled out onto the deployment it was accepted from, passes against it;
-(c) a version slowed on purpose is rolled back by itself: exit 3, the previous container answers
-again, the metric and the change are named, and no baseline was written; (d) bad input exits 2 with
-nothing deployed. Each gate run is one cold + 10 warm runs of 64:128 (seconds each on local-tiny).
+`--accept` makes the baseline; (b) the unchanged profile, rolled out onto the deployment it was
+accepted from, passes against it; (c) a version slowed on purpose is rolled back by itself: exit 3,
+the previous container answers again, the metric and the change are named, and no baseline was
+written; (d) bad input exits 2 with nothing deployed. Each gate run is one cold + 10 warm runs of
+64:128 (seconds each on local-tiny).
 
 The slowdown: no draft token accepted (`--spec-synth-rates 0,...`) with 12 drafted per step, and one
 thread; see SLOW_ARGS for the measured size. It must be far above the gate's 5% floor, so that (c)
@@ -164,14 +165,21 @@ def test_a_first_rollout_has_no_baseline_and_accept_makes_one(
 def test_an_unchanged_profile_passes_against_the_baseline(
     story: dict[str, Any], gh200: Callable[..., tuple[int, str, str]]
 ) -> None:
-    # Rolled out onto the running deployment it was accepted from: measured where it runs. A fresh
-    # redeployment adds deployment-to-deployment drift, which one baseline cannot tell from a change;
-    # how often that cries wolf is what `make bench-gate` measures (about one pair in four on a 2-core
-    # VM), so a test that redeployed here would fail by chance, not by a defect.
+    # Rolled out onto the running deployment it was accepted from: measured where it runs. The gate
+    # is a statistical test with a measured false-alarm rate (`make bench-gate`: far above its 5%
+    # target on a shared 2-core VM, where runs of local-tiny last a tenth of a second), so one
+    # attempt could fail by chance: up to three, each a full rollout; a false alarm on the running
+    # version must leave it as it was (outcome failed, nothing rolled out or back).
     baseline = _baseline_run(story)
     (before,) = _running(story["engine"])
-    code, out, err = gh200("rollout", str(story["fast_yaml"]), "--shape", SHAPE, "--json")
-    result = json.loads(out)
+    for _attempt in range(3):
+        code, out, err = gh200("rollout", str(story["fast_yaml"]), "--shape", SHAPE, "--json")
+        result = json.loads(out)
+        if result["outcome"] == "passed":
+            break
+        assert code == 1 and result["outcome"] == "failed", (result, err[-2000:])
+        assert "nothing was rolled out" in result["message"] and result["restored"] is None, result
+        assert [c.id for c in _running(story["engine"])] == [before.id]
     assert code == 0 and result["outcome"] == "passed", (result, err[-2000:])
     assert result["baseline_run_id"] == baseline and result["changes"] == {}
     assert _baseline_run(story) == baseline
