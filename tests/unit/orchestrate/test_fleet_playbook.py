@@ -1,7 +1,7 @@
 """upgrade.yml's own logic, run for real by ansible-playbook on local-connection hosts whose
 `gh200` is a script printing a chosen rollout JSON and exit code: serial order, the stop at the
 first regression or failure, each host's JSON kept on the controller, later hosts untouched.
-(The real rollout on two booting test hosts is tests/ansible/test_fleet.py.)"""
+(The real rollout on two booting test hosts is tests/ansible/test_fleet_hosts.py.)"""
 
 from __future__ import annotations
 
