@@ -179,7 +179,8 @@ def _apply_hunks(lines: list[str], hunks: list[Hunk], *, reverse: bool) -> tuple
         find, put = (hunk.new, hunk.old) if reverse else (hunk.old, hunk.new)
         start = (hunk.new_start if reverse else hunk.old_start) - 1
         if not find:
-            # A hunk with nothing to match (a diff -U0 insertion) names the line it follows, as GNU patch reads it.
+            # Nothing to match (a diff -U0 insertion): the number names the line it follows, as GNU
+            # patch reads it.
             start += 1
         pos = _find(out, find, start + offset)
         if pos is None:

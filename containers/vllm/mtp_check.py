@@ -100,6 +100,15 @@ def cpu_shims() -> list[dict[str, str]]:
         applied.append(
             {"where": "torch.accelerator.empty_cache", "why": "no accelerator to empty on the CPU"}
         )
+
+    # 6. AMX kernel choices: on a CPU with AMX tiles vLLM picks kernels (sgl weight-packed GEMM,
+    #    AMX MLA) whose packing lives in its CPU build (torch.ops._C), absent from the CUDA wheel.
+    #    Report no AMX so every test machine takes the same (reference) kernel choices.
+    if getattr(torch.cpu, "_is_amx_tile_supported", None) is not None and torch.cpu._is_amx_tile_supported():
+        torch.cpu._is_amx_tile_supported = lambda: False
+        applied.append(
+            {"where": "torch.cpu._is_amx_tile_supported", "why": "AMX kernels need vLLM's CPU build"}
+        )
     return applied
 
 

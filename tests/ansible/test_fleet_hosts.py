@@ -337,31 +337,3 @@ def test_a_slowed_host_stops_the_fleet_and_the_next_host_is_not_touched(
     assert _identity(ws2.containers()) == _identity(before2) and ws2.run_records() == records2
     assert not (tmp_path / "results" / "ws2.json").exists()
     assert "fleet stopped at ws1" in done.stderr and "not attempted: ws2" in done.stderr
-
-
-def test_when_every_host_passes_the_fleet_completes(
-    baselines: dict[str, Any], fleet: list[FleetHost], bundle_archive: str, tmp_path: Path
-) -> None:
-    # Each host's gate is a statistical test with a measured false-alarm rate (`make bench-gate`,
-    # well above its 5% target on this shared 2-core VM), so a whole fleet run can stop by chance: up
-    # to three runs, and a stop must be such a false alarm on a version already running (nothing
-    # rolled out, nothing rolled back) with the hosts after it not attempted.
-    for attempt in range(3):
-        where = tmp_path / f"attempt{attempt}"
-        done, summary = fleet_rollout(fleet, bundle_archive, where)
-        if done.returncode == 0:
-            break
-        stop = summary["stopped_at"]
-        (stopped,) = [h for h in summary["hosts"] if h["host"] == stop]
-        assert stopped["rollout_outcome"] == "failed", summary
-        assert "nothing was rolled out" in json.dumps(stopped), stopped
-        later = [h["outcome"] for h in summary["hosts"]][
-            [h["host"] for h in summary["hosts"]].index(stop) + 1 :
-        ]
-        assert all(o == "not_attempted" for o in later), summary
-    assert done.returncode == 0, (done.stderr[-2000:], summary)
-    assert [(h["host"], h["outcome"]) for h in summary["hosts"]] == [("ws1", "passed"), ("ws2", "passed")]
-    assert summary["stopped_at"] is None and summary["outcome"] == "completed"
-    assert sorted(p.name for p in (where / "results").iterdir()) == ["ws1.json", "ws2.json"]
-    for host in summary["hosts"]:
-        assert host["rollout_outcome"] == "passed" and host["run_id"] and host["baseline_run_id"], host

@@ -149,6 +149,7 @@ def test_cpu_shims_are_only_kernel_and_backend_choices(runs: dict[str, Any]) -> 
         "workspace.init_workspace_manager(cpu)",
         "Fp8MoEMethod.process_weights_after_loading",
         "torch.accelerator.empty_cache",
+        "torch.cpu._is_amx_tile_supported",
     }
 
 
