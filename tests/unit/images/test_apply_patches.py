@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from applier import load_applier
 
-from gh200.paths import containers_dir
-
-
-def _load() -> ModuleType:
-    path = containers_dir() / "vllm" / "apply_patches.py"
-    spec = importlib.util.spec_from_file_location("gh200_apply_patches", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-ap = _load()
+ap = load_applier()
 
 ORIGINAL = "".join(f"# line {i}\n" for i in range(1, 21))
 PATCH = """header text is ignored

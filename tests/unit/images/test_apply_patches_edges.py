@@ -9,26 +9,12 @@ import json
 import os
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from applier import load_applier
 
-from gh200.paths import containers_dir
-
-
-def _load() -> ModuleType:
-    path = containers_dir() / "vllm" / "apply_patches.py"
-    # The name scripts/mutation.py stages the applier under, so that its mutants are the ones run.
-    spec = importlib.util.spec_from_file_location("gh200_apply_patches", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-ap = _load()
+ap = load_applier()
 ORIGINAL = "".join(f"# line {i}\n" for i in range(1, 21))
 
 

@@ -6,29 +6,12 @@ strips, collapses or translates whitespace (or newlines) applies the patch and f
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from applier import load_applier
 
-from gh200.paths import containers_dir
-
-
-def _load() -> ModuleType:
-    path = containers_dir() / "vllm" / "apply_patches.py"
-    spec = importlib.util.spec_from_file_location(
-        "gh200_apply_patches", path
-    )  # the name scripts/mutation.py stages it under
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-ap = _load()
+ap = load_applier()
 
 ORIGINAL = "def f():\n" + "".join(f"    value_{i} = {i}\n" for i in range(1, 13))
 PATCH = """--- a/vllm/mod.py
