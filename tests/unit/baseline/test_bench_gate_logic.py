@@ -115,3 +115,38 @@ def test_noise_splits_within_and_between_deployments() -> None:
     found = noise(deployments, "output_tok_s")
     assert found["within_cv"] == 0.0
     assert found["between_cv"] == pytest.approx(21.213 / 315, abs=1e-4)
+
+
+def test_native_argv_maps_mounts_to_host_paths_and_binds_loopback() -> None:
+    from gh200.baseline.bench_gate import native_argv
+
+    spec = {
+        "command": ["llama-server", "-m", "/models/t/a.gguf", "--host", "0.0.0.0", "-md", "/models/t/b.gguf"],
+        "volumes": {"/srv/cache/local--t": {"bind": "/models/t", "mode": "ro"}},
+    }
+    assert native_argv(spec) == [
+        "-m",
+        "/srv/cache/local--t/a.gguf",
+        "--host",
+        "127.0.0.1",
+        "-md",
+        "/srv/cache/local--t/b.gguf",
+    ]
+    # Only whole path components are mapped: /models/tx is not inside the /models/t mount.
+    assert native_argv({**spec, "command": ["x", "/models/tx/c.gguf"]}) == ["/models/tx/c.gguf"]
+
+
+def test_a_native_server_that_exits_is_a_failed_deployment_naming_its_log(tmp_path: Path) -> None:
+    import sys
+
+    from gh200.baseline.bench_gate import NativeServers
+    from gh200.errors import OperationFailed
+    from gh200.profiles import load_profile
+
+    profile = load_profile("local-tiny")
+    servers = NativeServers([sys.executable, "-c", "import sys; print('no model'); sys.exit(3)"], tmp_path)
+    with pytest.raises(OperationFailed, match=r"exited with 3") as caught:
+        servers.start(profile)
+    assert str(tmp_path / "local-tiny.log") in caught.value.one_line()
+    assert "no model" in (tmp_path / "local-tiny.log").read_text()
+    servers.stop(profile)  # nothing left running: a no-op

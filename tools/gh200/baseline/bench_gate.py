@@ -16,6 +16,11 @@ cold + 10 warm runs of one shape. Then every ordered pair of distinct deployment
 
 Pairs share deployments, so the trials are not independent; the rates are estimates from K
 deployments, printed as counts. No timing is asserted anywhere: this prints ratios.
+
+`--native "COMMAND"` starts each deployment as a local llama-server process (COMMAND, e.g. the
+llama.cpp image's own binary) from the profile's rendered argv instead of a container: for measuring
+the rates on a quiet machine that has no container engine. The server, model, flags and client are
+the same; only the container around the server is left out.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import asyncio
 import json
 import math
 import os
+import shlex
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -163,6 +170,67 @@ def trials(deployments: list[Deployment], shape: str) -> dict[str, Trials]:
     return out
 
 
+def native_argv(spec: dict[str, Any]) -> list[str]:
+    """The container's server arguments for a local process: paths inside the container's mounts
+    become the host paths they mount, and the server listens on loopback only."""
+    argv = [str(a) for a in spec["command"][1:]]
+    for host_dir, bind in spec["volumes"].items():
+        inside = str(bind["bind"])
+        argv = [host_dir + a[len(inside) :] if a.startswith(inside + "/") else a for a in argv]
+    return ["127.0.0.1" if a == "0.0.0.0" else a for a in argv]
+
+
+class NativeServers:
+    """The profile's llama-server as a local process (see `--native` in the module doc)."""
+
+    def __init__(self, command: list[str], log_dir: Path) -> None:
+        self.command = command
+        self.log_dir = log_dir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, profile: Any) -> None:
+        import httpx
+
+        from gh200.errors import OperationFailed
+        from gh200.profiles.render import container_spec
+
+        spec = container_spec(profile)
+        argv = native_argv(spec)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with (self.log_dir / f"{profile.name}.log").open("ab") as log:
+            proc = subprocess.Popen(
+                [*self.command, *argv],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **spec["environment"]},
+            )
+        self.procs[profile.name] = proc
+        deadline = time.monotonic() + profile.health.timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise OperationFailed(
+                    f"native llama-server for {profile.name} exited with {proc.returncode}",
+                    f"see {self.log_dir / (profile.name + '.log')}",
+                )
+            try:
+                if httpx.get(spec["health"]["url"], timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise OperationFailed(f"native llama-server for {profile.name} never became healthy", "see its log")
+
+    def stop(self, profile: Any) -> None:
+        proc = self.procs.pop(profile.name, None)
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
 def measure(
     count: int,
     shape: tuple[int, int],
@@ -172,6 +240,7 @@ def measure(
     budget_s: float,
     record: Path | None = None,
     show_progress: bool = True,
+    native: list[str] | None = None,
 ) -> list[Deployment]:
     """Up to `count` fresh deployments each of the unchanged and the slowed variant, alternating.
 
@@ -187,7 +256,8 @@ def measure(
     from gh200.profiles import load_profile
     from gh200.served import api_key_for, base_url
 
-    client = connect()
+    servers = NativeServers(native, (record or Path("bench-gate")).with_suffix(".logs")) if native else None
+    client = None if servers else connect()
     base = load_profile("local-tiny")
     variants = {
         "unchanged": base.model_copy(update={"name": PREFIX + "unchanged", "port": _free_port()}),
@@ -214,7 +284,13 @@ def measure(
                 profile = variants[kind]
                 started = time.monotonic()
                 try:
-                    deploy(client, profile, progress=False, smoke=None)
+                    if servers is not None:
+                        from gh200.deploy.tinymodel import ensure_tiny_model
+
+                        ensure_tiny_model(profile)  # what deploy does for this profile
+                        servers.start(profile)
+                    else:
+                        deploy(client, profile, progress=False, smoke=None)
                     endpoint = asyncio.run(
                         probe(
                             base_url(profile), api_key=api_key_for(profile), model=profile.model.served_name
@@ -226,7 +302,10 @@ def measure(
                     # One failed deployment (a health timeout on a loaded machine) is counted, not fatal.
                     runs, error = [], str(err)
                 finally:
-                    stop(client, profile.name)
+                    if servers is not None:
+                        servers.stop(profile)
+                    else:
+                        stop(client, profile.name)
                 deployments.append(
                     Deployment(kind, index, runs, time.monotonic() - started, error, os.getloadavg()[0])
                 )
@@ -421,6 +500,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--replay", type=Path, default=None, help="recompute the rates from a record instead of deploying"
     )
+    parser.add_argument(
+        "--native",
+        default=None,
+        metavar="COMMAND",
+        help="start llama-server as this local command instead of a container (machines without an engine)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     from gh200.bench.smoke import parse_shapes
@@ -447,6 +532,7 @@ def main(argv: list[str] | None = None) -> int:
                 budget_s=60 * args.budget_min,
                 record=record,
                 show_progress=not args.json,
+                native=shlex.split(args.native) if args.native else None,
             )
     except Gh200Error as err:
         print(f"error: {err}", file=sys.stderr)
