@@ -150,3 +150,24 @@ def test_a_native_server_that_exits_is_a_failed_deployment_naming_its_log(tmp_pa
     assert str(tmp_path / "local-tiny.log") in caught.value.one_line()
     assert "no model" in (tmp_path / "local-tiny.log").read_text()
     servers.stop(profile)  # nothing left running: a no-op
+
+
+def test_best_floor_is_the_smallest_that_keeps_false_alarms_in_target() -> None:
+    from gh200.baseline.bench_gate import best_floor
+
+    # Deployments 0%, 3%, 6%, 9% apart: any floor over the largest gap (9%) keeps false alarms at 0;
+    # a floor at or under a gap between two deployments flags their slower-after-faster pairs.
+    spread = [Deployment("unchanged", i, runs(300.0 * (1 + 0.03 * i), JITTER), 1.0) for i in range(4)]
+    found = best_floor(spread, "64:128")
+    assert found is not None
+    assert found["false_alarms"] <= 0.05
+    # The widest gap, 9% in TPOT (1.09 - 1), is flagged at any floor up to 9%: the smallest floor that
+    # keeps it out is 10%. A 10% slowdown between deployments the same gap apart in the good direction
+    # then moves TPOT by 1.11 / 1.09 - 1 < 10% and output tok/s likewise, so it is missed.
+    assert found["floor"] == pytest.approx(0.10)
+    assert found["detection"] < 1.0
+    # Deployments within 0.5% of each other: the 1% floor already keeps false alarms at 0 and every
+    # 10% slowdown is caught.
+    tight = [Deployment("unchanged", i, runs(300.0 * (1 + 0.0025 * i), JITTER), 1.0) for i in range(3)]
+    assert best_floor(tight, "64:128") == {"floor": 0.0, "false_alarms": 0.0, "detection": 1.0}
+    assert best_floor([], "64:128") is None

@@ -231,6 +231,38 @@ class NativeServers:
                 proc.wait()
 
 
+def best_floor(deployments: list[Deployment], shape: str, step: float = 0.01) -> dict[str, Any] | None:
+    """What this machine's noise allows, whatever the floor: the smallest effect floor (the same on
+    every gated metric, in `step`s up to 50%) whose false-alarm rate on these deployments meets the
+    target, and the detection of the known slowdown at that floor. In-sample, so optimistic: when
+    even this misses the detection target, no floor of this gate meets both on this machine."""
+    unchanged = [d for d in deployments if d.kind == "unchanged" and not d.error]
+    pairs = [(a, b) for a in unchanged for b in unchanged if a is not b]
+    if not pairs:
+        return None
+    for k in range(round(0.5 / step) + 1):
+        floor = k * step
+        floors = {rule.name: floor for rule in GATED_METRICS}
+
+        def flagged(
+            base: Deployment, new_runs: list[dict[str, Any]], floors: dict[str, float] = floors
+        ) -> bool:
+            verdict = compare_runs(
+                base.runs, new_runs, profile="local-tiny", shape=shape, concurrency=1, min_effect=floors
+            )
+            return verdict.status == "regression"
+
+        false_alarms = sum(flagged(a, b.runs) for a, b in pairs) / len(pairs)
+        if false_alarms <= TARGET_FALSE_ALARMS:
+            detection = sum(flagged(a, slowed_runs(b.runs, KNOWN_SLOWDOWN)) for a, b in pairs) / len(pairs)
+            return {
+                "floor": round(floor, 4),
+                "false_alarms": round(false_alarms, 4),
+                "detection": round(detection, 4),
+            }
+    return {"floor": None, "false_alarms": None, "detection": None}
+
+
 def measure(
     count: int,
     shape: tuple[int, int],
@@ -422,6 +454,7 @@ def summarise(deployments: list[Deployment], shape: str, synth: float) -> dict[s
         "seconds": round(sum(d.seconds for d in deployments), 1),
         "load_1min": {"min": min(loads), "median": _mid(loads), "max": max(loads)} if loads else None,
         **{name: t.as_json() for name, t in found.items()},
+        "best_floor": best_floor(deployments, shape),
         "target": {"detection": TARGET_DETECTION, "false_alarms": TARGET_FALSE_ALARMS},
         "met": detection >= TARGET_DETECTION and false_alarm <= TARGET_FALSE_ALARMS,
     }
@@ -463,6 +496,16 @@ def render(result: dict[str, Any], warm: int) -> str:
             f" flagged {real['flagged']}/{real['trials']} = {real['rate']:.1%};"
             f" by metric {real['flagged_by_metric']}"
         )
+    best = result.get("best_floor")
+    if best is not None:
+        if best["floor"] is None:
+            lines.append("  no floor up to 50% keeps false alarms within target on these deployments")
+        else:
+            lines.append(
+                f"  what this machine's noise allows: the smallest floor with false alarms <="
+                f" {TARGET_FALSE_ALARMS:.0%} here is {best['floor']:.0%} ({best['false_alarms']:.1%}),"
+                f" which detects the {KNOWN_SLOWDOWN:.0%} slowdown {best['detection']:.1%} of the time"
+            )
     load = result["load_1min"]
     if load is not None:
         lines.append(
