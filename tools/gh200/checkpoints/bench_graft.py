@@ -5,8 +5,10 @@ layer) and an FP8 artifact whose MTP layer (the real tensor count, 1,569 tensors
 spread over two shards that also hold tensors of another layer. Then, alternating, it runs the graft
 (`gh200 models graft` in a child process, as users run it) and `cp` of a file holding exactly the MTP
 bytes followed by `fsync` of the copy (the graft writes durably and hashes what it wrote; plain `cp`
-returns before the bytes reach the disk), and reports medians. Targets: graft/(cp+fsync) <= 1.2, zero
-base bytes copied, peak RSS <= 256 MiB. The data is removed afterwards (unless --keep).
+returns before the bytes reach the disk), and reports medians, with the graft's own steps (plan,
+link, splice, index and config, fsync, wait for the sha256, record) to show where its time goes.
+Targets: graft/(cp+fsync) <= 1.2, zero base bytes copied, peak RSS <= 256 MiB (the graft process; the
+child that hashes the MTP shard holds one 8 MiB buffer). The data is removed afterwards (unless --keep).
 
     python -m gh200.checkpoints.bench_graft [--dir DIR] [--runs N] [--json] [--keep]
 """
