@@ -23,7 +23,6 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
@@ -41,8 +40,9 @@ from gh200.checkpoints.local import CONFIG_NAME, INDEX_NAME, LocalCheckpoint, op
 from gh200.checkpoints.safetensors_io import (
     NewTensor,
     SafetensorsHeader,
+    SplicedHash,
     read_header,
-    spliced_sha256,
+    start_writeback,
     write_spliced,
 )
 from gh200.errors import BadInput
@@ -172,9 +172,16 @@ def _at_or_after(name: str, first: int) -> bool:
 
 
 def plan_graft(
-    base_dir: Path, mtp_dir: Path, mtp_config: Path | None = None, mtp_layers: int | None = None
+    base_dir: Path,
+    mtp_dir: Path,
+    mtp_config: Path | None = None,
+    mtp_layers: int | None = None,
+    on_mtp_tensors: Callable[[list[NewTensor]], None] = lambda _tensors: None,
 ) -> GraftPlan:
-    """Read headers and configs, run every check, and compute OUT's small files and digest."""
+    """Read headers and configs, run every check, and compute OUT's small files and digest.
+
+    `on_mtp_tensors` gets the MTP layer's tensors as soon as they are known, before the base's checks
+    (graft starts the read-only hash of the MTP shard-to-be there)."""
     base = open_checkpoint(base_dir)
     source = open_checkpoint(mtp_dir, require_config=mtp_config is None, partial_ok=True)
     assert base.config is not None and base.config_bytes is not None
@@ -262,6 +269,7 @@ def plan_graft(
         )
         for name in sorted(entries, key=natural_key)
     ]
+    on_mtp_tensors(mtp_tensors)
 
     # Base: index entries of the MTP layers are dropped; everything else is carried over.
     carried_rel, warnings = _carried_files(base)
@@ -490,6 +498,8 @@ class GraftResult:
     seconds: float
     # What was wrong with an OUT made from these same inputs, now rebuilt (empty: not a repair).
     repaired: list[str] = field(default_factory=list)
+    # Seconds per step, in order (plan, link base, splice MTP layer, ...): what `make bench-graft` shows.
+    phase_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def status(self) -> str:
@@ -544,7 +554,52 @@ def graft(
             raise BadInput(
                 f"--out {out} is inside {what} {given}", "write OUT beside the inputs, not inside them"
             )
-    plan = plan_graft(base_dir, mtp_dir, mtp_config, mtp_layers)
+    phase_s: dict[str, float] = {}
+    clock = [start]
+
+    def lap(name: str) -> None:
+        now = time.monotonic()
+        phase_s[name] = round(now - clock[0], 4)
+        clock[0] = now
+
+    hasher: list[SplicedHash] = []
+
+    def start_hash(tensors: list[NewTensor]) -> None:
+        # Read-only, so it may start before the base's checks; the longest step, so it starts first.
+        hasher.append(SplicedHash(tensors, {"format": "pt"}))
+
+    try:
+        plan = plan_graft(base_dir, mtp_dir, mtp_config, mtp_layers, on_mtp_tensors=start_hash)
+        lap("plan")
+        result = _graft_planned(
+            plan,
+            out,
+            force=force,
+            fsync=fsync,
+            hasher=hasher[0],
+            on_phase=on_phase,
+            on_bytes=on_bytes,
+            lap=lap,
+        )
+    finally:
+        for h in hasher:
+            h.stop()  # a refused or unchanged graft needs no hash (no-op once collected)
+    result.seconds = time.monotonic() - start
+    result.phase_s = phase_s
+    return result
+
+
+def _graft_planned(
+    plan: GraftPlan,
+    out: Path,
+    *,
+    force: bool,
+    fsync: bool,
+    hasher: SplicedHash,
+    on_phase: Callable[[str, int], None],
+    on_bytes: Callable[[int], None],
+    lap: Callable[[str], None],
+) -> GraftResult:
     transfer = _Transfer()
     repaired: list[str] = []
     if out.exists():
@@ -552,8 +607,9 @@ def graft(
         if record and record.get("input_digest") == plan.digest:
             # Made from these inputs: unchanged if intact, else rebuilt (no --force needed for a repair).
             repaired = damage(out, record, plan)
+            lap("check existing OUT")
             if not repaired:
-                return GraftResult(out, False, plan, transfer, time.monotonic() - start)
+                return GraftResult(out, False, plan, transfer, 0.0)
         elif not force:
             why = "was grafted from other inputs" if record else "is not a graft made by gh200"
             raise GraftOutputExists(
@@ -566,6 +622,15 @@ def graft(
     if out.exists():
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         os.rename(out, old)
+    # Files written, made durable together at the end: the disk writes each while the next is made, and
+    # the small files' fsyncs find their bytes written and their metadata in the MTP shard's commit.
+    unsynced: list[Path] = []
+
+    def finish(path: Path) -> tuple[int, str]:
+        if fsync:
+            unsynced.append(path)
+        return _finish(path, fsync)
+
     try:
         with atomic_dir(out) as tmp:
             # mkdtemp makes the directory 0700; a model directory must be readable by the serving user.
@@ -583,35 +648,52 @@ def graft(
                     dst.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(src, dst)
                     transfer.small_files += 1
-                    written[rel] = _finish(dst, fsync)
+                    written[rel] = finish(dst)
+            lap("link base")
             on_phase("splice MTP layer", plan.mtp_bytes)
             mtp_path = tmp / plan.mtp_shard
+            # The disk starts writing as the bytes land; the fsync waits below, after the small files.
+            write_spliced(mtp_path, plan.mtp_tensors, {"format": "pt"}, on_bytes, False, writeback=fsync)
+            if fsync:
+                unsynced.insert(0, mtp_path)  # the big one first: the others ride on its commit
+            lap("splice MTP layer")
+            _write_index(tmp / INDEX_NAME, plan.weight_map, plan.index_metadata)
+            written[INDEX_NAME] = finish(tmp / INDEX_NAME)
+            (tmp / CONFIG_NAME).write_bytes(plan.config_bytes)
+            written[CONFIG_NAME] = finish(tmp / CONFIG_NAME)
+            lap("index and config")
+            for path in unsynced:
+                _fsync(path)
+            lap("fsync")
             # The recorded sha256 is of the bytes the shard must hold (hashed from the sources beside
             # the copy), so that `models verify` catches a faulty copy rather than record it.
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                intended = pool.submit(spliced_sha256, plan.mtp_tensors, {"format": "pt"})
-                write_spliced(mtp_path, plan.mtp_tensors, {"format": "pt"}, on_bytes, fsync)
-                written[plan.mtp_shard] = (mtp_path.stat().st_size, intended.result())
-            _write_index(tmp / INDEX_NAME, plan.weight_map, plan.index_metadata)
-            written[INDEX_NAME] = _finish(tmp / INDEX_NAME, fsync)
-            (tmp / CONFIG_NAME).write_bytes(plan.config_bytes)
-            written[CONFIG_NAME] = _finish(tmp / CONFIG_NAME, fsync)
+            written[plan.mtp_shard] = (mtp_path.stat().st_size, hasher.result())
+            lap("wait for sha256")
             record_bytes = (json.dumps(plan.record(written), indent=2) + "\n").encode()
             (tmp / RECORD_NAME).write_bytes(record_bytes)
-            _finish(tmp / RECORD_NAME, fsync)
+            if fsync:
+                _fsync(tmp / RECORD_NAME)
+            lap("record")
     except BaseException:
         if old is not None and not out.exists():
             os.rename(old, out)
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-    return GraftResult(out, True, plan, transfer, time.monotonic() - start, repaired)
+    lap("rename")
+    return GraftResult(out, True, plan, transfer, 0.0, repaired)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
 
 
 def _finish(path: Path, fsync: bool) -> tuple[int, str]:
-    """Size and sha256 of a small file just written, made durable when asked."""
+    """Size and sha256 of a small file just written; when it is to be durable, its writeback starts
+    now (the caller fsyncs it later, with the others)."""
     sha = sha256_file(path)
     if fsync:
         with open(path, "rb") as handle:
-            os.fsync(handle.fileno())
+            start_writeback(handle.fileno(), 0, 0)
     return path.stat().st_size, sha

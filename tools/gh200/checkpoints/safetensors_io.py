@@ -10,12 +10,16 @@ UTF-8 JSON (space padded), then the data buffer. Each tensor entry has dtype, sh
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import json
 import math
 import os
 import struct
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,9 +56,13 @@ DTYPE_BITS: dict[str, int] = {
 # The reference implementation refuses headers above 100 MB; so do we, before allocating anything.
 MAX_HEADER_BYTES = 100_000_000
 _HEADER_ALIGN = 8
-_COPY_CHUNK = 64 * 1024 * 1024
+_COPY_CHUNK = 16 * 1024 * 1024  # also the step at which writeback can start
 # The user-space fallback's buffer (module level so that a test can make it small and force many rounds).
 _FALLBACK_BUFFER = 8 * 1024 * 1024
+# A spliced file's writeback is started every this many bytes, so the disk writes while the copy goes on
+# and the closing fsync waits for the last step only (module level: a test makes it small).
+_WRITEBACK_STEP = 16 * 1024 * 1024
+_SYNC_FILE_RANGE_WRITE = 2
 
 
 Chunk = bytes | memoryview
@@ -248,6 +256,31 @@ def build_header(tensors: Sequence[NewTensor], metadata: dict[str, str] | None =
     return struct.pack("<Q", len(text)) + text
 
 
+def _libc_sync_file_range() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_sync_file_range = _libc_sync_file_range()
+
+
+def start_writeback(fd: int, offset: int, count: int) -> None:
+    """Ask the kernel to start writing [offset, offset+count) of fd to disk, without waiting.
+
+    sync_file_range(2) with SYNC_FILE_RANGE_WRITE (Linux; nothing elsewhere). It promises nothing about
+    durability (the fsync after it does): it only lets the disk work while more bytes are copied, where
+    `cp` then `fsync` copies everything first and then waits for all of it. count 0: to the end."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, count, _SYNC_FILE_RANGE_WRITE)  # a failure only loses the head start
+
+
 def _copy_range(src_fd: int, dst_fd: int, offset: int, count: int, on_bytes: Callable[[int], None]) -> None:
     """Copy `count` bytes from src_fd at `offset` to dst_fd's current position, in the kernel if possible."""
     remaining = count
@@ -299,8 +332,13 @@ def write_spliced(
     metadata: dict[str, str] | None = None,
     on_bytes: Callable[[int], None] = lambda _: None,
     fsync: bool = True,
+    *,
+    writeback: bool = True,
 ) -> int:
-    """Write a safetensors file whose tensor bytes are byte ranges of other files. Returns its size."""
+    """Write a safetensors file whose tensor bytes are byte ranges of other files. Returns its size.
+
+    `writeback`: start the disk writing every _WRITEBACK_STEP bytes (see start_writeback), so that a
+    later fsync (here with `fsync`, or the caller's) waits for the tail only."""
     header = build_header(tensors, metadata)
     fds: dict[Path, int] = {}
     try:
@@ -308,6 +346,17 @@ def write_spliced(
             handle.write(header)
             handle.flush()
             dst = handle.fileno()
+            landed = len(header)
+            started = 0
+
+            def moved(n: int) -> None:
+                nonlocal landed, started
+                landed += n
+                on_bytes(n)
+                if writeback and landed - started >= _WRITEBACK_STEP:
+                    start_writeback(dst, started, landed - started)
+                    started = landed
+
             for tensor in tensors:
                 if tensor.nbytes == 0:
                     continue
@@ -316,7 +365,9 @@ def write_spliced(
                 src = fds.get(tensor.source)
                 if src is None:
                     src = fds[tensor.source] = os.open(tensor.source, os.O_RDONLY)
-                _copy_range(src, dst, tensor.offset, tensor.nbytes, on_bytes)
+                _copy_range(src, dst, tensor.offset, tensor.nbytes, moved)
+            if writeback and landed > started:
+                start_writeback(dst, started, landed - started)
             if fsync:
                 os.fsync(dst)
             return os.fstat(dst).st_size
@@ -329,28 +380,38 @@ def spliced_sha256(tensors: Sequence[NewTensor], metadata: dict[str, str] | None
     """sha256 of the file `write_spliced` writes for these tensors, computed from the sources.
 
     It is what the file must hold, not what landed: a record made from it lets `models verify` catch
-    a faulty copy. Run beside `write_spliced` (another thread: hashlib and preadv release the GIL), it
-    reads the same page-cached source bytes and costs little wall time.
+    a faulty copy. SplicedHash runs the same in a child process, beside other work.
     """
-    digest = hashlib.sha256(build_header(tensors, metadata))
+    return _hash_ranges(build_header(tensors, metadata), _ranges(tensors))
+
+
+def _ranges(tensors: Sequence[NewTensor]) -> list[tuple[str, int, int]]:
+    ranges = []
+    for tensor in tensors:
+        if tensor.nbytes == 0:
+            continue
+        if tensor.source is None:
+            raise ValueError(f"{tensor.name}: no source for a non-empty tensor")
+        ranges.append((os.fspath(tensor.source), tensor.offset, tensor.nbytes))
+    return ranges
+
+
+def _hash_ranges(header: bytes, ranges: Iterable[tuple[str, int, int]]) -> str:
+    digest = hashlib.sha256(header)
     buffer = bytearray(_FALLBACK_BUFFER)
     view = memoryview(buffer)
-    fds: dict[Path, int] = {}
+    fds: dict[str, int] = {}
     try:
-        for tensor in tensors:
-            if tensor.nbytes == 0:
-                continue
-            if tensor.source is None:
-                raise ValueError(f"{tensor.name}: no source for a non-empty tensor")
-            src = fds.get(tensor.source)
+        for source, offset, nbytes in ranges:
+            src = fds.get(source)
             if src is None:
-                src = fds[tensor.source] = os.open(tensor.source, os.O_RDONLY)
-            pos, remaining = tensor.offset, tensor.nbytes
+                src = fds[source] = os.open(source, os.O_RDONLY)
+            pos, remaining = offset, nbytes
             while remaining > 0:
                 got = os.preadv(src, [view[: min(remaining, len(buffer))]], pos)
                 if got == 0:
                     raise CorruptSafetensors(
-                        f"{tensor.source}: ended early at offset {pos}", "re-download the source"
+                        f"{source}: ended early at offset {pos}", "re-download the source"
                     )
                 digest.update(view[:got])
                 pos += got
@@ -359,6 +420,78 @@ def spliced_sha256(tensors: Sequence[NewTensor], metadata: dict[str, str] | None
         for fd in fds.values():
             os.close(fd)
     return digest.hexdigest()
+
+
+def _hash_child() -> None:
+    """The child of SplicedHash: a job as JSON on stdin, {"sha256"} or {"error"} as JSON on stdout."""
+    job = json.load(sys.stdin)
+    try:
+        sha = _hash_ranges(bytes.fromhex(job["header"]), [(s, o, n) for s, o, n in job["ranges"]])
+    except (CorruptSafetensors, OSError) as exc:
+        message = exc.message if isinstance(exc, CorruptSafetensors) else str(exc)
+        json.dump({"error": message}, sys.stdout)
+        return
+    json.dump({"sha256": sha}, sys.stdout)
+
+
+# -I -S: no site, no environment, no user paths: the child imports this module (stdlib and
+# gh200.errors only) from where the parent found it, and starts in tens of milliseconds.
+_CHILD_CODE = (
+    "import sys; sys.path.insert(0, sys.argv[1]); "
+    "from gh200.checkpoints.safetensors_io import _hash_child; _hash_child()"
+)
+
+
+class SplicedHash:
+    """spliced_sha256 in a child process, started now, collected with result() or ended with stop().
+
+    A process, not a thread: hashing overlaps the caller's header parsing, which holds the GIL; a
+    thread there waits for the GIL at every block and ends later than it would have alone (measured).
+    If the child cannot run (no interpreter, killed), result() hashes in this process instead.
+    """
+
+    def __init__(self, tensors: Sequence[NewTensor], metadata: dict[str, str] | None = None) -> None:
+        self._header = build_header(tensors, metadata)
+        self._ranges = _ranges(tensors)
+        self._proc: subprocess.Popen[bytes] | None = None
+        job = json.dumps({"header": self._header.hex(), "ranges": self._ranges}).encode()
+        package_root = str(Path(__file__).resolve().parents[2])
+        try:
+            # The job (hundreds of kB for a real MTP layer) goes through a file: a pipe would block
+            # this thread until the child has started and read it.
+            with tempfile.TemporaryFile() as stdin:
+                stdin.write(job)
+                stdin.seek(0)
+                self._proc = subprocess.Popen(
+                    [sys.executable, "-I", "-S", "-c", _CHILD_CODE, package_root],
+                    stdin=stdin,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                )
+        except OSError:
+            self._proc = None
+
+    def result(self) -> str:
+        """The sha256; CorruptSafetensors when a source is shorter than its range."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            out, _ = proc.communicate()
+            try:
+                answer = json.loads(out)
+            except ValueError:
+                answer = {}
+            if "error" in answer:
+                raise CorruptSafetensors(str(answer["error"]), "re-download the source")
+            if proc.returncode == 0 and isinstance(answer.get("sha256"), str):
+                return str(answer["sha256"])
+        return _hash_ranges(self._header, self._ranges)
+
+    def stop(self) -> None:
+        """End the child (a refused or unchanged graft needs no hash); no-op once collected."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.kill()
+            proc.communicate()
 
 
 def write_file(

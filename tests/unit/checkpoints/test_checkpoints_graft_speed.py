@@ -1,0 +1,210 @@
+"""What the graft's speed work must not cost: the hash in a child process, writeback started early, fsyncs
+deferred to the end. Each is checked against the bytes on disk or the files in OUT."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import itertools
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from gh200.checkpoints import graft as graft_mod
+from gh200.checkpoints import safetensors_io as st_io
+from gh200.checkpoints.graft import GraftOutputExists, graft
+from gh200.checkpoints.safetensors_io import (
+    CorruptSafetensors,
+    NewTensor,
+    SplicedHash,
+    read_header,
+    write_file,
+    write_spliced,
+)
+from gh200.checkpoints.testdata import seeded_fill
+from gh200.checkpoints.verify import verify_dir
+
+
+def _picks(root: Path) -> list[NewTensor]:
+    """Tensors at odd offsets across two sources, out of their stored order."""
+    fill = seeded_fill(5)
+    a, b = root / "a.safetensors", root / "b.safetensors"
+    write_file(a, [("x", "U8", (7,)), ("y", "F32", (1000, 3)), ("z", "BF16", (33,))], fill)
+    write_file(b, [("p", "F8_E4M3", (129, 31)), ("q", "I8", (5,)), ("r", "F16", (4099,))], fill)
+    picks = []
+    for path, names in ((b, ["r", "p"]), (a, ["z", "y"]), (b, ["q"])):
+        header = read_header(path)
+        for name in names:
+            e = header.tensors[name]
+            picks.append(NewTensor(name, e.dtype, e.shape, e.nbytes, path, header.data_start + e.begin))
+    return picks
+
+
+def _refuse_kernel_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_args: object) -> int:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(st_io.os, "copy_file_range", refuse)
+    monkeypatch.setattr(st_io, "_FALLBACK_BUFFER", 1021)  # many rounds, ending mid-tensor
+
+
+@pytest.mark.parametrize("copy", ["kernel", "fallback"])
+def test_the_child_process_hash_is_the_sha256_of_the_file_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, copy: str
+) -> None:
+    picks = _picks(tmp_path)
+    if copy == "fallback":
+        _refuse_kernel_copy(monkeypatch)
+    out = tmp_path / "out.safetensors"
+    write_spliced(out, picks, {"format": "pt"})
+
+    def not_here(*_args: object) -> str:
+        raise AssertionError("hashed in this process, not in the child")
+
+    monkeypatch.setattr(st_io, "_hash_ranges", not_here)
+    sha = SplicedHash(picks, {"format": "pt"}).result()
+    monkeypatch.undo()
+    assert sha == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert sha == st_io.spliced_sha256(picks, {"format": "pt"})
+
+
+@pytest.mark.parametrize("failure", ["no interpreter", "child dies"])
+def test_without_a_working_child_the_hash_is_made_here_and_is_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    picks = _picks(tmp_path)
+    out = tmp_path / "out.safetensors"
+    write_spliced(out, picks)
+    if failure == "no interpreter":
+        monkeypatch.setattr(st_io.sys, "executable", str(tmp_path / "no-such-python"))
+    else:
+        monkeypatch.setattr(st_io, "_CHILD_CODE", "import os; os._exit(3)")
+    assert SplicedHash(picks).result() == hashlib.sha256(out.read_bytes()).hexdigest()
+
+
+def test_a_short_source_is_reported_by_the_child_as_corrupt(tmp_path: Path) -> None:
+    src = tmp_path / "s.safetensors"
+    write_file(src, [("a", "U8", (100,))], seeded_fill())
+    start = read_header(src).data_start
+    beyond = NewTensor("a", "U8", (100,), 100, src, start + 40)
+    with pytest.raises(CorruptSafetensors, match=f"{src}: ended early at offset {start + 100}"):
+        SplicedHash([beyond]).result()
+
+
+def test_stop_ends_the_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(st_io, "_CHILD_CODE", "import time; time.sleep(600)")
+    hasher = SplicedHash(_picks(tmp_path))
+    proc = hasher._proc
+    assert proc is not None and proc.poll() is None
+    hasher.stop()
+    assert proc.poll() is not None  # reaped, not left running for ten minutes
+    hasher.stop()  # a second stop is a no-op
+
+
+@pytest.mark.parametrize("copy", ["kernel", "fallback"])
+def test_writeback_is_started_over_the_whole_file_in_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, copy: str
+) -> None:
+    picks = _picks(tmp_path)
+    if copy == "fallback":
+        _refuse_kernel_copy(monkeypatch)
+    started: list[tuple[int, int]] = []
+    real = st_io.start_writeback
+
+    def spy(fd: int, offset: int, count: int) -> None:
+        started.append((offset, count))
+        real(fd, offset, count)
+
+    monkeypatch.setattr(st_io, "start_writeback", spy)
+    monkeypatch.setattr(st_io, "_WRITEBACK_STEP", 4096)
+    monkeypatch.setattr(st_io, "_COPY_CHUNK", 1000)  # the kernel copy too in many rounds
+    out = tmp_path / "out.safetensors"
+    size = write_spliced(out, picks, fsync=False)
+    assert size == out.stat().st_size
+    # Contiguous ranges from 0 to the end, each but the last one step (plus less than one round).
+    assert started[0][0] == 0
+    assert all(a + n == b for (a, n), (b, _) in itertools.pairwise(started))
+    assert started[-1][0] + started[-1][1] == size
+    assert all(4096 <= n < 4096 + 1021 for _, n in started[:-1]) and len(started) >= 5
+    started.clear()
+    write_spliced(tmp_path / "quiet.safetensors", picks, writeback=False)
+    assert started == []
+    assert (tmp_path / "quiet.safetensors").read_bytes() == out.read_bytes()
+
+
+def test_start_writeback_is_harmless_on_any_descriptor(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 10000)
+    with open(path, "rb") as handle:
+        st_io.start_writeback(handle.fileno(), 0, 0)
+    st_io.start_writeback(-1, 0, 0)  # EBADF: only the head start is lost
+    assert path.read_bytes() == b"x" * 10000
+
+
+def test_every_file_the_graft_writes_is_fsynced_before_out_appears(
+    tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    synced: dict[int, bool] = {}
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        synced[os.fstat(fd).st_ino] = out.exists()
+        real(fd)
+
+    monkeypatch.setattr(graft_mod.os, "fsync", spy)
+    result = graft(tiny["base"], tiny["fp8"], out)
+    monkeypatch.undo()
+    written = {
+        p.stat().st_ino: p.name
+        for p in out.rglob("*")
+        if p.is_file() and not (p.suffix == ".safetensors" and p.name != result.plan.mtp_shard)
+    }
+    assert set(written.values()) >= {result.plan.mtp_shard, "config.json", "model.safetensors.index.json"}
+    missing = sorted(name for ino, name in written.items() if ino not in synced)
+    assert missing == [], f"written but never fsynced: {missing}"
+    assert not any(synced.values()), "an fsync came after OUT was renamed into place"
+    assert verify_dir(out).ok
+
+
+def test_the_graft_reports_its_steps_in_order(tiny: dict[str, Path], tmp_path: Path) -> None:
+    result = graft(tiny["base"], tiny["fp8"], tmp_path / "out")
+    steps = list(result.phase_s)
+    assert steps[:3] == ["plan", "link base", "splice MTP layer"] and steps[-1] == "rename"
+    assert all(s >= 0 for s in result.phase_s.values())
+    assert sum(result.phase_s.values()) <= result.seconds + 0.01
+    again = graft(tiny["base"], tiny["fp8"], tmp_path / "out")
+    assert list(again.phase_s) == ["plan", "check existing OUT"]
+
+
+class _Recorded(SplicedHash):
+    made: ClassVar[list[SplicedHash]] = []
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.child = self._proc
+        _Recorded.made.append(self)
+
+
+@pytest.mark.parametrize("case", ["refused", "unchanged"])
+def test_a_graft_that_writes_nothing_leaves_no_hash_running(
+    tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    out = tmp_path / "out"
+    if case == "refused":
+        out.mkdir()
+        (out / "mine").write_text("not a graft")
+    else:
+        graft(tiny["base"], tiny["fp8"], out)
+    _Recorded.made = []
+    monkeypatch.setattr(graft_mod, "SplicedHash", _Recorded)
+    if case == "refused":
+        with pytest.raises(GraftOutputExists):
+            graft(tiny["base"], tiny["fp8"], out)
+    else:
+        assert not graft(tiny["base"], tiny["fp8"], out).changed
+    assert len(_Recorded.made) == 1, "the hash should have started with the plan"
+    child = _Recorded.made[0].child
+    assert child is not None and child.poll() is not None
