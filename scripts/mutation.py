@@ -201,6 +201,10 @@ def _run(name: str, mod: Module, jobs: int, survivors_only: bool = False) -> Res
     # Tests that drive the CLI run the venv's `gh200` in a subprocess, which would import the checkout's
     # unmutated package (an editable install's .pth entry): put the mutated copy first, so the child's
     # trampolines follow the MUTANT_UNDER_TEST it inherits and a killing CLI test counts.
+    # The folder must exist before mutmut starts: an entry that is missing when Python first scans it is
+    # cached as "nothing here", and mutmut's own sys.path entry for it (the same string) would then import
+    # the unmutated package in-process too, so that no test is ever credited.
+    (stage / "mutants" / "src").mkdir(parents=True, exist_ok=True)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(stage / "mutants" / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]
     )
