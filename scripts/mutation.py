@@ -10,7 +10,9 @@ module therefore runs in a throw-away staging copy of the checkout under $GH200_
 [tool.mutmut] section that mutates only that module and selects only its unit tests. The patch applier is
 loaded by its tests by file path under the module name `gh200_apply_patches`, so it is staged as
 `src/gh200_apply_patches.py` and the bundle's containers/vllm/apply_patches.py (GH200_HOME) points at the
-mutated copy.
+mutated copy. Tests that run the `gh200` CLI in a subprocess import the mutated package too (PYTHONPATH), but
+mutmut selects tests per function by the calls it records in-process, so a function that only a subprocess
+reaches needs an in-process test to be credited.
 
     make mutation                          # every module
     make mutation MODULES=stats,render     # a subset (names below); JOBS=N mutants at once
@@ -61,6 +63,7 @@ MODULES: dict[str, Module] = {
     "graft": _pkg(
         "checkpoints/graft.py",
         "tests/unit/checkpoints/test_checkpoints_graft.py",
+        "tests/unit/checkpoints/test_checkpoints_graft_edges.py",
         "tests/unit/checkpoints/test_checkpoints_inspect_verify.py",
         "tests/unit/checkpoints/test_checkpoints_graft_index.py",
     ),
@@ -195,6 +198,16 @@ def _run(name: str, mod: Module, jobs: int, survivors_only: bool = False) -> Res
         stage = _stage(name, mod)
     env = {**os.environ, "GH200_HOME": str(stage / "bundle"), "GH200_CACHE": str(stage / "cache")}
     env.pop("GH200_REQUIRE_ENGINE", None)
+    # Tests that drive the CLI run the venv's `gh200` in a subprocess, which would import the checkout's
+    # unmutated package (an editable install's .pth entry): put the mutated copy first, so the child's
+    # trampolines follow the MUTANT_UNDER_TEST it inherits and a killing CLI test counts.
+    # The folder must exist before mutmut starts: an entry that is missing when Python first scans it is
+    # cached as "nothing here", and mutmut's own sys.path entry for it (the same string) would then import
+    # the unmutated package in-process too, so that no test is ever credited.
+    (stage / "mutants" / "src").mkdir(parents=True, exist_ok=True)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(stage / "mutants" / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]
+    )
     mutmut = [sys.executable, "-m", "mutmut"]
     started = time.monotonic()
     log = stage / ("mutmut-survivors.log" if survivors_only else "mutmut.log")
