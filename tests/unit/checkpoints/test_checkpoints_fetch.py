@@ -907,6 +907,7 @@ def test_progress_is_reported_while_downloading_and_while_hashing(
         worker.join(60)
     assert files_of(dest) == files_of(tiny["base"])
     total = sum(len(b) for b in files_of(tiny["base"]).values())
+    assert all(0 <= n <= total for _, n in events), events  # never more than there is to fetch
     hashing = [n for p, n in events if p == "sha256"]
     # Hashing counts up chunk by chunk (several files, so several steps) to the total.
     assert len(hashing) > 2 and hashing == sorted(hashing) and hashing[0] < total and hashing[-1] == total
@@ -953,3 +954,18 @@ def test_the_unchanged_result_times_only_this_call(
     before = time.monotonic()
     again = fetch(ref(DELTA_REPO, C2), None, tmp_path / "d")
     assert again.status == "unchanged" and 0 <= again.seconds <= time.monotonic() - before
+
+
+def test_the_manifest_is_stable_readable_json(
+    endpoint: HubServer, tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    """Sorted keys, 2-space indent, a final newline, mode 0644: two fetches write the same bytes (a diff of
+    manifests shows real changes only), and any user on the host can read what `models verify` checks."""
+    endpoint.add_dir(DELTA_REPO, C2, tiny["delta"])
+    first, second = tmp_path / "a" / MANIFEST_NAME, tmp_path / "b" / MANIFEST_NAME
+    fetch(ref(DELTA_REPO, C2), None, first.parent)
+    fetch(ref(DELTA_REPO, C2), None, second.parent)
+    text = first.read_text()
+    assert text == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"
+    assert second.read_bytes() == first.read_bytes()
+    assert first.stat().st_mode & 0o777 == 0o644
