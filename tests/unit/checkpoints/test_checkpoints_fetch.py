@@ -787,9 +787,13 @@ def test_a_short_answer_fails_with_the_clients_first_line_and_a_rerun_completes(
     assert finished and SHARD2 not in finished
     endpoint.faults.short.clear()
     gets = dict(endpoint.gets)
-    assert fetch(ref(), None, dest).status == "fetched"
+    result = fetch(ref(), None, dest)
+    assert result.status == "fetched"
     again = {k for k, v in endpoint.gets.items() if v != gets.get(k, 0)}
     assert SHARD2 in again and not again & finished
+    # The result counts what was still missing, not what an earlier run had already fetched.
+    sizes = {rel: len(data) for rel, data in files_of(tiny["base"]).items()}
+    assert result.bytes_downloaded == sum(n for rel, n in sizes.items() if rel not in finished)
     assert files_of(dest) == files_of(tiny["base"])
 
 
