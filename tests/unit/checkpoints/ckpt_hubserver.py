@@ -11,7 +11,8 @@ through HF_ENDPOINT. It answers the routes huggingface_hub 2.x calls (read from 
                                                        origin (the CDN), which serves them without auth
 Errors carry X-Error-Code (RepoNotFound, RevisionNotFound, EntryNotFound) as the hub's do, so the
 client raises its typed errors. Faults can be injected per file: corrupt bytes, a dropped connection
-part-way (the client resumes with Range), or a stall (the test kills the client mid-download).
+part-way (the client resumes with Range), a stall (the test kills the client mid-download), a short but
+well-formed answer, or a listed file that /resolve does not find.
 """
 
 from __future__ import annotations
@@ -34,15 +35,26 @@ def git_blob_id(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
+def lfs_pointer(data: bytes) -> bytes:
+    """What git stores for an LFS file: the hub's blobId (and tree oid) of an LFS file is this blob's."""
+    sha = hashlib.sha256(data).hexdigest()
+    return f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\nsize {len(data)}\n".encode()
+
+
 @dataclass
 class Repo:
     commit: str
     files: dict[str, bytes]
     branches: dict[str, str] = field(default_factory=dict)
     token: str | None = None  # when set, requests must carry "Authorization: Bearer <token>"
+    sizes: bool = True  # False: model_info lists files without their size (as without ?blobs=true)
 
     def is_lfs(self, path: str) -> bool:
         return path.endswith(LFS_SUFFIXES)
+
+    def blob_id(self, path: str) -> str:
+        data = self.files[path]
+        return git_blob_id(lfs_pointer(data) if self.is_lfs(path) else data)
 
 
 @dataclass
@@ -51,6 +63,8 @@ class Faults:
     drop_after: dict[str, int] = field(default_factory=dict)  # path -> bytes sent before closing (once)
     stall: dict[str, threading.Event] = field(default_factory=dict)  # path -> released by the test
     stalled: threading.Event = field(default_factory=threading.Event)
+    short: dict[str, int] = field(default_factory=dict)  # path -> GET serves only this many bytes
+    missing: set[str] = field(default_factory=set)  # listed by model_info, but /resolve answers 404
 
 
 class _Cdn:
@@ -189,8 +203,9 @@ class HubServer:
                 for path, data in sorted(repo.files.items()):
                     sib: dict[str, Any] = {"rfilename": path}
                     if blobs:
-                        sib["size"] = len(data)
-                        sib["blobId"] = git_blob_id(data)
+                        if repo.sizes:
+                            sib["size"] = len(data)
+                        sib["blobId"] = repo.blob_id(path)
                         if repo.is_lfs(path):
                             sib["lfs"] = {
                                 "sha256": hashlib.sha256(data).hexdigest(),
@@ -217,7 +232,7 @@ class HubServer:
                 for path, data in sorted(repo.files.items()):
                     entry: dict[str, Any] = {
                         "type": "file",
-                        "oid": git_blob_id(data),
+                        "oid": repo.blob_id(path),
                         "size": len(data),
                         "path": path,
                     }
@@ -236,7 +251,7 @@ class HubServer:
                     return
                 repo, commit = found
                 data = repo.files.get(path)
-                if data is None:
+                if data is None or path in server.faults.missing:
                     self._error(404, "EntryNotFound", f"{path} does not exist on {rev}")
                     return
                 if repo.is_lfs(path) and server.cdn is not None:
@@ -264,6 +279,9 @@ class HubServer:
                         server.gets[path] += 1
                     if path in server.faults.corrupt:
                         data = bytes([data[0] ^ 0xFF]) + data[1:]
+                    if path in server.faults.short:
+                        # A whole, well-formed answer that is shorter than the file (a proxy's cut copy).
+                        data = data[: server.faults.short[path]]
                 start, end = 0, len(data) - 1
                 status = 200
                 rng = self.headers.get("range")
@@ -314,6 +332,11 @@ class HubServer:
                 if found is None or data is None:
                     self._error(404, None, "no such blob")
                     return
-                self._send_bytes(found[1], data, {"ETag": f'"{sha}"'}, False)
+                # As the hub's storage host does: the file's name rides on Content-Disposition.
+                name = found[1].rsplit("/", 1)[-1]
+                disposition = f"inline; filename*=UTF-8''{name}; filename=\"{name}\";"
+                self._send_bytes(
+                    found[1], data, {"ETag": f'"{sha}"', "Content-Disposition": disposition}, False
+                )
 
         return Handler

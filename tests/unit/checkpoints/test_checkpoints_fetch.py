@@ -14,12 +14,13 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from ckpt_hubserver import HubServer
+from ckpt_hubserver import HubServer, git_blob_id
 from ckpt_testlib import GH200, run_cli
 
 from gh200.checkpoints import fetch as fetch_mod
@@ -688,3 +689,287 @@ def test_files_the_new_revision_dropped_go_with_their_empty_folders(
     on_disk = sorted(str(p.relative_to(dest)) for p in dest.rglob("*"))
     assert on_disk == sorted([MANIFEST_NAME, "config.json", "extra", "extra/keep.txt", "tokenizer.model"])
     assert verify_dir(dest).ok
+
+
+# In-process scenarios (the CLI subprocess tests above run the installed package, not a mutated copy).
+
+
+def test_a_private_repo_needs_the_token_for_the_listing_and_the_download(
+    endpoint: HubServer, tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    secret = "hf_gh200InProcessSecret"
+    endpoint.add_dir(DELTA_REPO, C2, tiny["delta"], token=secret)
+    with pytest.raises(hub.HubNotFound) as err:
+        fetch(ref(DELTA_REPO, C2), None, tmp_path / "a")
+    assert err.value.one_line() == (
+        f"{DELTA_REPO}@{C2}: repository not found (or private) "
+        "(fix: check the repo name; set HF_TOKEN for private repos)"
+    )
+    asked = len(endpoint.auth_seen)
+    result = fetch(ref(DELTA_REPO, C2), None, tmp_path / "a", token=secret)
+    assert result.status == "fetched" and files_of(tmp_path / "a") == files_of(tiny["delta"])
+    # Every request to the hub itself (listing, file metadata, small files) carried it.
+    sent = endpoint.auth_seen[asked:]
+    assert len(sent) > 1 and all(a == f"Bearer {secret}" for a in sent)
+
+
+def test_hub_errors_name_the_reference(endpoint: HubServer, tiny: dict[str, Path], tmp_path: Path) -> None:
+    endpoint.add_dir(BASE_REPO, C1, tiny["base"])
+    with pytest.raises(hub.HubNotFound) as err:
+        fetch(ref(BASE_REPO, C3), None, tmp_path / "x")
+    assert err.value.one_line() == (
+        f"{BASE_REPO}@{C3}: revision not found (fix: check the commit sha in profiles/models.lock)"
+    )
+
+
+def test_a_revision_the_hub_resolves_to_another_commit_is_refused(
+    endpoint: HubServer, tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    """A 40-hex name that is not the commit (here a branch so named) is no pin: refused, nothing fetched."""
+    endpoint.add_dir(BASE_REPO, C1, tiny["base"])
+    endpoint.repos[BASE_REPO].branches[C3] = C1
+    with pytest.raises(BadInput) as err:
+        fetch(ref(BASE_REPO, C3), None, tmp_path / "x")
+    assert err.value.one_line() == (
+        f"{BASE_REPO}@{C3}: hub resolved the revision to {C1} "
+        "(fix: pin the full commit sha from profiles/models.lock)"
+    )
+    assert sum(endpoint.gets.values()) == 0 and not list(tmp_path.glob("*x*"))
+
+
+def test_a_listing_without_file_sizes_is_refused_before_any_download(
+    endpoint: HubServer, tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    """Without the hub's sizes neither the disk check nor "unchanged" could be trusted."""
+    endpoint.add_dir(BASE_REPO, C1, tiny["base"]).sizes = False
+    with pytest.raises(hub.HubError) as err:
+        fetch(ref(), None, tmp_path / "x")
+    assert err.value.exit_code == 1
+    assert err.value.one_line() == (
+        f"{BASE_REPO}@{C1}: the hub listed chat_template.jinja without its size "
+        "(fix: point HF_ENDPOINT at a hub that serves file metadata (?blobs=true))"
+    )
+    assert sum(endpoint.gets.values()) == 0
+
+
+def test_a_listed_file_the_hub_cannot_serve_fails_naming_the_reference(
+    endpoint: HubServer, tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    endpoint.add_dir(BASE_REPO, C1, tiny["base"])
+    endpoint.faults.missing.add(SHARD2)
+    with pytest.raises(hub.HubNotFound) as err:
+        fetch(ref(), None, tmp_path / "base")
+    assert err.value.one_line() == (
+        f"{BASE_REPO}@{C1}: file not found in the repository (fix: check the file patterns)"
+    )
+    assert not (tmp_path / "base").exists()
+
+
+def test_a_short_answer_fails_with_the_clients_first_line_and_a_rerun_completes(
+    endpoint: HubServer, tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    """A cut but well-formed answer: huggingface_hub's size check raises OSError; one line, then a re-run."""
+    endpoint.add_dir(BASE_REPO, C1, tiny["base"])
+    endpoint.faults.short[SHARD2] = 1000
+    dest = tmp_path / "base"
+    with pytest.raises(hub.HubError) as err:
+        fetch(ref(), None, dest)
+    size = (tiny["base"] / SHARD2).stat().st_size
+    assert err.value.exit_code == 1
+    assert err.value.one_line() == (
+        f"{BASE_REPO}@{C1}: download failed (Consistency check failed: file should be of size {size} "
+        f"but has size 1000 ({SHARD2}).) "
+        "(fix: re-run the same command: finished files are kept and not fetched again)"
+    )
+    assert not dest.exists()
+    # huggingface_hub cancels the downloads not yet started; those that finished are kept.
+    finished = {p.name for p in (tmp_path / ".base.partial").iterdir() if p.is_file()}
+    assert finished and SHARD2 not in finished
+    endpoint.faults.short.clear()
+    gets = dict(endpoint.gets)
+    result = fetch(ref(), None, dest)
+    assert result.status == "fetched"
+    again = {k for k, v in endpoint.gets.items() if v != gets.get(k, 0)}
+    assert SHARD2 in again and not again & finished
+    # The result counts what was still missing, not what an earlier run had already fetched.
+    sizes = {rel: len(data) for rel, data in files_of(tiny["base"]).items()}
+    assert result.bytes_downloaded == sum(n for rel, n in sizes.items() if rel not in finished)
+    assert files_of(dest) == files_of(tiny["base"])
+
+
+def test_corrupt_small_and_lfs_files_are_each_caught_by_their_own_digest(
+    endpoint: HubServer, tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    """A same-size change: small files by git blob id (the hub lists no sha256 for them), LFS by sha256.
+
+    Every bad file is removed with huggingface_hub's record of it, so the re-run fetches just those.
+    """
+    endpoint.add_dir(BASE_REPO, C1, tiny["base"])
+    endpoint.faults.corrupt.update({"config.json", SHARD2})
+    dest, partial = tmp_path / "base", tmp_path / ".base.partial"
+    meta = partial / ".cache" / "huggingface" / "download"
+
+    def spoilt(data: bytes) -> bytes:
+        return bytes([data[0] ^ 0xFF]) + data[1:]
+
+    config, shard = (tiny["base"] / "config.json").read_bytes(), (tiny["base"] / SHARD2).read_bytes()
+    with pytest.raises(CorruptDownload) as err:
+        fetch(ref(), None, dest)
+    n = len(config)
+    assert err.value.one_line() == (
+        "2 downloaded file(s) differ from the hub's metadata and were removed: config.json "
+        f"(hub {git_blob_id(config)}, got {git_blob_id(spoilt(config))}, {n} of {n} bytes) "
+        "(fix: re-run the same fetch to download them again)"
+    )
+    for rel in ("config.json", SHARD2):
+        assert not (partial / rel).exists() and not (meta / f"{rel}.metadata").exists()
+    assert (partial / "tokenizer.json").is_file() and (meta / "tokenizer.json.metadata").is_file()
+    endpoint.faults.corrupt.discard("config.json")
+    with pytest.raises(CorruptDownload) as err:
+        fetch(ref(), None, dest)
+    n = len(shard)
+    assert err.value.one_line() == (
+        f"1 downloaded file(s) differ from the hub's metadata and were removed: {SHARD2} "
+        f"(hub {hashlib.sha256(shard).hexdigest()}, got {hashlib.sha256(spoilt(shard)).hexdigest()}, "
+        f"{n} of {n} bytes) (fix: re-run the same fetch to download them again)"
+    )
+    endpoint.faults.corrupt.clear()
+    gets = dict(endpoint.gets)
+    assert fetch(ref(), None, dest).status == "fetched"
+    # Finished files (small ones too: their records were kept) are not fetched again.
+    assert {k: v - gets.get(k, 0) for k, v in endpoint.gets.items() if v != gets.get(k, 0)} == {SHARD2: 1}
+    assert files_of(dest) == files_of(tiny["base"])
+
+
+def test_stale_downloads_of_a_killed_run_are_dropped_before_downloading(
+    endpoint: HubServer, tmp_path: Path
+) -> None:
+    """A SIGKILLed huggingface_hub leaves its process-unique `*.incomplete` files; nothing resumes them."""
+    files = {"config.json": b"{}", "sub/model.safetensors": os.urandom(4096)}
+    endpoint.add_repo("o/m", C1, files)
+    endpoint.faults.corrupt.add("config.json")
+    dest = tmp_path / "m"
+    with pytest.raises(CorruptDownload):
+        fetch(ref("o/m", C1), None, dest)
+    meta = tmp_path / ".m.partial" / ".cache" / "huggingface" / "download"
+    stale = [meta / "a1b2c3d4.0123abcd.incomplete", meta / "sub" / "e5f6a7b8.4567cdef.incomplete"]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x" * 999)
+    endpoint.faults.corrupt.clear()
+    left: list[bool] = []
+    fetch(ref("o/m", C1), None, dest, on_phase=lambda p, _t: left.extend(s.exists() for s in stale))
+    assert left and not any(left)
+
+
+def test_bytes_on_disk_skips_a_download_that_finished_while_counting(tmp_path: Path) -> None:
+    """A `.incomplete` renamed into place between listing and stat (a dangling link stands in for it)."""
+    partial = tmp_path / ".x.partial"
+    meta = partial / ".cache" / "huggingface" / "download"
+    meta.mkdir(parents=True)
+    (meta / "gone.incomplete").symlink_to(meta / "renamed-away")
+    (meta / "live.incomplete").write_bytes(b"x" * 9)
+    wanted = [fetch_mod.RemoteFile("a.safetensors", 100, "0" * 64, None)]
+    assert fetch_mod._bytes_on_disk(partial, wanted) == 9
+
+
+def test_progress_is_reported_while_downloading_and_while_hashing(
+    endpoint: HubServer, tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    endpoint.add_dir(BASE_REPO, C1, tiny["base"])
+    stall = endpoint.faults.stall[SHARD2] = threading.Event()
+    events: list[tuple[str, int]] = []
+    phase = ["-"]
+
+    def on_phase(name: str, _total: int) -> None:
+        phase[0] = name
+
+    def on_progress(n: int) -> None:
+        events.append((phase[0], n))
+
+    dest, partial = tmp_path / "base", tmp_path / ".base.partial"
+    worker = threading.Thread(
+        target=fetch,
+        args=(ref(), None, dest),
+        kwargs={"max_workers": 1, "on_phase": on_phase, "on_progress": on_progress},
+    )
+    worker.start()
+    try:
+        assert endpoint.faults.stalled.wait(60), "the download never reached the stalled file"
+        # While stalled, what is on disk is fixed: the poller must report exactly that.
+        meta = partial / ".cache" / "huggingface" / "download"
+        on_disk = sum(p.stat().st_size for p in partial.iterdir() if p.is_file())
+        on_disk += sum(p.stat().st_size for p in meta.rglob("*.incomplete"))
+        assert on_disk > 0
+        deadline = time.monotonic() + 20
+        while ("download", on_disk) not in events and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ("download", on_disk) in events, events
+    finally:
+        del endpoint.faults.stall[SHARD2]
+        stall.set()
+        worker.join(60)
+    assert files_of(dest) == files_of(tiny["base"])
+    total = sum(len(b) for b in files_of(tiny["base"]).values())
+    assert all(0 <= n <= total for _, n in events), events  # never more than there is to fetch
+    hashing = [n for p, n in events if p == "sha256"]
+    # Hashing counts up chunk by chunk (several files, so several steps) to the total.
+    assert len(hashing) > 2 and hashing == sorted(hashing) and hashing[0] < total and hashing[-1] == total
+
+
+def test_a_file_of_the_old_revision_may_become_a_folder_and_back(endpoint: HubServer, tmp_path: Path) -> None:
+    endpoint.add_repo("o/m", C1, {"config.json": b"{}", "extra": b"a file"})
+    dest = tmp_path / "m"
+    fetch(ref("o/m", C1), ["*"], dest)
+    endpoint.repos["o/m"].files = {"config.json": b"{}", "extra/inner.txt": b"now a folder"}
+    endpoint.repos["o/m"].commit = C2
+    assert fetch(ref("o/m", C2), ["*"], dest, force=True).status == "fetched"
+    assert files_of(dest) == endpoint.repos["o/m"].files
+    endpoint.repos["o/m"].files = {"config.json": b"{}", "extra": b"a file again"}
+    endpoint.repos["o/m"].commit = C3
+    assert fetch(ref("o/m", C3), ["*"], dest, force=True).status == "fetched"
+    assert files_of(dest) == endpoint.repos["o/m"].files
+    assert verify_dir(dest).ok
+
+
+def test_free_space_is_read_where_the_download_will_land(
+    endpoint: HubServer, tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store that does not exist yet: the nearest existing folder above it holds the filesystem."""
+    endpoint.add_dir(DELTA_REPO, C2, tiny["delta"])
+    asked: list[Path] = []
+    real = shutil.disk_usage
+
+    def record(path: Any) -> Any:
+        asked.append(Path(path))
+        return real(path)
+
+    monkeypatch.setattr(fetch_mod.shutil, "disk_usage", record)
+    (tmp_path / "mnt").mkdir()
+    fetch(ref(DELTA_REPO, C2), None, tmp_path / "mnt" / "a" / "b" / "delta")
+    assert asked[0] == tmp_path / "mnt"  # ours comes first (huggingface_hub asks too, per file)
+
+
+def test_the_unchanged_result_times_only_this_call(
+    endpoint: HubServer, tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    endpoint.add_dir(DELTA_REPO, C2, tiny["delta"])
+    fetch(ref(DELTA_REPO, C2), None, tmp_path / "d")
+    before = time.monotonic()
+    again = fetch(ref(DELTA_REPO, C2), None, tmp_path / "d")
+    assert again.status == "unchanged" and 0 <= again.seconds <= time.monotonic() - before
+
+
+def test_the_manifest_is_stable_readable_json(
+    endpoint: HubServer, tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    """Sorted keys, 2-space indent, a final newline, mode 0644: two fetches write the same bytes (a diff of
+    manifests shows real changes only), and any user on the host can read what `models verify` checks."""
+    endpoint.add_dir(DELTA_REPO, C2, tiny["delta"])
+    first, second = tmp_path / "a" / MANIFEST_NAME, tmp_path / "b" / MANIFEST_NAME
+    fetch(ref(DELTA_REPO, C2), None, first.parent)
+    fetch(ref(DELTA_REPO, C2), None, second.parent)
+    text = first.read_text()
+    assert text == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"
+    assert second.read_bytes() == first.read_bytes()
+    assert first.stat().st_mode & 0o777 == 0o644

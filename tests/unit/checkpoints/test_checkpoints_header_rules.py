@@ -126,11 +126,15 @@ def test_entries_are_read_as_the_reference_reads_them(
     bits = {"F32": 32, "BF16": 16, "U8": 8, "F8_E4M3": 8, "I64": 64, "F4": 4, "BOOL": 8}
     header: dict[str, object] = {}
     cursor = 0
-    for i, (dtype, shape) in enumerate(specs):
+    for i, (dtype, drawn) in enumerate(specs):
+        shape = list(drawn)
         count = 1
         for dim in shape:
             count *= dim
-        nbytes = (count * bits[dtype] + 7) // 8
+        if count * bits[dtype] % 8:  # a packed F4 tensor ends on a byte boundary (the reference's rule)
+            shape.append(2)
+            count *= 2
+        nbytes = count * bits[dtype] // 8
         header[f"t{i}"] = {"dtype": dtype, "shape": shape, "data_offsets": [cursor, cursor + nbytes]}
         cursor += nbytes
     items = list(header.items())
@@ -145,3 +149,40 @@ def test_entries_are_read_as_the_reference_reads_them(
     if "F4" not in {d for d, _ in specs}:  # the reference's deserialize has no F4 view
         blob = struct.pack("<Q", len(raw)) + raw + b"\0" * cursor
         assert {name for name, _ in safetensors.deserialize(blob)} == set(header)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "shape", "nbytes", "ok"),
+    [
+        ("F4", [3], 2, False),
+        ("F4", [1, 3], 2, False),
+        ("F6_E2M3", [1], 1, False),
+        ("F6_E3M2", [3], 3, False),
+        ("F4", [4], 2, True),
+        ("F4", [2, 3], 3, True),
+        ("F6_E2M3", [4], 3, True),
+    ],
+)
+def test_a_packed_sub_byte_tensor_must_end_on_a_byte_boundary(
+    tmp_path: Path, dtype: str, shape: list[int], nbytes: int, ok: bool
+) -> None:
+    """Sized by rounding up, 3 x F4 fits 2 bytes; the reference still refuses it, and so do we."""
+    header = {"t": {"dtype": dtype, "shape": shape, "data_offsets": [0, nbytes]}}
+    path = _file(tmp_path / "x.safetensors", header, b"\0" * nbytes)
+    if ok:
+        with safetensors.safe_open(str(path), "numpy") as f:
+            assert list(f.keys()) == ["t"]
+        assert read_header(path).tensors["t"].nbytes == nbytes
+        return
+    with pytest.raises(safetensors.SafetensorError, match="byte boundary"):
+        safetensors.safe_open(str(path), "numpy")
+    with pytest.raises(CorruptSafetensors) as err:
+        read_header(path)
+    bits = {"F4": 4, "F6_E2M3": 6, "F6_E3M2": 6}[dtype]
+    count = 1
+    for dim in shape:
+        count *= dim
+    assert err.value.one_line() == (
+        f"{path}: tensor t is {dtype}{shape}, {count * bits} bits: not a whole number of bytes "
+        "(fix: re-download the file)"
+    )

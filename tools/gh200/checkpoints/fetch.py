@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -102,15 +103,13 @@ def remote_files(ref: hub.RepoRef, token: str | None) -> list[RemoteFile]:
         )
     files = []
     for s in info.siblings or []:
-        lfs = s.lfs
-        files.append(
-            RemoteFile(
-                s.rfilename,
-                int(s.size if s.size is not None else (lfs.size if lfs else 0)),
-                lfs.sha256 if lfs else None,
-                s.blob_id,
+        if s.size is None:
+            # With files_metadata the hub lists every file's size; without sizes nothing can be checked.
+            raise hub.HubError(
+                f"{ref}: the hub listed {s.rfilename} without its size",
+                "point HF_ENDPOINT at a hub that serves file metadata (?blobs=true)",
             )
-        )
+        files.append(RemoteFile(s.rfilename, s.size, s.lfs.sha256 if s.lfs else None, s.blob_id))
     return files
 
 
@@ -122,10 +121,10 @@ def select(files: Sequence[RemoteFile], patterns: Sequence[str]) -> list[RemoteF
 
 
 def _existing_ancestor(path: Path) -> Path:
-    for candidate in (path, *path.parents):
-        if candidate.exists():
-            return candidate
-    return Path("/")
+    """The nearest existing directory at or above the absolute `path` (the root always exists)."""
+    while not path.exists():
+        path = path.parent
+    return path
 
 
 def _hf_meta_dir(partial: Path) -> Path:
@@ -155,7 +154,7 @@ def _clean_stale(partial: Path) -> None:
     meta = _hf_meta_dir(partial)
     if meta.exists():
         for tmp in meta.rglob("*.incomplete"):
-            tmp.unlink(missing_ok=True)
+            tmp.unlink()
 
 
 @contextlib.contextmanager
@@ -210,19 +209,18 @@ def _recorded(dest: Path, ref: hub.RepoRef, wanted: Sequence[RemoteFile]) -> dic
     return entries
 
 
-def damaged_files(dest: Path, wanted: Sequence[RemoteFile]) -> list[str]:
-    """Wanted files that are missing from `dest` or have another size than the hub's, as "path: why"."""
-    problems = []
+def damaged_files(dest: Path, wanted: Sequence[RemoteFile]) -> dict[str, str]:
+    """Wanted files that are missing from `dest` or have another size than the hub's: path -> why."""
+    problems = {}
     for f in wanted:
-        path = dest / f.path
         try:
-            size = path.stat().st_size if path.is_file() else None
-        except OSError:
-            size = None
-        if size is None:
-            problems.append(f"{f.path}: missing")
-        elif size != f.size:
-            problems.append(f"{f.path}: {size} bytes, the hub has {f.size}")
+            st = (dest / f.path).stat()
+        except OSError:  # gone, or not reachable: either way it must come again
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode):
+            problems[f.path] = "missing"
+        elif st.st_size != f.size:
+            problems[f.path] = f"{st.st_size} bytes, the hub has {f.size}"
     return problems
 
 
@@ -251,12 +249,11 @@ def fetch(
             "check the profile's model.files, or pass --include PATTERN (e.g. 'UD-IQ2_XXS/*')",
         )
     total = sum(f.size for f in wanted)
-    recorded = _recorded(dest, ref, wanted) if dest.is_dir() else None
-    repaired = damaged_files(dest, wanted) if recorded is not None else []
-    if recorded is not None and not repaired:
+    recorded = _recorded(dest, ref, wanted)
+    broken = damaged_files(dest, wanted) if recorded is not None else {}
+    if recorded is not None and not broken:
         return FetchResult(ref, dest, False, len(wanted), total, 0, time.monotonic() - start)
     # A repair fetches and hashes only the damaged files; the others keep their checked entries.
-    broken = {r.split(": ", 1)[0] for r in repaired}
     todo = [f for f in wanted if f.path in broken] if recorded is not None else list(wanted)
     kept = {p: info for p, info in (recorded or {}).items() if p not in broken}
 
@@ -278,7 +275,7 @@ def fetch(
             )
     # Room is checked before anything moves: a full disk must not leave the model directory renamed.
     here = dest if dest.is_dir() else partial
-    need = sum(f.size for f in todo if f.path in broken or not _complete_locally(here, f))
+    need = sum(f.size for f in todo if not _complete_locally(here, f))  # damaged files are incomplete
     free = shutil.disk_usage(_existing_ancestor(here)).free
     if need + DISK_MARGIN_BYTES > free:
         raise NotEnoughDisk(
@@ -291,17 +288,18 @@ def fetch(
         # whose sha256 still matches and downloads the rest). A repair: the damaged files only.
         os.rename(dest, partial)
     partial.mkdir(parents=True, exist_ok=True)
+    # Before downloading: a file of another revision may stand where this one needs a folder.
+    _prune(partial, wanted)
     _clean_stale(partial)
-    for f in todo:
-        if f.path in broken:
-            # A damaged file is fetched whole (no resume from a truncated or overgrown copy); a
-            # directory standing in its place goes too (damaged_files reports it missing).
-            damaged = partial / f.path
-            if damaged.is_dir() and not damaged.is_symlink():
-                shutil.rmtree(damaged)
-            else:
-                damaged.unlink(missing_ok=True)
-            (_hf_meta_dir(partial) / f"{f.path}.metadata").unlink(missing_ok=True)
+    for rel in broken:
+        # A damaged file is fetched whole (no resume from a truncated or overgrown copy); a
+        # directory standing in its place goes too (damaged_files reports it missing).
+        damaged = partial / rel
+        if damaged.is_dir() and not damaged.is_symlink():
+            shutil.rmtree(damaged)
+        else:
+            damaged.unlink(missing_ok=True)
+        (_hf_meta_dir(partial) / f"{rel}.metadata").unlink(missing_ok=True)
     todo_total = sum(f.size for f in todo)
     on_phase("download", todo_total)
     on_progress(todo_total - need)
@@ -313,7 +311,6 @@ def fetch(
     on_progress(todo_total)
     on_phase("sha256", todo_total)
     manifest_files = dict(sorted({**kept, **_check_files(partial, todo, on_progress)}.items()))
-    _prune(partial, wanted)
     manifest = {
         "format": MANIFEST_FORMAT,
         "repo": ref.repo,
@@ -326,16 +323,17 @@ def fetch(
     )
     shutil.rmtree(partial / ".cache", ignore_errors=True)
     os.rename(partial, dest)
+    repaired = [f"{rel}: {why}" for rel, why in broken.items()]
     return FetchResult(ref, dest, True, len(wanted), total, need, time.monotonic() - start, repaired)
 
 
 def _prune(partial: Path, wanted: Sequence[RemoteFile]) -> None:
-    """Leave exactly the wanted files (an earlier fetch of other patterns or revision may have more)."""
-    keep = {f.path for f in wanted} | {MANIFEST_NAME}
-    for path in sorted(partial.rglob("*"), reverse=True):
+    """Leave only the wanted files (an earlier fetch of other patterns or revision may have more), and
+    huggingface_hub's records in `.cache` (they spare downloading finished small files again)."""
+    keep = {f.path for f in wanted}
+    ours = (p for p in partial.rglob("*") if p.relative_to(partial).parts[0] != ".cache")
+    for path in sorted(ours, reverse=True):  # deepest first: a folder is emptied before it is looked at
         rel = path.relative_to(partial)
-        if rel.parts[0] == ".cache":
-            continue
         if path.is_file() and str(rel) not in keep:
             path.unlink()
         elif path.is_dir() and not any(path.iterdir()):
@@ -373,9 +371,7 @@ def _download(
                 endpoint=hub.endpoint(),
                 max_workers=max_workers,
             )
-    except OSError as exc:
-        if isinstance(exc, OperationFailed | BadInput):
-            raise
+    except OSError as exc:  # not the hub's answer (hub_errors maps those): disk, files, a short body
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise hub.HubError(
             f"{ref}: download failed ({hub.scrub(first_line, token)})",
@@ -398,30 +394,24 @@ def _check_files(
             done[0] += n
             on_progress(done[0])
 
-    def one(f: RemoteFile) -> tuple[RemoteFile, str, str | None]:
+    def one(f: RemoteFile) -> tuple[RemoteFile, str, str]:
         path = partial / f.path
         digest = sha256_file(path, advance)
-        blob = None if f.lfs else git_blob_sha1(path)
-        return f, digest, blob
+        # The hub lists a sha256 for LFS files only; a small file is checked by its git blob id.
+        return f, digest, digest if f.lfs else git_blob_sha1(path)
 
     out: dict[str, dict[str, Any]] = {}
     bad: list[str] = []
     with ThreadPoolExecutor(max_workers=hash_workers()) as pool:
-        for f, digest, blob in pool.map(one, wanted):
+        for f, digest, got in pool.map(one, wanted):
             path = partial / f.path
             size = path.stat().st_size
-            wrong = (
-                size != f.size
-                or (f.sha256 is not None and digest != f.sha256)
-                or (blob is not None and f.blob_id is not None and blob != f.blob_id)
-            )
-            if wrong:
+            want = f.sha256 if f.lfs else f.blob_id
+            if size != f.size or (want is not None and got != want):
                 # Remove the file and huggingface_hub's record of it, so that a re-run downloads it again.
-                path.unlink(missing_ok=True)
+                path.unlink()
                 (_hf_meta_dir(partial) / f"{f.path}.metadata").unlink(missing_ok=True)
-                want = f.sha256 or f.blob_id or "?"
-                got = digest if f.sha256 else (blob or "?")
-                bad.append(f"{f.path} (hub {want[:12]}…, got {got[:12]}…, {size} of {f.size} bytes)")
+                bad.append(f"{f.path} (hub {want or '?'}, got {got}, {size} of {f.size} bytes)")
                 continue
             entry: dict[str, Any] = {"size": size, "sha256": digest, "lfs": f.lfs}
             if f.blob_id:

@@ -171,10 +171,17 @@ def parse_header(
             raise CorruptSafetensors(
                 f"{where}: tensor {name} has negative shape or offsets", "re-download the file"
             )
-        need = (math.prod(shape) * bits + 7) // 8
+        nbits = math.prod(shape) * bits
+        need = (nbits + 7) // 8
         if end - begin != need:
             raise CorruptSafetensors(
                 f"{where}: tensor {name} spans {end - begin} bytes but {dtype}{shape} needs {need}",
+                "re-download the file",
+            )
+        if nbits % 8:
+            # Packed sub-byte dtypes: the reference refuses a tensor that ends mid-byte (3 x F4).
+            raise CorruptSafetensors(
+                f"{where}: tensor {name} is {dtype}{shape}, {nbits} bits: not a whole number of bytes",
                 "re-download the file",
             )
         tensors[name] = TensorEntry(name, dtype, tuple(shape), begin, end)

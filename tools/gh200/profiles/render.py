@@ -39,7 +39,6 @@ COMPILE_CACHE_ENV = {
     "FLASHINFER_WORKSPACE_BASE": f"{COMPILE_CACHE_IN_CONTAINER}/flashinfer",
     "CUDA_CACHE_PATH": f"{COMPILE_CACHE_IN_CONTAINER}/nv-compute",
 }
-PATTERN_CHARS = frozenset("*?[")
 
 
 def model_store() -> Path:
@@ -84,10 +83,6 @@ def model_files(profile: Profile) -> list[str]:
     if profile.model.draft is not None:
         files.append(profile.model.draft.file)
     return files
-
-
-def is_pattern(name: str) -> bool:
-    return any(ch in PATTERN_CHARS for ch in name)
 
 
 def resolve_model_files(profile: Profile, directory: Path) -> dict[str, str]:

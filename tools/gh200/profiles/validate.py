@@ -94,6 +94,13 @@ def check_profile(profile: Profile, host: HostSpec, where: str) -> list[Problem]
             add("settings.tensor_parallel_size", "tensor parallelism is a vLLM setting", "remove it")
         if s.cpu_offload_gb:
             add("settings.cpu_offload_gb", "offload is a vLLM setting", "remove it")
+        if not profile.model.gguf_file:
+            add(
+                "model.gguf_file",
+                f"{profile.engine} loads one GGUF file by name and the profile names none",
+                "set model.format: gguf and model.gguf_file "
+                "(the first GGUF shard, relative to the model dir)",
+            )
 
     for rank in ranks:
         if rank.gpu not in gpus:
@@ -191,10 +198,20 @@ def check_profile(profile: Profile, host: HostSpec, where: str) -> list[Problem]
             )
     for node_id, need in node_memory_claims(profile).items():
         if node_id in nodes and need > nodes[node_id].memory_gib:
+            # vLLM pins offloaded weights per rank; a CPU engine holds the whole model in its node.
+            field, fix = (
+                ("settings.cpu_offload_gb", "offload less or place ranks on other nodes")
+                if profile.engine == "vllm"
+                else (
+                    "model.size_gib",
+                    "use a smaller quantization (model.files, model.gguf_file), "
+                    "or bind placement.cpu.numa_node to a node with room for the model",
+                )
+            )
             add(
-                "settings.cpu_offload_gb" if profile.engine == "vllm" else "model.size_gib",
+                field,
                 f"{need:g} GiB on NUMA node {node_id}, which has {nodes[node_id].memory_gib:g} GiB",
-                "offload less or place ranks on other nodes",
+                fix,
             )
     if s.gpu_memory_utilization is not None and profile.engine != "vllm":
         add("settings.gpu_memory_utilization", "applies to vLLM only", "remove it")
