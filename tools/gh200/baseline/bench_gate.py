@@ -317,7 +317,7 @@ def measure(
                 started = time.monotonic()
                 try:
                     if servers is not None:
-                        from gh200.deploy.tinymodel import ensure_tiny_model
+                        from gh200.orchestrate import ensure_tiny_model
 
                         ensure_tiny_model(profile)  # what deploy does for this profile
                         servers.start(profile)

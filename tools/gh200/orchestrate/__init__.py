@@ -6,5 +6,6 @@ imports the other. Tools elsewhere that must deploy (the gate benchmark) do it t
 """
 
 from gh200.deploy.deploy import deploy, stop
+from gh200.deploy.tinymodel import ensure_tiny_model
 
-__all__ = ["deploy", "stop"]
+__all__ = ["deploy", "ensure_tiny_model", "stop"]
