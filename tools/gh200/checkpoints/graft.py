@@ -129,14 +129,6 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _carried_files(base: LocalCheckpoint) -> tuple[list[Path], list[str]]:
     """Files of the base to carry into OUT (relative), and warnings about files left behind."""
     referenced = set(base.shards)
@@ -342,7 +334,7 @@ def plan_graft(
                 carried_sha256[str(rel)] = known[1]
         else:
             size = path.stat().st_size
-            ident = _file_sha(path)
+            ident = sha256_file(path)
         # The fetch manifest's sha256 too: a new revision with the same shapes has the same headers.
         digest.update(f"{rel}\0{size}\0{ident}\0{carried_sha256.get(str(rel), '')}\n".encode())
         carried.append((str(rel), size))
