@@ -171,3 +171,37 @@ def test_best_floor_is_the_smallest_that_keeps_false_alarms_in_target() -> None:
     tight = [Deployment("unchanged", i, runs(300.0 * (1 + 0.0025 * i), JITTER), 1.0) for i in range(3)]
     assert best_floor(tight, "64:128") == {"floor": 0.0, "false_alarms": 0.0, "detection": 1.0}
     assert best_floor([], "64:128") is None
+
+
+def test_a_pinned_native_server_runs_on_the_profiles_cpus(tmp_path: Path) -> None:
+    # --cpus becomes the profile's CPU placement; a container gets it as its cpuset, a native server
+    # through taskset: the process itself reports the CPUs it may run on.
+    import os
+    import sys
+
+    from gh200.baseline.bench_gate import NativeServers
+    from gh200.errors import OperationFailed
+    from gh200.profiles import load_profile
+    from gh200.profiles.schema import CpuPlacement
+
+    cpu = max(os.sched_getaffinity(0))
+    base = load_profile("local-tiny")
+    pinned = base.model_copy(
+        update={
+            "placement": base.placement.model_copy(update={"cpu": CpuPlacement(cpus=str(cpu), membind=False)})
+        }
+    )
+    show = "import os, sys; print('cpus', sorted(os.sched_getaffinity(0))); sys.exit(3)"
+    servers = NativeServers([sys.executable, "-c", show], tmp_path)
+    with pytest.raises(OperationFailed, match=r"exited with 3"):
+        servers.start(pinned)
+    assert f"cpus [{cpu}]" in (tmp_path / "local-tiny.log").read_text()
+
+
+@pytest.mark.parametrize("threads", ["0", "-2"])
+def test_a_thread_count_under_one_is_refused_before_anything_runs(
+    threads: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--threads", threads]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and f"--threads {threads}" in err

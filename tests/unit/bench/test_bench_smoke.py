@@ -181,3 +181,30 @@ def test_default_plans_use_expected_shapes_and_fit_the_context() -> None:
     with pytest.raises(BadInput) as caught:
         default_plans(bare, shapes=["1900:300"], concurrencies=None, warm=1, real_output=None)
     assert "needs 2200 tokens of context" in caught.value.message
+
+
+def test_a_fresh_server_gets_the_same_seeded_prompts_every_time() -> None:
+    # Two measurements of freshly started servers with one seed send the very same prompts, so their
+    # runs compare like for like; inside one measurement every request still differs from its start.
+    plans = plan_sets([(48, 8)], [1, 2], warm=2, real_output=4, real_repeats=1)
+    first, second, other_seed = FakeServer(), FakeServer(), FakeServer()
+    _run(first, plans, fresh_server=True, seed=7)
+    _run(second, plans, fresh_server=True, seed=7)
+    _run(other_seed, plans, fresh_server=True, seed=8)
+
+    def sent(server: FakeServer) -> list[object]:
+        return [tuple(r["prompt"]) if "prompt" in r else r["messages"][0]["content"] for r in server.requests]
+
+    assert sent(first) == sent(second)
+    assert len(set(sent(first))) == len(sent(first))
+    synthetic = [p for p in sent(first) if isinstance(p, tuple)]
+    assert len({p[:2] for p in synthetic}) == len(synthetic)
+    assert not set(sent(first)) & set(sent(other_seed))
+
+
+def test_a_server_that_may_have_cached_earlier_prompts_gets_fresh_ones() -> None:
+    plans = plan_sets([(48, 8)], [1], warm=1, real_output=None)
+    first, second = FakeServer(), FakeServer()
+    _run(first, plans, seed=7)
+    _run(second, plans, seed=7)
+    assert not {tuple(r["prompt"]) for r in first.requests} & {tuple(r["prompt"]) for r in second.requests}

@@ -68,6 +68,7 @@ class World:
     fail_before: OperationFailed | None = None
     deployed: list[Profile] = field(default_factory=list)
     measured: int = 0
+    fresh_server: list[bool] = field(default_factory=list)
 
 
 @pytest.fixture()
@@ -104,8 +105,11 @@ def world(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> World:
             Endpoint("http://127.0.0.1:1", "tiny-llama", "llama_cpp"), profile.name, context, profile
         )
 
-    def fake_run(target: BenchTarget, plans: list[SetPlan], *, results_path: Path, **_: Any) -> Outcome:
+    def fake_run(
+        target: BenchTarget, plans: list[SetPlan], *, results_path: Path, fresh_server: bool = False, **_: Any
+    ) -> Outcome:
         w.measured += 1
+        w.fresh_server.append(fresh_server)
         run_id = f"{w.measured:04d}abcd"
         sets = []
         for plan in plans:
@@ -364,3 +368,12 @@ def test_cli_bad_input_exits_2_before_anything(
             main()
         assert done.value.code == 2
         assert capsys.readouterr().out == ""
+
+
+def test_a_new_container_is_measured_with_seeded_prompts_a_running_one_with_fresh_ones(world: World) -> None:
+    # Seeded prompts are only safe on a server that has served nothing yet (its prefix cache is empty):
+    # the container deploy just started, never the one measured in place.
+    go(accept=True)
+    world.identical = True
+    go()
+    assert world.fresh_server == [True, False]

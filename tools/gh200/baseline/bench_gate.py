@@ -21,6 +21,11 @@ deployments, printed as counts. No timing is asserted anywhere: this prints rati
 llama.cpp image's own binary) from the profile's rendered argv instead of a container: for measuring
 the rates on a quiet machine that has no container engine. The server, model, flags and client are
 the same; only the container around the server is left out.
+
+Each deployment is measured with the same seeded prompts (`--prompts same`, as a rollout measures the
+container it just started), so deployments differ by the server, not by the text a draft model
+accepts. `--cpus LIST` pins every deployment (container cpuset, or taskset for `--native`) and
+`--threads N` overrides the profile's threads: ways to look for the source of the noise.
 """
 
 from __future__ import annotations
@@ -196,10 +201,12 @@ class NativeServers:
 
         spec = container_spec(profile)
         argv = native_argv(spec)
+        # The container's cpuset, for a process: the same CPUs through taskset.
+        pin = ["taskset", "-c", str(spec["cpuset_cpus"])] if spec.get("cpuset_cpus") else []
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with (self.log_dir / f"{profile.name}.log").open("ab") as log:
             proc = subprocess.Popen(
-                [*self.command, *argv],
+                [*pin, *self.command, *argv],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **spec["environment"]},
@@ -273,6 +280,9 @@ def measure(
     record: Path | None = None,
     show_progress: bool = True,
     native: list[str] | None = None,
+    cpus: str | None = None,
+    same_prompts: bool = True,
+    threads: int | None = None,
 ) -> list[Deployment]:
     """Up to `count` fresh deployments each of the unchanged and the slowed variant, alternating.
 
@@ -286,11 +296,17 @@ def measure(
     from gh200.orchestrate import deploy, stop
     from gh200.output import progress
     from gh200.profiles import load_profile
+    from gh200.profiles.schema import CpuPlacement
     from gh200.served import api_key_for, base_url
 
     servers = NativeServers(native, (record or Path("bench-gate")).with_suffix(".logs")) if native else None
     client = None if servers else connect()
     base = load_profile("local-tiny")
+    if cpus is not None:
+        placement = base.placement.model_copy(update={"cpu": CpuPlacement(cpus=cpus, membind=False)})
+        base = base.model_copy(update={"placement": placement})
+    if threads is not None:
+        base = base.model_copy(update={"settings": base.settings.model_copy(update={"threads": threads})})
     variants = {
         "unchanged": base.model_copy(update={"name": PREFIX + "unchanged", "port": _free_port()}),
         "slowed": base.model_copy(
@@ -328,7 +344,9 @@ def measure(
                             base_url(profile), api_key=api_key_for(profile), model=profile.model.served_name
                         )
                     )
-                    (run_set,) = asyncio.run(Smoke(endpoint, [plan], seed=index).run())
+                    seed = 0 if same_prompts else index
+                    smoke = Smoke(endpoint, [plan], seed=seed, fresh_server=same_prompts)
+                    (run_set,) = asyncio.run(smoke.run())
                     runs, error = [r.as_json() for r in run_set.runs], run_set.error
                 except OperationFailed as err:
                     # One failed deployment (a health timeout on a loaded machine) is counted, not fatal.
@@ -347,7 +365,13 @@ def measure(
                         "check `gh200 deploy local-tiny` by hand",
                     )
                 if record is not None:
-                    write_record(record, deployments, shape, warm, synth)
+                    conditions = {
+                        "cpus": cpus,
+                        "threads": base.settings.threads,
+                        "prompts": "same" if same_prompts else "fresh",
+                        "server": "native" if servers else "container",
+                    }
+                    write_record(record, deployments, shape, warm, synth, conditions=conditions)
                 last = deployments[-1]
                 bar.update(
                     task,
@@ -372,7 +396,13 @@ def room_for_another_pair(spent_s: float, pairs_done: int, budget_s: float) -> b
 
 
 def write_record(
-    path: Path, deployments: list[Deployment], shape: tuple[int, int], warm: int, synth: float
+    path: Path,
+    deployments: list[Deployment],
+    shape: tuple[int, int],
+    warm: int,
+    synth: float,
+    *,
+    conditions: dict[str, Any] | None = None,
 ) -> None:
     """The measured deployments, so the rates can be recomputed (`--replay`) without redeploying."""
     from gh200.fsutil import atomic_write_text
@@ -382,6 +412,8 @@ def write_record(
         "shape": f"{shape[0]}:{shape[1]}",
         "warm": warm,
         "synthetic_acceptance": synth,
+        # How the deployments ran (CPUs, threads, prompts, native or container): what the noise belongs to.
+        "conditions": conditions or {},
         "deployments": [d.as_json() for d in deployments],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -549,11 +581,28 @@ def main(argv: list[str] | None = None) -> int:
         metavar="COMMAND",
         help="start llama-server as this local command instead of a container (machines without an engine)",
     )
+    parser.add_argument(
+        "--cpus",
+        default=None,
+        metavar="LIST",
+        help="pin every deployment to these CPUs (cpuset syntax, e.g. 2,4): placement noise left out",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="server threads (default: the profile's)")
+    parser.add_argument(
+        "--prompts",
+        choices=("same", "fresh"),
+        default="same",
+        help="same: every deployment gets the same seeded prompts, as a rollout's fresh deployment does;"
+        " fresh: new random prompts per deployment",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     from gh200.bench.smoke import parse_shapes
     from gh200.errors import Gh200Error
 
+    if args.threads is not None and args.threads < 1:
+        print(f"error: --threads {args.threads}: pass 1 or more", file=sys.stderr)
+        return 2
     if args.deployments < 2 or not 0 < args.synth < 1 or args.warm < 3 or args.budget_min <= 0:
         print(
             "error: --deployments >= 2, --warm >= 3, 0 < --synth < 1 and --budget-min > 0 (fix the value)",
@@ -576,6 +625,9 @@ def main(argv: list[str] | None = None) -> int:
                 record=record,
                 show_progress=not args.json,
                 native=shlex.split(args.native) if args.native else None,
+                cpus=args.cpus,
+                same_prompts=args.prompts == "same",
+                threads=args.threads,
             )
     except Gh200Error as err:
         print(f"error: {err}", file=sys.stderr)

@@ -11,6 +11,7 @@ The real prompts are a set of their own, never mixed into a synthetic shape.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import secrets
 from typing import Literal
@@ -37,6 +38,13 @@ WORDS = tuple(_WORD_TEXT.split())
 def nonce() -> str:
     """A fresh tag for one request: random, so repeated invocations never share a prefix either."""
     return secrets.token_hex(6)
+
+
+def seeded_tag(seed: int) -> str:
+    """The tag for a request on a freshly started server: fixed by the request's seed, so two fresh
+    deployments measured with the same seed see the same prompts (their runs compare like for like),
+    while the requests of one run set still differ from their first token (seeds are distinct)."""
+    return hashlib.sha256(f"gh200-prompt:{seed}".encode()).hexdigest()[:12]
 
 
 PromptMode = Literal["words", "random"]

@@ -262,11 +262,16 @@ def run(
     do_gate: bool = False,
     tolerance: float = 0.10,
     prompt_mode: PromptMode = "words",
+    fresh_server: bool = False,
 ) -> Outcome:
-    """Run the plans; append one record per set (finished or not) to the results file."""
+    """Run the plans; append one record per set (finished or not) to the results file.
+
+    `fresh_server`: the server was started for this measurement, so its prompts are the seeded ones
+    (Smoke's `fresh_server`) and the record says so: two such records compare like for like."""
     require_vocab(target.endpoint, prompt_mode)
     run_id = uuid.uuid4().hex[:12]
     target.context["prompt_mode"] = prompt_mode
+    target.context["prompts"] = "seeded" if fresh_server else "fresh"
     # What explains a change in speed beside the profile: driver, CUDA, kernel, page size, bundle and
     # the server's version (read once by the client's probe), in every record of this run.
     target.context["facts"] = collect_facts(target.endpoint.kind, target.endpoint.server_version).as_json()
@@ -287,7 +292,13 @@ def run(
                 )
 
         smoke = Smoke(
-            target.endpoint, plans, timeout_s=timeout_s, seed=seed, on_run=on_run, prompt_mode=prompt_mode
+            target.endpoint,
+            plans,
+            timeout_s=timeout_s,
+            seed=seed,
+            on_run=on_run,
+            prompt_mode=prompt_mode,
+            fresh_server=fresh_server,
         )
         try:
             sets = asyncio.run(smoke.run())

@@ -409,9 +409,13 @@ class Smoke:
         check_cache: bool = True,
         transport: Any | None = None,
         prompt_mode: prompts.PromptMode = "words",
+        fresh_server: bool = False,
     ) -> None:
         require_vocab(endpoint, prompt_mode)
         self.prompt_mode = prompt_mode
+        # A server started for this measurement has an empty prefix cache, so the prompts can be
+        # fixed by the seed (prompts.seeded_tag) instead of fresh nonces: same seed, same prompts.
+        self.fresh_server = fresh_server
         self.transport = transport
         self.endpoint = endpoint
         self.plans = plans
@@ -423,12 +427,12 @@ class Smoke:
 
     async def run(self) -> list[RunSet]:
         async with BenchClient(self.endpoint, self.timeout_s, self.transport) as client:
-            for plan in self.plans:
+            for number, plan in enumerate(self.plans):
                 run_set = RunSet(plan)
                 self.sets.append(run_set)
                 for index in range(run_set.planned_runs):
                     try:
-                        run = await self._one_run(client, plan, index)
+                        run = await self._one_run(client, plan, index, number)
                     except RequestFailed as err:
                         run_set.error = err.one_line()
                         run_set.error_kind = err.kind
@@ -440,8 +444,11 @@ class Smoke:
                         self.on_run(run_set, run)
         return self.sets
 
+    def _tag(self, seed: int) -> str:
+        return prompts.seeded_tag(seed) if self.fresh_server else prompts.nonce()
+
     async def _prompt_ids(self, client: BenchClient, length: int, seed: int) -> list[int]:
-        tag = prompts.nonce()
+        tag = self._tag(seed)
         if self.prompt_mode == "random":
             assert self.endpoint.vocab_size is not None
             return prompts.random_ids(tag, length, self.endpoint.vocab_size, seed)
@@ -453,8 +460,10 @@ class Smoke:
             words = int(words * 1.5) + 16
         raise RequestFailed("prompt", f"could not build a {length}-token prompt from {words} words")
 
-    async def _one_run(self, client: BenchClient, plan: SetPlan, index: int) -> RunResult:
-        base_seed = self.seed + 1000 * index
+    async def _one_run(self, client: BenchClient, plan: SetPlan, index: int, set_number: int) -> RunResult:
+        # Every request of the measurement gets its own seed (sets x runs x concurrency): with seeded
+        # prompts (fresh_server) a repeated seed would repeat a prompt, and the server's cache with it.
+        base_seed = self.seed + 1_000_000 * set_number + 1000 * index
         names: list[str] | None = None
         if plan.kind == "synthetic":
             assert plan.input_tokens is not None
@@ -474,7 +483,9 @@ class Smoke:
         else:
             assert names is not None
             coros = [
-                client.chat(prompts.real_prompt(name, prompts.nonce()), plan.output_tokens, base_seed + i)
+                client.chat(
+                    prompts.real_prompt(name, self._tag(base_seed + i)), plan.output_tokens, base_seed + i
+                )
                 for i, name in enumerate(names)
             ]
         results = await _gather_or_cancel(coros)

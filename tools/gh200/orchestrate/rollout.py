@@ -283,11 +283,15 @@ def rollout(
     previous = [c.name for c in running_containers(client, profile.name)]
     measured = _Measured()
 
-    def measure_and_gate() -> dict[str, Any]:
+    def measure_and_gate(fresh_server: bool) -> dict[str, Any]:
         target = bench_run.target_for_profile(profile, client)
         if progress:
             console.rule(f"{profile.name}: {', '.join(p.label for p in plans)}, 1 cold + {warm_runs} warm")
-        outcome = bench_run.run(target, plans, results_path=results_path, show_progress=progress)
+        # A container deploy just started has an empty prefix cache: seeded prompts, the same as the
+        # baseline's when it came from a rollout too, so the two sets differ by the server, not the text.
+        outcome = bench_run.run(
+            target, plans, results_path=results_path, show_progress=progress, fresh_server=fresh_server
+        )
         measured.run_id = outcome.run_id
         if progress:
             bench_run.print_report(outcome, markdown_to_stdout=False)
@@ -303,7 +307,7 @@ def rollout(
         return {"profile": profile.name, "run_id": outcome.run_id}
 
     def smoke(_target: Target, _api_key: str | None) -> dict[str, Any]:
-        return measure_and_gate()
+        return measure_and_gate(fresh_server=True)
 
     result = RolloutResult("failed", profile.name, host)
     in_place = False
@@ -319,7 +323,7 @@ def rollout(
                 console.print(
                     f"{profile.name}: this version already runs; measuring it in place", highlight=False
                 )
-            measure_and_gate()
+            measure_and_gate(fresh_server=False)
     except _Regressed:
         result = _ended(result, measured, client, previous)
         if in_place:
