@@ -205,3 +205,19 @@ def test_a_thread_count_under_one_is_refused_before_anything_runs(
     assert main(["--threads", threads]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and f"--threads {threads}" in err
+
+
+def test_the_smallest_caught_slowdown_is_what_the_worst_pair_needs() -> None:
+    from gh200.baseline.bench_gate import smallest_caught_slowdown
+
+    # Deployments 0%, 3%, 6%, 9% apart, floor 10%: the hardest pair has the new deployment 9% faster,
+    # so a slowdown S is flagged on it once its TPOT rises past the floor: 1 / (1.09 (1 - S)) >= 1.10,
+    # S >= 16.6%. Every pair must be caught (95% of 12 pairs is all 12), so the answer is 17%.
+    spread = [Deployment("unchanged", i, runs(300.0 * (1 + 0.03 * i), JITTER), 1.0) for i in range(4)]
+    assert smallest_caught_slowdown(spread, "64:128", 0.10) == pytest.approx(0.17)
+    assert smallest_caught_slowdown(spread, "64:128", 0.10, limit=0.16) is None
+    # A floor of 0 on deployments 0.25% apart: the rank test decides. 1% on the pair whose new
+    # deployment is 0.5% faster nets 0.5%, inside the runs' +-2% jitter, and is not significant; 2% is.
+    tight = [Deployment("unchanged", i, runs(300.0 * (1 + 0.0025 * i), JITTER), 1.0) for i in range(3)]
+    assert smallest_caught_slowdown(tight, "64:128", 0.0) == pytest.approx(0.02)
+    assert smallest_caught_slowdown([], "64:128", 0.05) is None

@@ -270,6 +270,44 @@ def best_floor(deployments: list[Deployment], shape: str, step: float = 0.01) ->
     return {"floor": None, "false_alarms": None, "detection": None}
 
 
+def smallest_caught_slowdown(
+    deployments: list[Deployment], shape: str, floor: float, limit: float = 0.5
+) -> float | None:
+    """The smallest decode slowdown (whole percent, up to `limit`) that the gate with this floor on
+    every metric flags in at least the detection target's share of the unchanged pairs: the size of
+    regression this machine's noise lets the gate catch. None when not even `limit` is caught."""
+    unchanged = [d for d in deployments if d.kind == "unchanged" and not d.error]
+    pairs = [(a, b) for a in unchanged for b in unchanged if a is not b]
+    if not pairs:
+        return None
+    floors = {rule.name: floor for rule in GATED_METRICS}
+
+    def caught(percent: int) -> bool:
+        hits = sum(
+            compare_runs(
+                a.runs,
+                slowed_runs(b.runs, percent / 100),
+                profile="local-tiny",
+                shape=shape,
+                concurrency=1,
+                min_effect=floors,
+            ).status
+            == "regression"
+            for a, b in pairs
+        )
+        return hits / len(pairs) >= TARGET_DETECTION
+
+    # A larger slowdown moves every pair's estimate and p-value the bad way: detection only grows,
+    # so the smallest caught size is found by bisection.
+    low, high = 0, round(limit * 100)
+    if not caught(high):
+        return None
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if caught(mid) else (mid, high)
+    return high / 100
+
+
 def measure(
     count: int,
     shape: tuple[int, int],
@@ -486,7 +524,12 @@ def summarise(deployments: list[Deployment], shape: str, synth: float) -> dict[s
         "seconds": round(sum(d.seconds for d in deployments), 1),
         "load_1min": {"min": min(loads), "median": _mid(loads), "max": max(loads)} if loads else None,
         **{name: t.as_json() for name, t in found.items()},
-        "best_floor": best_floor(deployments, shape),
+        "best_floor": (best := best_floor(deployments, shape)),
+        "caught_slowdown": (
+            smallest_caught_slowdown(deployments, shape, best["floor"])
+            if best is not None and best["floor"] is not None
+            else None
+        ),
         "target": {"detection": TARGET_DETECTION, "false_alarms": TARGET_FALSE_ALARMS},
         "met": detection >= TARGET_DETECTION and false_alarm <= TARGET_FALSE_ALARMS,
     }
@@ -537,6 +580,13 @@ def render(result: dict[str, Any], warm: int) -> str:
                 f"  what this machine's noise allows: the smallest floor with false alarms <="
                 f" {TARGET_FALSE_ALARMS:.0%} here is {best['floor']:.0%} ({best['false_alarms']:.1%}),"
                 f" which detects the {KNOWN_SLOWDOWN:.0%} slowdown {best['detection']:.1%} of the time"
+            )
+            caught = result.get("caught_slowdown")
+            lines.append(
+                f"  at that floor the gate catches a slowdown of {caught:.0%} or more"
+                f" >= {TARGET_DETECTION:.0%} of the time"
+                if caught is not None
+                else f"  at that floor no slowdown up to 50% is caught >= {TARGET_DETECTION:.0%} of the time"
             )
     load = result["load_1min"]
     if load is not None:
