@@ -1,11 +1,13 @@
-"""Shared test harness: markers that skip with a reason, a real container engine, a base image."""
+"""Shared test harness: skip markers with reasons, the CLI in-process, a real container engine, base image."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
+from typing import Protocol
 
 import pytest
 
@@ -32,6 +34,40 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(
                 pytest.mark.skip(reason="needs the dual-GH200 workstation (set GH200_WORKSTATION=1 there)")
             )
+
+
+class Gh200Cli(Protocol):
+    def __call__(self, args: list[str], *, no_engine: bool = False) -> tuple[int, str, str]: ...
+
+
+def _engine_contacted(*_args: object, **_kwargs: object) -> None:
+    raise AssertionError("the container engine was contacted")
+
+
+@pytest.fixture()
+def gh200_cli(capsys: pytest.CaptureFixture[str]) -> Gh200Cli:
+    """`gh200 ARGS` through the console script's main() in this process: (exit code, stdout, stderr)."""
+    from gh200 import engine as engine_mod
+    from gh200.cli import main
+
+    def run(args: list[str], *, no_engine: bool = False) -> tuple[int, str, str]:
+        # Patched for this call only. no_engine: connecting (which may start the Podman service) raises
+        # AssertionError, for commands that must refuse or finish before any engine is reached.
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(sys, "argv", ["gh200", *args])
+            if no_engine:
+                patch.setattr(engine_mod, "connect", _engine_contacted)
+            capsys.readouterr()
+            try:
+                main()
+                code = 0
+            except SystemExit as done:
+                # As the interpreter maps it: None is success, a message is failure.
+                code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+            out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
 
 
 @pytest.fixture(scope="session")

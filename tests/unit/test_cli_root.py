@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from gh200 import __version__
+from gh200 import __version__, engine
 
 GH200 = Path(sys.executable).parent / "gh200"
 
@@ -73,3 +74,18 @@ def test_expected_failure_is_one_line() -> None:
     assert len(lines) == 1
     assert lines[0].startswith("error: no profile named 'no-such-profile'")
     assert "(fix: use one of: " in lines[0]
+
+
+def test_in_process_runner_agrees_with_the_script_and_its_engine_guard_trips(
+    gh200_cli: Callable[..., tuple[int, str, str]],
+) -> None:
+    """tests/conftest.py's gh200_cli, which the unit suites use in place of the script: the same exit
+    codes and output, and no_engine=True stops a command at its first engine contact (the suites'
+    "refused before any engine is reached" rests on it) for that call only."""
+    assert gh200_cli(["--version"]) == (0, f"gh200 {__version__}\n", "")
+    code, out, err = gh200_cli(["profiles", "show", "no-such-profile"])
+    assert code == 2 and out == "" and err.startswith("error: no profile named 'no-such-profile'")
+    original = engine.connect
+    with pytest.raises(AssertionError, match="the container engine was contacted"):
+        gh200_cli(["status", "--json"], no_engine=True)
+    assert engine.connect is original

@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,7 +17,6 @@ from baseline_fakes import STEADY, history, record_run, run_set
 from gh200.baseline.report import collect, markers, write_report
 from gh200.baseline.store import accept, resolve_run, this_host
 from gh200.bench.results import read_records
-from gh200.cli import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -63,7 +62,7 @@ def test_page_is_self_contained_and_embeds_the_pngs(results: Path, tmp_path: Pat
 
 
 def test_only_this_hosts_run_sets_and_bad_input_writes_nothing(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gh200_cli: Callable[..., tuple[int, str, str]]
 ) -> None:
     monkeypatch.setenv("GH200_STATE", str(tmp_path / "state"))
     path = tmp_path / "elsewhere.jsonl"
@@ -72,10 +71,7 @@ def test_only_this_hosts_run_sets_and_bad_input_writes_nothing(
     lines[0]["host"]["hostname"] = "another-host"
     path.write_text(json.dumps(lines[0]) + "\n")
     out = tmp_path / "report"
-    monkeypatch.setattr(sys, "argv", ["gh200", "report", "--results", str(path), "--out", str(out)])
-    with pytest.raises(SystemExit) as done:
-        main()
-    err = capsys.readouterr().err
-    assert done.value.code == 2 and "no recorded run sets of host" in err
+    code, _, err = gh200_cli(["report", "--results", str(path), "--out", str(out)])
+    assert code == 2 and "no recorded run sets of host" in err
     assert len(err.strip().splitlines()) == 1
     assert not out.exists()

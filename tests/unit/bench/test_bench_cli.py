@@ -4,38 +4,15 @@ before any engine, server or file is touched; `sweep decide` on the posts' table
 from __future__ import annotations
 
 import json
-import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
 
-from gh200.cli import main
-
 DATA = Path(__file__).parent / "data"
-
-
-def _gh200(
-    args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["gh200", *args])
-    import gh200.engine
-
-    def no_engine(*_: object, **__: object) -> None:
-        raise AssertionError("the container engine was contacted")
-
-    monkeypatch.setattr(gh200.engine, "connect", no_engine)
-    capsys.readouterr()
-    try:
-        main()
-        code = 0
-    except SystemExit as done:
-        code = done.code if isinstance(done.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _one_line_error(code: int, err: str, needle: str) -> None:
@@ -63,22 +40,22 @@ def _one_line_error(code: int, err: str, needle: str) -> None:
     ],
 )
 def test_bad_flags_exit_2_before_anything_is_contacted(
-    args: list[str], needle: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    args: list[str], needle: str, gh200_cli: Callable[..., tuple[int, str, str]]
 ) -> None:
-    code, _, err = _gh200(args, capsys, monkeypatch)
+    code, _, err = gh200_cli(args, no_engine=True)
     _one_line_error(code, err, needle)
 
 
 def test_results_path_is_checked_before_the_benchmark(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, gh200_cli: Callable[..., tuple[int, str, str]]
 ) -> None:
-    code, _, err = _gh200(["smoke", "local-tiny", "--results", str(tmp_path)], capsys, monkeypatch)
+    code, _, err = gh200_cli(["smoke", "local-tiny", "--results", str(tmp_path)], no_engine=True)
     _one_line_error(code, err, f"--results {tmp_path} is a directory")
     blocker = tmp_path / "file"
     blocker.write_text("")
-    code, _, err = _gh200(["smoke", "local-tiny", "--results", str(blocker / "r.jsonl")], capsys, monkeypatch)
+    code, _, err = gh200_cli(["smoke", "local-tiny", "--results", str(blocker / "r.jsonl")], no_engine=True)
     _one_line_error(code, err, f"{blocker} is not a directory")
-    code, _, err = _gh200(["sweep", "glm52-awq-mtp3", "--results", str(tmp_path)], capsys, monkeypatch)
+    code, _, err = gh200_cli(["sweep", "glm52-awq-mtp3", "--results", str(tmp_path)], no_engine=True)
     _one_line_error(code, err, "is a directory")
     assert [p.name for p in tmp_path.iterdir()] == ["file"]  # nothing written
 
@@ -118,31 +95,29 @@ def models_server() -> Iterator[str]:
 
 
 def test_unknown_model_at_a_url_names_what_the_server_serves(
-    models_server: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    models_server: str, gh200_cli: Callable[..., tuple[int, str, str]]
 ) -> None:
     args = ["smoke", "--url", models_server, "--model", "nope", "--no-results"]
-    code, _, err = _gh200(args, capsys, monkeypatch)
+    code, _, err = gh200_cli(args, no_engine=True)
     _one_line_error(code, err, "serves tiny, tiny-draft, not 'nope'")
     assert "pass --model with one it lists: tiny, tiny-draft" in err
     assert "deploy the profile" not in err
     assert _Models.paths == ["/v1/models"]  # no benchmark request was sent
 
 
-def test_sweep_decide_on_the_posts_tables(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    code, out, err = _gh200(["sweep", "decide", str(DATA / "part3-awq-sweep.md")], capsys, monkeypatch)
+def test_sweep_decide_on_the_posts_tables(gh200_cli: Callable[..., tuple[int, str, str]]) -> None:
+    code, out, err = gh200_cli(["sweep", "decide", str(DATA / "part3-awq-sweep.md")], no_engine=True)
     assert code == 0, err
     assert out.startswith("AWQ: chosen MTP-3: MTP-4 stopped the walk:")
     assert "8192->512: 6 of 11 runs accepted under 60%" in out
-    code, out, err = _gh200(["sweep", "decide", str(DATA / "part2-canada.md"), "--json"], capsys, monkeypatch)
+    code, out, err = gh200_cli(["sweep", "decide", str(DATA / "part2-canada.md"), "--json"], no_engine=True)
     assert code == 0, err
     (decision,) = json.loads(out)["decisions"]
     assert (
         decision["family"] == "Canada W4A16/FP8" and decision["chosen"] == 3 and decision["stopped_at"] == 4
     )
-    code, out, _ = _gh200(["sweep", "decide", str(DATA / "part3-fp8-walk.md")], capsys, monkeypatch)
+    code, out, _ = gh200_cli(["sweep", "decide", str(DATA / "part3-fp8-walk.md")], no_engine=True)
     assert code == 0 and out.startswith("chosen MTP-3:")
     empty = DATA.parent / "test_bench_cli.py"  # a file with no table in it
-    code, _, err = _gh200(["sweep", "decide", str(empty)], capsys, monkeypatch)
+    code, _, err = gh200_cli(["sweep", "decide", str(empty)], no_engine=True)
     _one_line_error(code, err, "no table rows with a speculative depth")

@@ -2,31 +2,9 @@
 
 from __future__ import annotations
 
-import sys
+from collections.abc import Callable
 
 import pytest
-
-from gh200.cli import main
-
-
-def _gh200(
-    args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["gh200", *args])
-    # None of these may touch a container engine.
-    import gh200.engine
-
-    def no_engine(*_: object, **__: object) -> None:
-        raise AssertionError("the container engine was contacted")
-
-    monkeypatch.setattr(gh200.engine, "connect", no_engine)
-    capsys.readouterr()
-    try:
-        main()
-        code = 0
-    except SystemExit as done:
-        code = done.code if isinstance(done.code, int) else 1
-    return code, capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -44,15 +22,13 @@ def _gh200(
     ],
 )
 def test_bad_input_exits_2_with_one_line(
-    args: list[str], needle: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    args: list[str], needle: str, gh200_cli: Callable[..., tuple[int, str, str]]
 ) -> None:
-    code, err = _gh200(args, capsys, monkeypatch)
+    code, _, err = gh200_cli(args, no_engine=True)
     assert code == 2, err
     assert needle in err and err.startswith("error:") and "Traceback" not in err
 
 
-def test_unreachable_url_is_a_failed_operation(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    code, err = _gh200(["smoke", "--url", "http://127.0.0.1:9", "--no-results"], capsys, monkeypatch)
+def test_unreachable_url_is_a_failed_operation(gh200_cli: Callable[..., tuple[int, str, str]]) -> None:
+    code, _, err = gh200_cli(["smoke", "--url", "http://127.0.0.1:9", "--no-results"], no_engine=True)
     assert code == 1 and "cannot reach http://127.0.0.1:9" in err and "Traceback" not in err

@@ -6,35 +6,9 @@ is a tripwire here: reaching it at all fails the test.
 
 from __future__ import annotations
 
-import sys
+from collections.abc import Callable
 
 import pytest
-
-from gh200 import engine
-
-
-@pytest.fixture
-def no_engine(monkeypatch: pytest.MonkeyPatch) -> None:
-    def tripwire(*_args: object, **_kwargs: object) -> None:
-        raise AssertionError("the engine was reached before the request was checked")
-
-    monkeypatch.setattr(engine, "connect", tripwire)
-
-
-def _gh200(
-    args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> tuple[int, str]:
-    from gh200 import cli
-
-    monkeypatch.setattr(sys, "argv", ["gh200", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as done:
-        code = int(done.code or 0)
-    out, err = capsys.readouterr()
-    assert out == ""
-    return code, err
 
 
 @pytest.mark.parametrize(
@@ -47,13 +21,11 @@ def _gh200(
         (["llama_cpp", "--build-arg", "SMOKE"], "--build-arg 'SMOKE' is not KEY=VALUE"),
     ],
 )
-@pytest.mark.usefixtures("bundle", "no_engine")
+@pytest.mark.usefixtures("bundle")
 def test_build_refuses_before_reaching_the_engine(
-    args: list[str],
-    named: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    args: list[str], named: str, gh200_cli: Callable[..., tuple[int, str, str]]
 ) -> None:
-    code, err = _gh200(["images", "build", *args], monkeypatch, capsys)
+    code, out, err = gh200_cli(["images", "build", *args], no_engine=True)
+    assert out == ""
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and named in lines[0], err

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -12,27 +11,17 @@ from profiles_testlib import PROFILES, Run
 
 
 @pytest.fixture()
-def gh200(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Callable[..., Run]:
-    """`gh200 ARGS` in this process, through the console script's own main(): the same argument
-    parsing, error lines and exit codes, without paying the interpreter start-up per call.
-    The suite still runs the installed script as a subprocess where that is the point
-    (profiles_testlib.run_gh200)."""
-    from gh200.cli import main
+def gh200(gh200_cli: Callable[..., tuple[int, str, str]]) -> Callable[..., Run]:
+    """`gh200 ARGS` in this process (tests/conftest.py's gh200_cli) as a Run, with ENV set and COLUMNS
+    unset for the call. The suite still runs the installed script as a subprocess where that is the
+    point (profiles_testlib.run_gh200)."""
 
     def run(args: list[str], env: dict[str, str] | None = None) -> Run:
-        with monkeypatch.context() as patch:
+        with pytest.MonkeyPatch.context() as patch:
             for key, value in (env or {}).items():
                 patch.setenv(key, value)
             patch.delenv("COLUMNS", raising=False)
-            patch.setattr(sys, "argv", ["gh200", *args])
-            capsys.readouterr()
-            try:
-                main()
-                code = 0
-            except SystemExit as done:
-                code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
-            out, err = capsys.readouterr()
-        return Run(code, out, err)
+            return Run(*gh200_cli(args))
 
     return run
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -71,18 +70,14 @@ def test_report_lines_and_verdicts(tmp_path: Path) -> None:
     assert not SuiteResult(target="local://", rc=0, seconds=0.0).ok  # no check ran: not a pass
 
 
-def _gh200(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gh200.cli", *args], capture_output=True, text=True, timeout=300, check=False
-    )
-
-
-def test_local_run_on_a_machine_not_provisioned_skips_everything_with_reasons(tmp_path: Path) -> None:
+def test_local_run_on_a_machine_not_provisioned_skips_everything_with_reasons(
+    tmp_path: Path, gh200_cli: Callable[..., tuple[int, str, str]]
+) -> None:
     expect = tmp_path / "not-provisioned.yml"
     expect.write_text(yaml.safe_dump({"gh200_verify_provisioned": False, "gh200_verify_gpu_count": 0}))
-    done = _gh200("verify", "--local", "--expect", str(expect), "--json")
-    assert done.returncode == 0, done.stderr[-2000:]
-    result = json.loads(done.stdout)
+    code, out, err = gh200_cli(["verify", "--local", "--expect", str(expect), "--json"])
+    assert code == 0, err[-2000:]
+    result = json.loads(out)
     assert result["target"] == "local://" and result["summary"]["passed"] == 0
     assert result["summary"]["skipped"] == len(result["checks"]) > 20
     reasons = {c["detail"] for c in result["checks"]}
@@ -90,15 +85,17 @@ def test_local_run_on_a_machine_not_provisioned_skips_everything_with_reasons(tm
     assert any("gh200_verify_gpu_count: 0" in r for r in reasons)
 
 
-def test_local_run_reports_a_real_failure_with_exit_1(tmp_path: Path) -> None:
+def test_local_run_reports_a_real_failure_with_exit_1(
+    tmp_path: Path, gh200_cli: Callable[..., tuple[int, str, str]]
+) -> None:
     expect = tmp_path / "wrong.yml"
     expect.write_text(yaml.safe_dump({"gh200_kernel_packages": ["gh200-test-no-such-package"]}))
-    done = _gh200("verify", "--local", "--expect", str(expect), "--only", "config", "--json")
-    assert done.returncode == 1
-    checks = {c["check"]: c for c in json.loads(done.stdout)["checks"]}
+    code, out, err = gh200_cli(["verify", "--local", "--expect", str(expect), "--only", "config", "--json"])
+    assert code == 1
+    checks = {c["check"]: c for c in json.loads(out)["checks"]}
     kernel = checks["Kernel packages installed (and held)"]
     assert kernel["outcome"] == "failed" and "gh200-test-no-such-package is not installed" in kernel["detail"]
-    assert done.stderr.startswith("error: ") and "check(s) failed" in done.stderr
+    assert err.startswith("error: ") and "check(s) failed" in err
 
 
 BAD_EXPECT = {
@@ -126,17 +123,21 @@ def _unreachable_inventory(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("case", sorted(BAD_EXPECT))
-def test_bad_expectation_file_exits_2_with_one_line_naming_it(case: str, tmp_path: Path) -> None:
+def test_bad_expectation_file_exits_2_with_one_line_naming_it(
+    case: str, tmp_path: Path, gh200_cli: Callable[..., tuple[int, str, str]]
+) -> None:
     content, message = BAD_EXPECT[case]
     path = tmp_path / f"{case}.yaml"
     if content is not None:
         path.write_text(content)
-    done = _gh200("verify", "--inventory", str(_unreachable_inventory(tmp_path)), "--expect", str(path))
-    assert done.returncode == 2, (done.stdout, done.stderr)
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: expectation file "), done.stderr
+    code, out, err = gh200_cli(
+        ["verify", "--inventory", str(_unreachable_inventory(tmp_path)), "--expect", str(path)]
+    )
+    assert code == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: expectation file "), err
     assert str(path) in lines[0] and message in lines[0] and "(fix: " in lines[0], lines[0]
-    assert done.stdout == ""  # no table, no progress: nothing ran
+    assert out == ""  # no table, no progress: nothing ran
 
 
 def test_bad_expectation_file_is_refused_before_any_host_is_contacted(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,29 +26,14 @@ def isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return state
 
 
-def gh200(
-    args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> tuple[int, str, str]:
-    from gh200 import cli
-
-    monkeypatch.setattr(sys, "argv", ["gh200", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as done:
-        code = int(done.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def as_json(out: str) -> dict[str, Any]:
     data = json.loads(out)
     assert isinstance(data, dict)
     return data
 
 
-def test_post_figures_from_flags(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = gh200(["ruler", *POST_FLAGS, "--json"], monkeypatch, capsys)
+def test_post_figures_from_flags(gh200_cli: Callable[..., tuple[int, str, str]]) -> None:
+    code, out, _ = gh200_cli(["ruler", *POST_FLAGS, "--json"])
     assert code == 0
     data = as_json(out)
     assert data["topology"] is None
@@ -66,12 +51,10 @@ def test_post_figures_from_flags(monkeypatch: pytest.MonkeyPatch, capsys: pytest
 
 
 def test_profile_uses_the_posts_model_when_not_on_disk(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    gh200_cli: Callable[..., tuple[int, str, str]],
 ) -> None:
-    code, out, _ = gh200(
-        ["ruler", "glm52-fp8-offload270", "--measured", "20.31", "--measured", "2.39", "--json"],
-        monkeypatch,
-        capsys,
+    code, out, _ = gh200_cli(
+        ["ruler", "glm52-fp8-offload270", "--measured", "20.31", "--measured", "2.39", "--json"]
     )
     assert code == 0
     data = as_json(out)
@@ -80,19 +63,19 @@ def test_profile_uses_the_posts_model_when_not_on_disk(
     assert [v["verdict"] for v in data["verdicts"]] == ["partial_overlap", "remote_or_cross_module"]
 
 
-def test_table_output(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_table_output(
+    monkeypatch: pytest.MonkeyPatch, gh200_cli: Callable[..., tuple[int, str, str]]
+) -> None:
     monkeypatch.setenv("COLUMNS", "200")
-    code, out, err = gh200(["ruler", *POST_FLAGS, "--measured", "20.31"], monkeypatch, capsys)
+    code, out, err = gh200_cli(["ruler", *POST_FLAGS, "--measured", "20.31"])
     assert code == 0 and out == ""
     assert "21.38 GiB (22.95 GB) of experts per token" in err
     assert "17.64-17.78" in err and "16.43-16.56" in err and "about 6" in err
     assert "partial pipeline overlap" in err
 
 
-def test_unknown_model_not_on_disk_names_the_flags(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    code, out, err = gh200(["ruler", "glm52-awq"], monkeypatch, capsys)
+def test_unknown_model_not_on_disk_names_the_flags(gh200_cli: Callable[..., tuple[int, str, str]]) -> None:
+    code, out, err = gh200_cli(["ruler", "glm52-awq"])
     assert code == 2 and out == ""
     lines = err.strip().splitlines()
     assert len(lines) == 1
@@ -100,19 +83,15 @@ def test_unknown_model_not_on_disk_names_the_flags(
     assert "--routed-expert-bytes" in lines[0] and "--experts" in lines[0] and "--active-experts" in lines[0]
 
 
-def test_flags_complete_an_unknown_profile(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    code, out, _ = gh200(["ruler", "glm52-awq", *POST_FLAGS, "--json"], monkeypatch, capsys)
+def test_flags_complete_an_unknown_profile(gh200_cli: Callable[..., tuple[int, str, str]]) -> None:
+    code, out, _ = gh200_cli(["ruler", "glm52-awq", *POST_FLAGS, "--json"])
     assert code == 0
     assert as_json(out)["model"]["source"] == "flags"
 
 
-def test_override_beats_the_posts_model(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_override_beats_the_posts_model(gh200_cli: Callable[..., tuple[int, str, str]]) -> None:
     args = ["ruler", "--model", "zai-org/GLM-5.2-FP8@main", "--routed-expert-bytes", "342GiB", "--json"]
-    code, out, _ = gh200(args, monkeypatch, capsys)
+    code, out, _ = gh200_cli(args)
     assert code == 0
     model = as_json(out)["model"]
     assert model["routed_expert_bytes"] == 342 * r.GIB and model["n_routed_experts"] == 256
@@ -120,12 +99,12 @@ def test_override_beats_the_posts_model(
 
 
 def test_topology_file_replaces_the_posts_table(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], isolated_state: Path
+    isolated_state: Path, gh200_cli: Callable[..., tuple[int, str, str]]
 ) -> None:
     # The default location is read when present.
     isolated_state.mkdir(parents=True)
     shutil.copy(DATA / "topology-h200x1.json", isolated_state / "topology.json")
-    code, out, _ = gh200(["ruler", *POST_FLAGS, "--json"], monkeypatch, capsys)
+    code, out, _ = gh200_cli(["ruler", *POST_FLAGS, "--json"])
     assert code == 0
     data = as_json(out)
     assert data["topology"] == str(isolated_state / "topology.json")
@@ -134,16 +113,14 @@ def test_topology_file_replaces_the_posts_table(
     assert data["missing_rows"] == [{"row": "remote", "path": "remote"}, {"row": "staged", "path": "staged"}]
     # A flag fills the gap and beats the file.
     args = ["ruler", *POST_FLAGS, "--bandwidth", "remote=20", "--bandwidth", "local=60:61", "--json"]
-    code, out, _ = gh200(args, monkeypatch, capsys)
+    code, out, _ = gh200_cli(args)
     data = as_json(out)
     assert data["bandwidths"]["remote"] == {"low_gbps": 20.0, "high_gbps": 20.0, "source": "--bandwidth"}
     assert data["bandwidths"]["local"]["high_gbps"] == 61.0
     assert [row["key"] for row in data["rows"]][-1] == "remote"
 
 
-def test_results_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_results_file(tmp_path: Path, gh200_cli: Callable[..., tuple[int, str, str]]) -> None:
     results = tmp_path / "smoke.jsonl"
     results.write_text(
         '{"shape": "256:512", "concurrency": 1, "median_output_tok_s": 20.31}\n'
@@ -151,7 +128,7 @@ def test_results_file(
         '{"shape": "2048:512", "concurrency": 1, "output_tok_s": {"median": 16.9, "best": 17.2}}\n'
         '{"shape": "256:512", "concurrency": 4, "note": "no value"}\n'
     )
-    code, out, _ = gh200(["ruler", *POST_FLAGS, "--results", str(results), "--json"], monkeypatch, capsys)
+    code, out, _ = gh200_cli(["ruler", *POST_FLAGS, "--results", str(results), "--json"])
     assert code == 0
     verdicts = as_json(out)["verdicts"]
     assert [(v["label"], v["verdict"]) for v in verdicts] == [
@@ -160,11 +137,11 @@ def test_results_file(
     ]
     empty = tmp_path / "empty.jsonl"
     empty.write_text('{"shape": "1:1"}\n')
-    code, _, err = gh200(["ruler", *POST_FLAGS, "--results", str(empty)], monkeypatch, capsys)
+    code, _, err = gh200_cli(["ruler", *POST_FLAGS, "--results", str(empty)])
     assert code == 2 and "no record with a median output tok/s" in err
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"median_output_tok_s": 3}\n{oops\n')
-    code, _, err = gh200(["ruler", *POST_FLAGS, "--results", str(broken)], monkeypatch, capsys)
+    code, _, err = gh200_cli(["ruler", *POST_FLAGS, "--results", str(broken)])
     assert code == 2 and "line 2 is not JSON" in err
 
 
@@ -186,18 +163,16 @@ def test_results_file(
     ],
 )
 def test_bad_input_is_one_line_exit_2(
-    args: list[str], needle: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    args: list[str], needle: str, gh200_cli: Callable[..., tuple[int, str, str]]
 ) -> None:
-    code, out, err = gh200(["ruler", *args], monkeypatch, capsys)
+    code, out, err = gh200_cli(["ruler", *args])
     assert code == 2 and out == ""
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "(fix: " in lines[0]
     assert needle in lines[0]
 
 
-def test_model_directory_is_inspected(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_model_directory_is_inspected(tmp_path: Path, gh200_cli: Callable[..., tuple[int, str, str]]) -> None:
     if importlib.util.find_spec("gh200.checkpoints.inspect") is None:
         pytest.skip("needs gh200.checkpoints.inspect (the checkpoints issue)")
     from gh200.checkpoints import testdata
@@ -206,7 +181,7 @@ def test_model_directory_is_inspected(
     from gh200.checkpoints.inspect import inspect_checkpoint
 
     summary = inspect_checkpoint(directory)
-    code, out, _ = gh200(["ruler", "--model", str(directory), "--json"], monkeypatch, capsys)
+    code, out, _ = gh200_cli(["ruler", "--model", str(directory), "--json"])
     assert code == 0
     model = as_json(out)["model"]
     assert model["source"] == f"checkpoint headers in {directory}"
@@ -222,18 +197,16 @@ def test_model_directory_is_inspected(
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is not None, reason="torch is importable here")
-def test_probe_without_torch(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    code, out, err = gh200(["probe", "--out", str(tmp_path / "t.json"), "--json"], monkeypatch, capsys)
+def test_probe_without_torch(tmp_path: Path, gh200_cli: Callable[..., tuple[int, str, str]]) -> None:
+    code, out, err = gh200_cli(["probe", "--out", str(tmp_path / "t.json"), "--json"])
     assert code == 1 and out == ""
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "PyTorch (torch)" in lines[0] and "probe_main" in lines[0]
     assert not (tmp_path / "t.json").exists()
 
 
-def test_probe_bad_size(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = gh200(["probe", "--size", "lots", "--json"], monkeypatch, capsys)
+def test_probe_bad_size(gh200_cli: Callable[..., tuple[int, str, str]]) -> None:
+    code, _, err = gh200_cli(["probe", "--size", "lots", "--json"])
     assert code == 2 and "cannot read the size" in err
 
 
@@ -251,14 +224,10 @@ def test_probe_bad_size(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureF
     ],
 )
 def test_probe_refuses_bad_options_before_drawing_anything(
-    args: list[str],
-    named: str,
-    isolated_state: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    args: list[str], named: str, isolated_state: Path, gh200_cli: Callable[..., tuple[int, str, str]]
 ) -> None:
     """Without --json the progress bar is on; a bad option must end the command before it draws."""
-    code, out, err = gh200(["probe", *args], monkeypatch, capsys)
+    code, out, err = gh200_cli(["probe", *args])
     assert code == 2 and out == ""
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and named in lines[0], err
