@@ -7,8 +7,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,23 +52,11 @@ def deployed(engine: Any) -> Iterator[Any]:
         stop(engine, name)
 
 
-def _gh200(
-    args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> tuple[int, str]:
-    from gh200.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["gh200", *args])
-    capsys.readouterr()
-    try:
-        main()
-        code = 0
-    except SystemExit as done:
-        code = done.code if isinstance(done.code, int) else 1
-    return code, capsys.readouterr().out
-
-
 def test_facts_baseline_and_a_slowed_server_on_the_real_llama_server(
-    deployed: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    deployed: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    gh200_cli: Callable[..., tuple[int, str, str]],
 ) -> None:
     from gh200.bench.results import append_records, make_record
     from gh200.bench.run import default_plans, run, target_for_profile
@@ -93,15 +80,11 @@ def test_facts_baseline_and_a_slowed_server_on_the_real_llama_server(
         context = {**target.context, "profile": "tbase-pair"}
         append_records(results, [make_record(s, context, outcome.run_id) for s in outcome.sets])
         run_ids.append(outcome.run_id)
-    code, out = _gh200(
-        ["baseline", "accept", run_ids[0], "--results", str(results), "--json"], capsys, monkeypatch
-    )
+    code, out, _ = gh200_cli(["baseline", "accept", run_ids[0], "--results", str(results), "--json"])
     assert code == 0
     (accepted,) = json.loads(out)["baselines"]
     assert accepted["profile"] == "tbase-pair" and accepted["runs"] == 7
-    code, out = _gh200(
-        ["baseline", "check", run_ids[1], "--results", str(results), "--json"], capsys, monkeypatch
-    )
+    code, out, _ = gh200_cli(["baseline", "check", run_ids[1], "--results", str(results), "--json"])
     (verdict,) = json.loads(out)["verdicts"]
     assert code == 1, verdict
     assert verdict["status"] == "regression" and verdict["metric"] == "output_tok_s", verdict

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -209,26 +208,6 @@ def test_api_key_from_a_0600_file(engine: Any, prepared: str, tmp_path: Path) ->
         assert "sk-tdep-0123456789" not in logs
     finally:
         stop(engine, profile.name)
-
-
-@pytest.fixture()
-def gh200_cli(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> Callable[[list[str]], tuple[int, str, str]]:
-    from gh200.cli import main
-
-    def run(args: list[str]) -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "argv", ["gh200", *args])
-        capsys.readouterr()
-        try:
-            main()
-            code = 0
-        except SystemExit as done:
-            code = done.code if isinstance(done.code, int) else 1
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 def test_cli_deploy_status_logs_smoke_stop_with_json(
