@@ -154,6 +154,44 @@ def test_check_fails_a_slower_run_naming_the_metric_and_passes_an_equal_one(
     assert "output_tok_s fell 12.0%" in err and len(err.strip().splitlines()) == 1
 
 
+def test_check_applies_the_floor_given_to_every_metric(
+    state: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 12% slower: a regression at the default 5%, not at a 15% floor (a host noisier than that).
+    results = state / "results" / "smoke.jsonl"
+    record_run(results, "aaaa00000001", [run_set(STEADY)])
+    assert gh200(["baseline", "accept", "aaaa"], capsys, monkeypatch)[0] == 0
+    record_run(results, "cccc00000003", [run_set([t * 0.88 for t in STEADY])])
+    code, out, err = gh200(
+        ["baseline", "check", "cccc", "--min-effect", "0.15", "--json"], capsys, monkeypatch
+    )
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["ok"] is True and doc["min_effect"] == 0.15
+    (verdict,) = doc["verdicts"]
+    assert verdict["status"] == "pass"
+    assert {c["metric"]: c["min_effect"] for c in verdict["comparisons"]} == {
+        "output_tok_s": 0.15,
+        "tpot_ms": 0.15,
+        "ttft_ms": 0.15,
+    }
+    code, _, err = gh200(["baseline", "check", "cccc"], capsys, monkeypatch)
+    assert code == 1 and "gate floor 5%" in err and "output_tok_s fell 12.0%" in err
+
+
+@pytest.mark.parametrize("value", ["0", "1", "-0.1", "abc"])
+def test_check_refuses_a_floor_that_is_not_a_fraction(
+    state: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    results = state / "results" / "smoke.jsonl"
+    record_run(results, "aaaa00000001", [run_set(STEADY)])
+    code, out, err = gh200(
+        ["baseline", "check", "aaaa", "--min-effect", value, "--json"], capsys, monkeypatch
+    )
+    assert code == 2 and out == ""
+    assert f"--min-effect {value}" in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_a_corrupt_baseline_is_named(
     state: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
