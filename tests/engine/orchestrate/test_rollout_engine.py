@@ -40,7 +40,9 @@ SLOW_DRAFT = 12
 # deployments at 18-46%; (b) measures one deployment twice, which drifts no more than two do, and a
 # single run of the suite should fail by chance far less often than 5%: the top of that range,
 # rounded up. (c) gates at the default 5% and its slowdown is far larger, so it is not this floor
-# that catches it.
+# that catches it. No floor covers CPU-bound jobs at the server's own priority (a Podman service
+# started from a niced shell runs the server niced too): beside two mutation runs, local-tiny's
+# runs here ranged 8-170 tok/s within one set, enough to hide even (c)'s slowdown.
 UNCHANGED_FLOOR = 0.5
 
 
