@@ -10,7 +10,8 @@ written; (d) bad input exits 2 with nothing deployed. Each gate run is one cold 
 The slowdown: no draft token accepted (`--spec-synth-rates 0,...`) with 12 drafted per step, and one
 thread; see SLOW_ARGS for the measured size. It must be far above the gate's 5% floor, so that (c)
 never depends on luck; (b) measures the same deployment again (a fresh one adds drift between
-deployments: its false-alarm rate is what `make bench-gate` prints).
+deployments: its false-alarm rate is what `make bench-gate` prints) at the floor this machine
+needs, `--min-effect UNCHANGED_FLOOR`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,15 @@ pytestmark = pytest.mark.engine
 NAME = "troll-tiny"
 SHAPE = "64:128"
 SLOW_DRAFT = 12
+# The floor (b) gates at. `make bench-gate` on this kind of machine (a shared 2-core VM, local-tiny's
+# runs a tenth of a second each) measured the smallest floor with <= 5% false alarms between fresh
+# deployments at 18-46%; (b) measures one deployment twice, which drifts no more than two do, and a
+# single run of the suite should fail by chance far less often than 5%: the top of that range,
+# rounded up. (c) gates at the default 5% and its slowdown is far larger, so it is not this floor
+# that catches it. No floor covers CPU-bound jobs at the server's own priority (a Podman service
+# started from a niced shell runs the server niced too): beside two mutation runs, local-tiny's
+# runs here ranged 8-170 tok/s within one set, enough to hide even (c)'s slowdown.
+UNCHANGED_FLOOR = 0.5
 
 
 def _free_port() -> int:
@@ -165,22 +175,17 @@ def test_a_first_rollout_has_no_baseline_and_accept_makes_one(
 def test_an_unchanged_profile_passes_against_the_baseline(
     story: dict[str, Any], gh200: Callable[..., tuple[int, str, str]]
 ) -> None:
-    # Rolled out onto the running deployment it was accepted from: measured where it runs. The gate
-    # is a statistical test with a measured false-alarm rate (`make bench-gate`: far above its 5%
-    # target on a shared 2-core VM, where runs of local-tiny last a tenth of a second), so one
-    # attempt could fail by chance: up to three, each a full rollout; a false alarm on the running
-    # version must leave it as it was (outcome failed, nothing rolled out or back).
+    # Rolled out onto the running deployment it was accepted from: measured in place, so the only
+    # thing between the two run sets is time (drift, and the load of whatever else shares this
+    # machine). One rollout, at the floor this machine needs (UNCHANGED_FLOOR), not the gate's 5%.
     baseline = _baseline_run(story)
     (before,) = _running(story["engine"])
-    for _attempt in range(3):
-        code, out, err = gh200("rollout", str(story["fast_yaml"]), "--shape", SHAPE, "--json")
-        result = json.loads(out)
-        if result["outcome"] == "passed":
-            break
-        assert code == 1 and result["outcome"] == "failed", (result, err[-2000:])
-        assert "nothing was rolled out" in result["message"] and result["restored"] is None, result
-        assert [c.id for c in _running(story["engine"])] == [before.id]
+    code, out, err = gh200(
+        "rollout", str(story["fast_yaml"]), "--shape", SHAPE, "--min-effect", str(UNCHANGED_FLOOR), "--json"
+    )
+    result = json.loads(out)
     assert code == 0 and result["outcome"] == "passed", (result, err[-2000:])
+    assert result["min_effect"] == UNCHANGED_FLOOR and f"floor {UNCHANGED_FLOOR:.0%}" in result["message"]
     assert result["baseline_run_id"] == baseline and result["changes"] == {}
     assert _baseline_run(story) == baseline
     (after,) = _running(story["engine"])

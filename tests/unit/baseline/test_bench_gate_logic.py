@@ -221,3 +221,22 @@ def test_the_smallest_caught_slowdown_is_what_the_worst_pair_needs() -> None:
     tight = [Deployment("unchanged", i, runs(300.0 * (1 + 0.0025 * i), JITTER), 1.0) for i in range(3)]
     assert smallest_caught_slowdown(tight, "64:128", 0.0) == pytest.approx(0.02)
     assert smallest_caught_slowdown([], "64:128", 0.05) is None
+
+
+def test_the_floor_line_ends_with_the_option_that_applies_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Deployments 3% apart need a 10% floor (see the test above): the line names the command for it.
+    spread = [Deployment("unchanged", i, runs(300.0 * (1 + 0.03 * i), JITTER), 1.0) for i in range(4)]
+    spread += [Deployment("slowed", i, runs(240.0, JITTER), 1.0) for i in range(2)]
+    record = tmp_path / "gate.json"
+    write_record(record, spread, (64, 128), 10, 0.4)
+    assert main(["--replay", str(record)]) == 0
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if "noise allows" in x]
+    assert "here is 10%" in line
+    assert line.endswith("pass --min-effect 0.10 to gh200 rollout on this host"), line
+    # A floor of 0 is not one the option takes (0 < F < 1): the smallest step searched is named.
+    from gh200.baseline.bench_gate import suggested_min_effect
+    from gh200.baseline.gate import check_min_effect
+
+    assert suggested_min_effect(0.0) == "0.01" and check_min_effect(suggested_min_effect(0.0)) == 0.01

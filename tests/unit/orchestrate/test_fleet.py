@@ -169,6 +169,9 @@ def _no_playbook(*_: Any, **__: Any) -> RunResult:
             "--warm 2: the gate compares warm runs and needs at least 3",
         ),
         (["rollout", "local-tiny", "--shape", "512"], "bad shape '512'"),
+        (["rollout", "local-tiny", "--min-effect", "1"], "--min-effect 1: the gate's floor is a fraction"),
+        (["rollout", "local-tiny", "--min-effect", "abc"], "--min-effect abc:"),
+        (["upgrade", "vllm", "0.33.1", "--min-effect", "0"], "--min-effect 0:"),
     ],
 )
 def test_bad_input_exits_2_before_ansible(
@@ -272,3 +275,42 @@ def test_the_rollout_json_the_fleet_reads_carries_changed() -> None:
 
     keys = set(RolloutResult("passed", "local-tiny", "ws1").as_json())
     assert {"changed", "host", "profile", "outcome", "message", "regressions", "changes", "restored"} <= keys
+
+
+@pytest.mark.parametrize(
+    ("args", "floor"),
+    [
+        (["rollout", "local-tiny", "--min-effect", "0.2"], "0.2"),
+        # Unset: no extra var, so a floor set in the inventory (per host, per group) still applies.
+        (["rollout", "local-tiny"], None),
+        (["upgrade", "vllm", "0.33.1", "--min-effect", "0.25"], "0.25"),
+    ],
+)
+def test_the_floor_reaches_the_playbook_only_when_given(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, args: list[str], floor: str | None
+) -> None:
+    inv = _inventory(tmp_path / "hosts.yml", {"gh200": {"hosts": {"ws1": {}}}})
+    seen: dict[str, Any] = {}
+
+    def fake(inventory: Path, playbook: str = "provision", **kw: Any) -> RunResult:
+        variables = json.loads(kw["extra_vars"][0])
+        seen.update(variables)
+        _keep(Path(variables["gh200_fleet_results_dir"]), "ws1", 0, _rollout("passed"))
+        return RunResult(
+            playbook=playbook,
+            status="successful",
+            rc=0,
+            artifacts_dir="/a",
+            seconds=1.0,
+            hosts={},
+            results=[],
+        )
+
+    monkeypatch.setattr(runner_mod, "run_playbook", fake)
+    out = CliRunner().invoke(
+        app,
+        ["fleet", *args, "-i", str(inv), "--results", str(tmp_path / "r"), "--json"],
+        standalone_mode=False,
+    )
+    assert out.exception is None, out.exception
+    assert seen.get("gh200_fleet_min_effect") == floor

@@ -34,7 +34,7 @@ esac
 """
 
 
-def _fleet(tmp_path: Path, modes: list[str]) -> tuple[Path, Path]:
+def _fleet(tmp_path: Path, modes: list[str], **host_vars: object) -> tuple[Path, Path]:
     calls = tmp_path / "calls.log"
     calls.touch()
     hosts = {}
@@ -48,6 +48,7 @@ def _fleet(tmp_path: Path, modes: list[str]) -> tuple[Path, Path]:
             "ansible_become_method": "su",
             "gh200_run_command": str(script),
             "gh200_run_user": pwd.getpwuid(os.geteuid()).pw_name,
+            **host_vars,
         }
     inv = tmp_path / "hosts.yml"
     inv.write_text(yaml.safe_dump({"all": {"children": {"gh200": {"hosts": hosts}}}}, sort_keys=False))
@@ -98,3 +99,52 @@ def test_every_host_runs_when_all_pass(tmp_path: Path) -> None:
     )
     assert [h.outcome for h in summary.hosts] == ["passed", "passed"] and summary.exit_code() == 0
     assert len(calls.read_text().splitlines()) == 2
+
+
+def test_the_floor_is_passed_on_only_when_set(tmp_path: Path) -> None:
+    inv, calls = _fleet(tmp_path, ["pass"])
+    fleet.run_fleet(
+        inv,
+        "rollout",
+        profile="local-tiny",
+        min_effect=0.2,
+        results_dir=tmp_path / "r1",
+        artifacts=tmp_path / "a1",
+    )
+    fleet.run_fleet(
+        inv,
+        "upgrade",
+        version="0.33.1",
+        min_effect="0.25",
+        results_dir=tmp_path / "r2",
+        artifacts=tmp_path / "a2",
+    )
+    rollout, upgrade = (line.split()[1:] for line in calls.read_text().splitlines())
+    assert rollout == ["rollout", "local-tiny", "--min-effect", "0.2", "--json"]
+    assert upgrade == ["upgrade", "vllm", "0.33.1", "--min-effect", "0.25", "--json"]
+
+
+def test_a_floor_set_in_the_inventory_applies_when_the_fleet_gives_none(tmp_path: Path) -> None:
+    inv, calls = _fleet(tmp_path, ["pass"], gh200_fleet_min_effect=0.3)
+    fleet.run_fleet(
+        inv, "rollout", profile="local-tiny", results_dir=tmp_path / "r", artifacts=tmp_path / "a"
+    )
+    assert calls.read_text().split()[1:] == ["rollout", "local-tiny", "--min-effect", "0.3", "--json"]
+
+
+@pytest.mark.parametrize("floor", ["abc", "1"])
+def test_the_role_refuses_a_floor_that_is_not_a_fraction(tmp_path: Path, floor: str) -> None:
+    # The playbook run directly (a variable set in an inventory), not through `gh200 fleet`, which
+    # checks it first: the host's gh200 never runs.
+    inv, calls = _fleet(tmp_path, ["pass", "pass"])
+    summary = fleet.run_fleet(
+        inv,
+        "rollout",
+        profile="local-tiny",
+        results_dir=tmp_path / "r",
+        artifacts=tmp_path / "a",
+        extra_vars={"gh200_fleet_min_effect": floor},
+    )
+    assert [h.outcome for h in summary.hosts] == ["failed", "not_attempted"]
+    assert "gh200_fleet_min_effect" in summary.hosts[0].message, summary.hosts[0].message
+    assert calls.read_text() == ""

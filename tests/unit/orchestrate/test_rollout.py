@@ -271,6 +271,10 @@ def test_no_previous_container_means_nothing_restored(world: World) -> None:
         ({"shape": (0, 100)}, "is empty"),
         ({"image": "Not A Ref"}, "not an image reference"),
         ({"image": "gh200-llama_cpp:missing"}, "not on this host"),
+        ({"min_effect": 0.0}, "--min-effect 0.0"),
+        ({"min_effect": 1.0}, "--min-effect 1.0"),
+        ({"min_effect": -0.1}, "between 0 and 1"),
+        ({"min_effect": float("nan")}, "--min-effect nan"),
     ],
 )
 def test_bad_input_fails_before_any_deploy(world: World, kwargs: dict[str, Any], words: str) -> None:
@@ -312,9 +316,11 @@ def test_json_has_exactly_the_documented_keys(world: World) -> None:
         "run_id",
         "baseline_run_id",
         "restored",
+        "min_effect",
         "regressions",
         "changes",
     }
+    assert doc["min_effect"] == 0.05  # the gate's default floor, named since a host may need another
     # A new version was started and rolled back: Ansible reports the host changed.
     assert doc["outcome"] == "rolled_back" and doc["changed"] is True
     assert doc["regressions"] and set(doc["regressions"][0]) == {
@@ -377,3 +383,70 @@ def test_a_new_container_is_measured_with_seeded_prompts_a_running_one_with_fres
     world.identical = True
     go()
     assert world.fresh_server == [True, False]
+
+
+# --- the floor (--min-effect) ---------------------------------------------------------------------
+
+
+@pytest.fixture()
+def cli(world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Any:
+    """`gh200 rollout ...` through the real CLI on the fake world; (exit code, stdout, stderr)."""
+    from gh200 import engine
+    from gh200.cli import main
+
+    connected: list[bool] = []
+
+    def connect() -> FakeClient:
+        connected.append(True)
+        return FakeClient()
+
+    monkeypatch.setattr(engine, "connect", connect)
+
+    def run(*args: str) -> tuple[int, str, str, bool]:
+        monkeypatch.setattr(sys, "argv", ["gh200", "rollout", "local-tiny", "--shape", "64:128", *args])
+        connected.clear()
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as done:
+            main()
+        out, err = capsys.readouterr()
+        code = done.value.code if isinstance(done.value.code, int) else 1
+        return code, out, err, bool(connected)
+
+    return run
+
+
+def test_a_floor_above_a_ten_percent_slowdown_passes_it_the_default_rolls_it_back(
+    world: World, cli: Any
+) -> None:
+    # A host whose noise needs a 15% floor (`make bench-gate` says so) must be able to apply it: the
+    # same 10% slower world is a regression at the default 5% and passes at --min-effect 0.15.
+    first = go(accept=True)
+    before = list(world.running)
+    world.speed = [s * 0.9 for s in STEADY]
+    code, out, err, _ = cli("--json")
+    assert code == 3, err
+    slowed = json.loads(out)
+    assert slowed["outcome"] == "rolled_back" and slowed["min_effect"] == 0.05
+    assert "gate floor 5%" in slowed["message"], slowed["message"]
+    assert {r["metric"] for r in slowed["regressions"]} >= {"output_tok_s"}
+    assert slowed["restored"] == before[0] and world.running == before
+
+    code, out, err, _ = cli("--min-effect", "0.15", "--json")
+    assert code == 0, err
+    passed = json.loads(out)
+    assert passed["outcome"] == "passed" and passed["regressions"] == []
+    assert passed["min_effect"] == 0.15 and passed["baseline_run_id"] == first.run_id
+    assert "passed the gate (floor 15%)" in passed["message"] and "-10.0%" in passed["message"]
+    # The floor is only a floor: a 30% slowdown is still rolled back at 15%, and the message says so.
+    world.speed = [s * 0.7 for s in STEADY]
+    code, out, err, _ = cli("--min-effect", "0.15")
+    assert code == 3 and out == ""
+    assert "output_tok_s fell 30.0%" in err and "gate floor 15%" in err
+
+
+@pytest.mark.parametrize("value", ["0", "1", "-0.1", "abc", "1.5", "nan", "inf"])
+def test_a_bad_floor_exits_2_naming_the_option_before_any_deploy(world: World, cli: Any, value: str) -> None:
+    code, out, err, connected = cli("--min-effect", value, "--json")
+    assert code == 2 and out == "", err
+    assert f"--min-effect {value}" in err and len(err.strip().splitlines()) == 1, err
+    assert world.deployed == [] and world.measured == 0 and not connected

@@ -428,3 +428,67 @@ def test_deployed_profiles_are_listed_before_the_build(bundle: Path, series: dic
         client=object(),
     )
     assert order == ["list", "build"]
+
+
+# --- the gate's floor (--min-effect) ----------------------------------------------------------------
+
+
+def test_every_roll_out_gates_at_the_floor_given_and_the_report_names_it(
+    bundle: Path, series: dict[str, Any]
+) -> None:
+    rollout = FakeRollout()
+    result = _run(rollout, min_effect=0.2)
+    assert result.outcome == "upgraded"
+    assert [(c["profile"], c["min_effect"]) for c in rollout.calls] == [("a", 0.2), ("b", 0.2), ("c", 0.2)]
+    assert _report(result)["min_effect"] == 0.2
+
+
+def test_without_a_floor_each_roll_out_gets_the_gates_default(bundle: Path, series: dict[str, Any]) -> None:
+    # None: the gate's own default, decided in one place (rollout), not copied here.
+    rollout = FakeRollout()
+    result = _run(rollout)
+    assert [c["min_effect"] for c in rollout.calls] == [None, None, None]
+    assert _report(result)["min_effect"] is None
+
+
+def test_the_workstation_command_carries_the_floor(bundle: Path, series: dict[str, Any]) -> None:
+    result = up.upgrade(
+        "vllm",
+        "0.34.0",
+        min_effect=0.18,
+        progress=False,
+        arm64=False,
+        rollout=FakeRollout(),
+        profiles=_profiles(),
+    )
+    assert result.next_command == "gh200 upgrade vllm 0.34.0 --min-effect 0.18"
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0, -0.1, float("nan")])
+def test_a_bad_floor_is_refused_before_the_series_check(
+    bundle: Path, series: dict[str, Any], value: float
+) -> None:
+    rollout = FakeRollout()
+    with pytest.raises(BadInput, match="--min-effect"):
+        _run(rollout, min_effect=value)
+    assert series["calls"] == 0 and rollout.calls == []
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "1"])
+def test_the_cli_refuses_a_bad_floor_in_one_line_before_anything(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    import sys
+
+    from gh200.cli import main
+
+    def must_not_run(*_a: Any, **_k: Any) -> Any:
+        raise AssertionError("upgrade ran")
+
+    monkeypatch.setattr(up, "upgrade", must_not_run)
+    monkeypatch.setattr(sys, "argv", ["gh200", "upgrade", "vllm", "0.34.0", "--min-effect", value, "--json"])
+    with pytest.raises(SystemExit) as done:
+        main()
+    out, err = capsys.readouterr()
+    assert done.value.code == 2 and out == ""
+    assert f"--min-effect {value}" in err and len(err.strip().splitlines()) == 1, err

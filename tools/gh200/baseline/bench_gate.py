@@ -49,6 +49,8 @@ DESCRIPTION = "Detection and false-alarm rates of the baseline gate on local-tin
 TARGET_DETECTION = 0.95
 TARGET_FALSE_ALARMS = 0.05
 KNOWN_SLOWDOWN = 0.10
+# best_floor searches floors in these steps; --min-effect takes its answer with two decimals.
+FLOOR_STEP = 0.01
 DEFAULT_SHAPE = (64, 128)
 DEFAULT_SYNTH = 0.4
 PREFIX = "bgate-"
@@ -238,7 +240,7 @@ class NativeServers:
                 proc.wait()
 
 
-def best_floor(deployments: list[Deployment], shape: str, step: float = 0.01) -> dict[str, Any] | None:
+def best_floor(deployments: list[Deployment], shape: str, step: float = FLOOR_STEP) -> dict[str, Any] | None:
     """What this machine's noise allows, whatever the floor: the smallest effect floor (the same on
     every gated metric, in `step`s up to 50%) whose false-alarm rate on these deployments meets the
     target, and the detection of the known slowdown at that floor. In-sample, so optimistic: when
@@ -541,6 +543,12 @@ def _mid(values: list[float]) -> float:
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
+def suggested_min_effect(floor: float) -> str:
+    """The floor as `--min-effect` takes it. A floor of 0 (any floor keeps false alarms in target)
+    is not a floor the option accepts: the smallest step searched, which keeps them in target too."""
+    return f"{max(floor, FLOOR_STEP):.2f}"
+
+
 def render(result: dict[str, Any], warm: int) -> str:
     """The human summary: rates as counts and ratios, the noise behind them, the machine's load."""
     fa, known, real = result["false_alarm"], result["known_10pct"], result["real_slowdown"]
@@ -579,7 +587,8 @@ def render(result: dict[str, Any], warm: int) -> str:
             lines.append(
                 f"  what this machine's noise allows: the smallest floor with false alarms <="
                 f" {TARGET_FALSE_ALARMS:.0%} here is {best['floor']:.0%} ({best['false_alarms']:.1%}),"
-                f" which detects the {KNOWN_SLOWDOWN:.0%} slowdown {best['detection']:.1%} of the time"
+                f" which detects the {KNOWN_SLOWDOWN:.0%} slowdown {best['detection']:.1%} of the time;"
+                f" pass --min-effect {suggested_min_effect(best['floor'])} to gh200 rollout on this host"
             )
             caught = result.get("caught_slowdown")
             lines.append(

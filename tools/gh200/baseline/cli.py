@@ -126,16 +126,31 @@ def check_command(
     run: RunArg,
     results: ResultsOpt = None,
     profile: ProfileOpt = None,
+    min_effect: str | None = typer.Option(
+        None,
+        "--min-effect",
+        help="The gate's floor on every metric, as a fraction (default 0.05); `make bench-gate` prints"
+        " the one this host's noise needs.",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Gate a run set against the baselines: exit 1 when a metric got worse beyond noise and the floor."""
+    from gh200.baseline.gate import DEFAULT_MIN_EFFECT, check_min_effect, floors
     from gh200.baseline.store import GateRegression, check_run
 
+    floor = DEFAULT_MIN_EFFECT if min_effect is None else check_min_effect(min_effect)
     records, _ = _load_run(run, results, profile)
-    verdicts = check_run(records)
+    verdicts = check_run(records, min_effect=floors(floor))
     ok = all(v.status != "regression" for v in verdicts)
     if json_out:
-        emit_json({"ok": ok, "run_id": records[0].get("run_id"), "verdicts": [v.as_json() for v in verdicts]})
+        emit_json(
+            {
+                "ok": ok,
+                "run_id": records[0].get("run_id"),
+                "min_effect": floor,
+                "verdicts": [v.as_json() for v in verdicts],
+            }
+        )
     else:
         # Regressions are the error line below; print the rest here.
         for v in verdicts:
@@ -145,7 +160,8 @@ def check_command(
     if not ok:
         bad = [v for v in verdicts if v.status == "regression"]
         raise GateRegression(
-            "slower than the baseline: " + "; ".join(v.describe() for v in bad),
+            f"slower than the baseline (gate floor {floor * 100:g}%): "
+            + "; ".join(v.describe() for v in bad),
             "look at what changed; rerun to rule out a one-off, or accept the run if the change is intended",
         )
 

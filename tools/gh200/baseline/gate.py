@@ -23,6 +23,10 @@ and a 10% slowdown is missed when its estimate falls under it. With the floor at
 slowdown the gate must catch, both errors need the same size of estimation error (5 points), so
 neither rate is favoured; the floor is the effect's midpoint, not a figure fitted to one machine.
 
+A host noisier than that (a shared VM, a CPU-only runner) needs a higher floor: `make bench-gate`
+prints the smallest floor that keeps false alarms within target there, and `--min-effect` (rollout,
+upgrade, baseline check, fleet) applies it to every gated metric (`floors`).
+
 Improvements never fail the gate; they are reported. Cold runs are left out where warm runs exist:
 the first run after a deployment carries warm-up that the warm runs do not.
 """
@@ -33,6 +37,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from gh200.errors import BadInput
 
 DEFAULT_ALPHA = 0.05
 DEFAULT_MIN_EFFECT = 0.05
@@ -53,6 +59,31 @@ GATED_METRICS: tuple[MetricRule, ...] = (
     MetricRule("ttft_ms", higher_is_better=False, unit="ms"),
 )
 RULES = {rule.name: rule for rule in GATED_METRICS}
+MIN_EFFECT_OPTION = "--min-effect"
+
+
+def check_min_effect(value: float | str, option: str = MIN_EFFECT_OPTION) -> float:
+    """A floor the user gave (a number or its text): a fraction strictly between 0 and 1, or BadInput.
+
+    0 would flag every significant drift however small (what the floor exists to prevent), and a
+    floor of 1 or more could never flag a slower tok/s at all (it would have to fall by 100%).
+    """
+    try:
+        floor = float(value)
+    except (TypeError, ValueError):
+        floor = math.nan
+    if not 0.0 < floor < 1.0:  # NaN fails this too
+        raise BadInput(
+            f"{option} {value}: the gate's floor is a fraction between 0 and 1 (0.05 is a 5% shift)",
+            f"pass e.g. {option} 0.18, the floor `make bench-gate` prints for this host",
+        )
+    return floor
+
+
+def floors(min_effect: float | None = None) -> dict[str, float]:
+    """The floor of every gated metric: `min_effect` on all of them, else each rule's own."""
+    return {rule.name: rule.min_effect if min_effect is None else min_effect for rule in GATED_METRICS}
+
 
 Status = Literal["pass", "regression", "insufficient"]
 

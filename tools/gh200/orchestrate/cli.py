@@ -251,10 +251,17 @@ def rollout_command(
         None, "--shape", help="INPUT:OUTPUT to gate on (default: the profile's expected shapes)."
     ),
     warm: int = typer.Option(10, "--warm", help="Warm runs after the cold one (the gate needs >= 3)."),
+    min_effect: str | None = typer.Option(
+        None,
+        "--min-effect",
+        help="The gate's floor: the smallest shift of a metric that counts, as a fraction (default 0.05);"
+        " `make bench-gate` prints the one this host's noise needs.",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object; no progress."),
 ) -> None:
     """Deploy PROFILE's new version, benchmark it, gate it against this host's baseline; roll back
     by itself when it is slower (exit 3), naming the metric and what changed."""
+    from gh200.baseline.gate import check_min_effect
     from gh200.bench.smoke import parse_shapes
     from gh200.errors import OperationFailed, Regression
     from gh200.orchestrate.rollout import rollout
@@ -264,7 +271,17 @@ def rollout_command(
     pair: tuple[int, int] | None = None
     if shape is not None:
         (pair,) = parse_shapes([shape])
-    result = rollout(loaded, image=image, accept=accept, shape=pair, warm_runs=warm, progress=not json_out)
+    # Read as text and checked here, so that `abc` is one line with exit 2 like every other bad value.
+    floor = None if min_effect is None else check_min_effect(min_effect)
+    result = rollout(
+        loaded,
+        image=image,
+        accept=accept,
+        shape=pair,
+        warm_runs=warm,
+        min_effect=floor,
+        progress=not json_out,
+    )
     if json_out:
         emit_json(result.as_json())
         if result.exit_code:

@@ -322,14 +322,19 @@ def run_fleet(
     image: str | None = None,
     shape: str | None = None,
     warm: int | None = None,
+    min_effect: float | str | None = None,
     results_dir: Path | None = None,
     artifacts: Path | None = None,
     extra_vars: dict[str, Any] | None = None,
     on_result: Callable[[Any], None] | None = None,
 ) -> FleetSummary:
-    """Check the input (exit 2 before Ansible runs), run the playbook, summarize the hosts."""
+    """Check the input (exit 2 before Ansible runs), run the playbook, summarize the hosts.
+    `min_effect`: the gate's floor every host's rollout or upgrade uses (`--min-effect`)."""
+    from gh200.baseline.gate import check_min_effect
     from gh200.provision.runner import run_playbook
 
+    # repr keeps the float exact as text; the role passes --min-effect only when the variable is set.
+    floor = None if min_effect is None else repr(check_min_effect(min_effect))
     if action == "rollout":
         if not profile:
             raise FleetInputError("a fleet rollout needs a profile", "gh200 fleet rollout PROFILE -i INV")
@@ -352,6 +357,9 @@ def run_fleet(
         raise FleetInputError(f"results directory {out} is not empty", "name a new directory")
     out.mkdir(parents=True, exist_ok=True)
     variables["gh200_fleet_results_dir"] = str(out)
+    if floor is not None:
+        # Only when given: extra vars override the inventory, where a host's own floor may be set.
+        variables["gh200_fleet_min_effect"] = floor
     variables.update(extra_vars or {})
     run = run_playbook(
         inventory,

@@ -68,6 +68,12 @@ def register(app: typer.Typer) -> None:
     )
     artifacts_opt = typer.Option(None, "--artifacts", help="Where ansible-runner keeps the run.")
     json_opt = typer.Option(False, "--json", help="One JSON summary on stdout, no table.")
+    min_effect_opt = typer.Option(
+        None,
+        "--min-effect",
+        help="The gate's floor on every host, as a fraction (default 0.05); `make bench-gate` on a"
+        " host prints the one its noise needs.",
+    )
 
     @fleet.command("rollout")
     def rollout_cmd(  # noqa: PLR0917 - typer maps each option to a parameter
@@ -79,6 +85,7 @@ def register(app: typer.Typer) -> None:
         ),
         shape: str | None = typer.Option(None, "--shape", help="INPUT:OUTPUT each host gates on."),
         warm: int | None = typer.Option(None, "--warm", help="Warm runs after the cold one (at least 3)."),
+        min_effect: str | None = min_effect_opt,
         results: Path | None = results_opt,
         artifacts: Path | None = artifacts_opt,
         json_out: bool = json_opt,
@@ -93,6 +100,7 @@ def register(app: typer.Typer) -> None:
             image=image,
             shape=shape,
             warm=warm,
+            min_effect=min_effect,
             results_dir=results,
             artifacts=artifacts,
         )
@@ -100,10 +108,20 @@ def register(app: typer.Typer) -> None:
     @upgrade.command("vllm")
     def upgrade_vllm_cmd(
         version: str = typer.Argument(..., help="The vLLM version to upgrade to, e.g. 0.33.1."),
+        *,
         inventory: Path = inventory_opt,
+        min_effect: str | None = min_effect_opt,
         results: Path | None = results_opt,
         artifacts: Path | None = artifacts_opt,
         json_out: bool = json_opt,
     ) -> None:
         """`gh200 upgrade vllm VERSION` on each host in turn; exit 3 if it stopped on a regression."""
-        _run("upgrade", inventory, json_out, version=version, results_dir=results, artifacts=artifacts)
+        _run(
+            "upgrade",
+            inventory,
+            json_out,
+            version=version,
+            min_effect=min_effect,
+            results_dir=results,
+            artifacts=artifacts,
+        )

@@ -8,6 +8,10 @@ callback, so deploy's own roll-back removes the new container and restarts the p
 is one roll-back path, deploy's. The result names the metric that moved (medians, %, p-value) and
 what changed between the baseline's record and the new one (baseline.facts.fact_diff).
 
+The gate's floor (the smallest shift that counts) is the gate's 5% unless `--min-effect` gives the
+one this host's noise needs (`make bench-gate` measures it); one floor for every gated metric, named
+in the message and the JSON.
+
 Every check on the input (profile, image, shape, runs) happens before anything is deployed.
 """
 
@@ -22,7 +26,14 @@ from docker import DockerClient
 from docker.errors import DockerException, ImageNotFound
 
 from gh200.baseline.facts import fact_changes, fact_diff
-from gh200.baseline.gate import MIN_RUNS, MetricComparison, compare_runs
+from gh200.baseline.gate import (
+    DEFAULT_MIN_EFFECT,
+    MIN_RUNS,
+    MetricComparison,
+    check_min_effect,
+    compare_runs,
+    floors,
+)
 from gh200.baseline.store import Baseline, find_baseline, resolve_run, this_host
 from gh200.baseline.store import accept as accept_baseline
 from gh200.bench import run as bench_run
@@ -94,6 +105,7 @@ class RolloutResult:
     changes: dict[str, list[Any]] = field(default_factory=dict)
     restored: str | None = None
     message: str = ""
+    min_effect: float = DEFAULT_MIN_EFFECT  # the gate's floor on every gated metric
     # What Ansible reports (gh200_run reads the top-level `changed` of every --json command): a new
     # version deployed, a baseline written, or a new version started and rolled back.
     changed: bool = False
@@ -112,6 +124,7 @@ class RolloutResult:
             "run_id": self.run_id,
             "baseline_run_id": self.baseline_run_id,
             "restored": self.restored,
+            "min_effect": self.min_effect,
             "regressions": [r.as_json() for r in self.regressions],
             "changes": self.changes,
         }
@@ -204,10 +217,12 @@ class _Measured:
     changes: dict[str, list[Any]] = field(default_factory=dict)
     change_lines: list[str] = field(default_factory=list)
     passed_lines: list[str] = field(default_factory=list)
+    min_effect: float = DEFAULT_MIN_EFFECT
 
 
 def gate_records(records: list[dict[str, Any]], host: str, measured: _Measured) -> None:
-    """Compare each recorded set with this host's baseline for its shape; fill `measured`."""
+    """Compare each recorded set with this host's baseline for its shape, at `measured.min_effect`
+    on every gated metric; fill `measured`."""
     for record in records:
         shape, concurrency = str(record.get("shape")), int(record.get("concurrency") or 1)
         base = find_baseline(host, str(record.get("profile")), shape, concurrency)
@@ -221,6 +236,7 @@ def gate_records(records: list[dict[str, Any]], host: str, measured: _Measured) 
             profile=str(record.get("profile")),
             shape=shape,
             concurrency=concurrency,
+            min_effect=floors(measured.min_effect),
             changes=fact_changes(base.record, record),
         )
         if verdict.status == "insufficient":
@@ -240,19 +256,28 @@ def gate_records(records: list[dict[str, Any]], host: str, measured: _Measured) 
             )
 
 
+def floor_text(min_effect: float) -> str:
+    """0.15 -> '15%', 0.125 -> '12.5%': the floor as the user wrote it, in percent."""
+    return f"{min_effect * 100:g}%"
+
+
 def regression_message(
     profile: str, measured: _Measured, restored: str | None, rolled_out: bool = True
 ) -> str:
     """One line: which metric moved and by how much, what changed, what runs now."""
     moved = "; ".join(r.describe() for r in measured.regressions)
     changed = ", ".join(measured.change_lines) if measured.change_lines else "no recorded fact"
+    floor = f"gate floor {floor_text(measured.min_effect)}"
     if not rolled_out:
         return (
             f"{profile} is slower than its baseline (nothing was rolled out: this version was already"
-            f" running): {moved}; changed: {changed}"
+            f" running): {moved}; {floor}; changed: {changed}"
         )
     where = f"restored {restored}" if restored else "nothing to restore (no previous container)"
-    return f"{profile} is slower than its baseline and was rolled back: {moved}; changed: {changed}; {where}"
+    return (
+        f"{profile} is slower than its baseline and was rolled back: {moved}; {floor}; changed: {changed};"
+        f" {where}"
+    )
 
 
 # --- rollout ---------------------------------------------------------------------------------------
@@ -265,11 +290,14 @@ def rollout(
     accept: bool = False,
     shape: tuple[int, int] | None = None,
     warm_runs: int = 10,
+    min_effect: float | None = None,
     client: DockerClient | None = None,
     progress: bool = True,
 ) -> RolloutResult:
     """Deploy, measure, gate, roll back on a regression (see the module doc). Raises BadInput before
-    any deploy for bad input; every other ending is a RolloutResult."""
+    any deploy for bad input; every other ending is a RolloutResult. `min_effect`: the gate's floor
+    on every gated metric (None: the gate's default)."""
+    floor = DEFAULT_MIN_EFFECT if min_effect is None else check_min_effect(min_effect)
     plans = rollout_plans(profile, shape, warm_runs)
     if client is None:
         from gh200.engine import connect
@@ -281,7 +309,7 @@ def rollout(
     host = this_host()
     results_path = default_results_path()
     previous = [c.name for c in running_containers(client, profile.name)]
-    measured = _Measured()
+    measured = _Measured(min_effect=floor)
 
     def measure_and_gate(fresh_server: bool) -> dict[str, Any]:
         target = bench_run.target_for_profile(profile, client)
@@ -309,7 +337,7 @@ def rollout(
     def smoke(_target: Target, _api_key: str | None) -> dict[str, Any]:
         return measure_and_gate(fresh_server=True)
 
-    result = RolloutResult("failed", profile.name, host)
+    result = RolloutResult("failed", profile.name, host, min_effect=floor)
     in_place = False
     try:
         if progress:
@@ -383,7 +411,8 @@ def _passed(
         )
         return result
     result.outcome = "passed"
-    result.message = f"{profile} passed the gate against baseline run {result.baseline_run_id}: " + "; ".join(
-        measured.passed_lines
+    result.message = (
+        f"{profile} passed the gate (floor {floor_text(measured.min_effect)}) against baseline run"
+        f" {result.baseline_run_id}: " + "; ".join(measured.passed_lines)
     )
     return result

@@ -15,6 +15,9 @@ Steps, each only if the one before succeeded:
      Containerfile), so a failed upgrade leaves the bundle as it was.
 Every outcome past step 1 writes a report (JSON + markdown) under the state directory.
 
+Every roll-out gates at `min_effect` (`--min-effect`, checked in step 1) when given, else at the
+gate's default floor.
+
 Profiles rolled out before a regression keep the new image (each passed its own gate); the report
 lists them. Their profile files still name the old base, so a later `gh200 deploy` puts them back
 on the pinned image.
@@ -33,6 +36,7 @@ from typing import Any, Literal, Protocol
 
 from packaging.version import Version
 
+from gh200.baseline.gate import check_min_effect
 from gh200.errors import BadInput, Gh200Error
 from gh200.fsutil import atomic_write_text
 from gh200.images.patches import check_series, parse_vllm_version, resolve_sdist
@@ -91,6 +95,7 @@ class UpgradeResult:
     upstream: list[dict[str, str]] = field(default_factory=list)
     series_seconds: float = 0.0
     pinned: list[str] = field(default_factory=list)
+    min_effect: float | None = None  # the floor the roll-outs gate at; None: the gate's default
 
     @property
     def exit_code(self) -> int:
@@ -112,6 +117,7 @@ class UpgradeResult:
             "next_command": self.next_command,
             "rollouts": self.rollouts,
             "pinned": self.pinned,
+            "min_effect": self.min_effect,
             "report": self.report,
         }
 
@@ -146,8 +152,10 @@ def can_build_arm64() -> bool:
     return platform.machine().lower() in {"aarch64", "arm64"}
 
 
-def workstation_command(version: str, accept: bool, unlocked: bool) -> str:
+def workstation_command(version: str, accept: bool, unlocked: bool, min_effect: float | None = None) -> str:
     flags = (" --accept" if accept else "") + (" --unlocked" if unlocked else "")
+    if min_effect is not None:
+        flags += f" --min-effect {min_effect!r}"
     return f"gh200 upgrade vllm {version}{flags}"
 
 
@@ -182,6 +190,7 @@ def upgrade(
     *,
     accept: bool = False,
     unlocked: bool = False,
+    min_effect: float | None = None,
     progress: bool = True,
     client: Any = None,
     arm64: bool | None = None,
@@ -192,6 +201,8 @@ def upgrade(
     """Upgrade the vLLM of this host; see the module docstring. The keyword-only hooks (arm64,
     build, rollout, profiles) replace the machine's parts in unit tests."""
     current, target = validate(component, version)
+    if min_effect is not None:
+        min_effect = check_min_effect(min_effect)
     arm64 = can_build_arm64() if arm64 is None else arm64
     if arm64 and build is None:
         check_build_pin(target, unlocked)
@@ -212,6 +223,7 @@ def upgrade(
         series=report["classification"],
         outcome="failed",
         series_seconds=time.monotonic() - started,
+        min_effect=min_effect,
         upstream=[
             {"patch": row["id"], "status": row["result"], "detail": str(row.get("detail", ""))}
             for row in report["patches"]
@@ -266,7 +278,7 @@ def _after_series(
         return
     if not arm64:
         result.outcome = "stopped_after_series"
-        result.next_command = workstation_command(target, accept, unlocked)
+        result.next_command = workstation_command(target, accept, unlocked, result.min_effect)
         result.detail = (
             f"this host ({platform.machine()}) cannot build the arm64 vLLM image: run "
             f"`{result.next_command}` on the workstation"
@@ -286,7 +298,14 @@ def _after_series(
 
     run: RolloutFn = rollout or gated_rollout
     for profile in deployed:
-        done = run(profile, image=result.image, accept=accept, client=client, progress=progress)
+        done = run(
+            profile,
+            image=result.image,
+            accept=accept,
+            min_effect=result.min_effect,
+            client=client,
+            progress=progress,
+        )
         result.rollouts.append(done.as_json())
         if done.outcome not in ROLLOUT_OK:
             result.outcome = "rolled_back" if done.outcome == "rolled_back" else "failed"

@@ -11,9 +11,16 @@ from gh200.output import console, emit_json
 def upgrade_cmd(
     component: str = typer.Argument(..., help="What to upgrade: vllm."),
     version: str = typer.Argument(..., help="The vLLM release to move to, e.g. 0.34.0 (PEP 440)."),
+    *,
     accept: bool = typer.Option(False, "--accept", help="Make each passing roll-out the new baseline."),
     unlocked: bool = typer.Option(
         False, "--unlocked", help="Build from the base image's tag when images.lock has no digest for it."
+    ),
+    min_effect: str | None = typer.Option(
+        None,
+        "--min-effect",
+        help="The gate's floor for every roll-out, as a fraction (default 0.05); `make bench-gate`"
+        " prints the one this host's noise needs.",
     ),
     json_out: bool = typer.Option(False, "--json", help="One JSON result on stdout, no progress."),
 ) -> None:
@@ -22,9 +29,14 @@ def upgrade_cmd(
 
     Exit 0 upgraded or stopped after the series check (no arm64 build here), 3 rolled back,
     1 a series conflict or a failure, 2 bad input."""
+    from gh200.baseline.gate import check_min_effect
     from gh200.orchestrate.upgrade import upgrade
 
-    result = upgrade(component, version, accept=accept, unlocked=unlocked, progress=not json_out)
+    # Text checked here: `abc` is one line with exit 2, before the series check downloads anything.
+    floor = None if min_effect is None else check_min_effect(min_effect)
+    result = upgrade(
+        component, version, accept=accept, unlocked=unlocked, min_effect=floor, progress=not json_out
+    )
     if json_out:
         emit_json(result.as_json())
     else:
