@@ -93,6 +93,37 @@ def test_a_short_source_is_reported_by_the_child_as_corrupt(tmp_path: Path) -> N
         SplicedHash([beyond]).result()
 
 
+def _only_in_the_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    def not_here(*_args: object) -> str:
+        raise AssertionError("hashed in this process, not in the child")
+
+    monkeypatch.setattr(st_io, "_hash_ranges", not_here)
+
+
+def test_a_hash_started_before_its_tensors_are_known_hashes_what_it_is_fed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    picks = _picks(tmp_path)
+    out = tmp_path / "out.safetensors"
+    write_spliced(out, picks, {"format": "pt"})
+    _only_in_the_child(monkeypatch)
+    hasher = SplicedHash()  # as the graft starts it: the child is up before the plan knows the tensors
+    with pytest.raises(ValueError, match="before feed"):
+        SplicedHash().result()
+    hasher.feed(picks, {"format": "pt"})
+    assert hasher.result() == hashlib.sha256(out.read_bytes()).hexdigest()
+
+
+def test_an_empty_source_is_reported_by_the_child_as_corrupt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    empty = tmp_path / "empty.safetensors"
+    empty.touch()
+    _only_in_the_child(monkeypatch)
+    with pytest.raises(CorruptSafetensors, match=f"{empty}: ended early at offset 16"):
+        SplicedHash([NewTensor("a", "U8", (4,), 4, empty, 16)]).result()
+
+
 def test_stop_ends_the_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(st_io, "_CHILD_CODE", "import time; time.sleep(600)")
     hasher = SplicedHash(_picks(tmp_path))

@@ -554,28 +554,31 @@ def graft(
         phase_s[name] = round(now - clock[0], 4)
         clock[0] = now
 
-    hasher: list[SplicedHash] = []
-
-    def start_hash(tensors: list[NewTensor]) -> None:
-        # Read-only, so it may start before the base's checks; the longest step, so it starts first.
-        hasher.append(SplicedHash(tensors, {"format": "pt"}))
-
+    # The hash of the MTP shard-to-be is the longest step: its child process starts now (its interpreter
+    # comes up while the headers are read) and hashes as soon as the plan knows the MTP tensors (read-only,
+    # so before the base's checks).
+    hasher = SplicedHash()
     try:
-        plan = plan_graft(base_dir, mtp_dir, mtp_config, mtp_layers, on_mtp_tensors=start_hash)
+        plan = plan_graft(
+            base_dir,
+            mtp_dir,
+            mtp_config,
+            mtp_layers,
+            on_mtp_tensors=lambda tensors: hasher.feed(tensors, {"format": "pt"}),
+        )
         lap("plan")
         result = _graft_planned(
             plan,
             out,
             force=force,
             fsync=fsync,
-            hasher=hasher[0],
+            hasher=hasher,
             on_phase=on_phase,
             on_bytes=on_bytes,
             lap=lap,
         )
     finally:
-        for h in hasher:
-            h.stop()  # a refused or unchanged graft needs no hash (no-op once collected)
+        hasher.stop()  # a refused or unchanged graft needs no hash (no-op once collected)
     result.seconds = time.monotonic() - start
     result.phase_s = phase_s
     return result
