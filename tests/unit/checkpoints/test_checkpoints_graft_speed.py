@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from ckpt_testlib import copy_tree
 
 from gh200.checkpoints import graft as graft_mod
 from gh200.checkpoints import safetensors_io as st_io
@@ -196,8 +197,46 @@ def test_every_file_the_graft_writes_is_fsynced_before_out_appears(
     assert set(written.values()) >= {result.plan.mtp_shard, "config.json", "model.safetensors.index.json"}
     missing = sorted(name for ino, name in written.items() if ino not in synced)
     assert missing == [], f"written but never fsynced: {missing}"
-    assert not any(synced.values()), "an fsync came after OUT was renamed into place"
+    late = sorted(name for ino, name in written.items() if synced[ino])
+    assert late == [], f"fsynced only after OUT was renamed into place: {late}"
     assert verify_dir(out).ok
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_the_graft_makes_its_directories_and_the_rename_durable(
+    tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, force: bool
+) -> None:
+    """fsynced files are not enough: their names in OUT, and OUT's name in its parent, must be too."""
+    base = copy_tree(tiny["base"], tmp_path / "base")
+    (base / "original" / "inner").mkdir(parents=True)  # carried files in subdirectories (as on the hub)
+    (base / "original" / "inner" / "params.json").write_text("{}")
+    out = tmp_path / "parent" / "out"
+    if force:
+        out.mkdir(parents=True)
+        (out / "mine").write_text("not a graft")
+    events: list[tuple[int, bool]] = []
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        events.append((os.fstat(fd).st_ino, out.exists() and not (out / "mine").exists()))
+        real(fd)
+
+    monkeypatch.setattr(graft_mod.os, "fsync", spy)
+    graft(base, tiny["fp8"], out, force=force)
+    monkeypatch.undo()
+    out_ino, parent_ino = out.stat().st_ino, out.parent.stat().st_ino
+    # OUT's own directory (then still the temporary sibling) before the rename, the parent after it.
+    assert (out_ino, False) in events, "OUT's directory entries were never fsynced before the rename"
+    assert events[-1] == (parent_ino, True), "the rename into place was never made durable"
+    subdirs = [p for p in out.rglob("*") if p.is_dir()]
+    assert len(subdirs) == 2
+    for sub in subdirs:
+        assert (sub.stat().st_ino, False) in events, f"{sub} was never fsynced"
+    assert verify_dir(out).ok
+    events.clear()
+    monkeypatch.setattr(graft_mod.os, "fsync", spy)
+    graft(tiny["base"], tiny["fp8"], tmp_path / "quick", fsync=False)
+    assert events == []  # fsync=False (tests, scratch outputs) asks for none of it
 
 
 def test_the_graft_reports_its_steps_in_order(tiny: dict[str, Path], tmp_path: Path) -> None:

@@ -3,8 +3,8 @@
 Designed for a 430 GiB base: base shards are hard-linked into OUT (a copy, with a warning, only across
 filesystems), and the one new shard is spliced from raw byte ranges of the source files behind a freshly
 written header, so the work is the MTP bytes alone and memory stays flat. Every check runs before
-anything is written; OUT appears only complete (temporary sibling, then rename); the same inputs give a
-byte-identical OUT.
+anything is written; OUT appears only complete (temporary sibling, then rename; files, directories and
+the rename fsynced); the same inputs give a byte-identical OUT.
 
 The record (`.gh200-graft.json`) names the input digest and every output with its size, and with the
 sha256 of each file the graft writes (for linked base shards: the base's fetch-manifest sha256 when it
@@ -627,7 +627,7 @@ def _graft_planned(
         return _finish(path, fsync)
 
     try:
-        with atomic_dir(out) as tmp:
+        with atomic_dir(out, durable=fsync) as tmp:
             # mkdtemp makes the directory 0700; a model directory must be readable by the serving user.
             umask = os.umask(0)
             os.umask(umask)
