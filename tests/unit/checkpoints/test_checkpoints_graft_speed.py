@@ -6,7 +6,9 @@ from __future__ import annotations
 import errno
 import hashlib
 import itertools
+import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -26,6 +28,7 @@ from gh200.checkpoints.safetensors_io import (
 )
 from gh200.checkpoints.testdata import seeded_fill
 from gh200.checkpoints.verify import verify_dir
+from gh200.errors import BadInput
 
 
 def _picks(root: Path) -> list[NewTensor]:
@@ -278,3 +281,108 @@ def test_a_graft_that_writes_nothing_leaves_no_hash_running(
     assert len(_Recorded.made) == 1, "the hash should have started with the plan"
     child = _Recorded.made[0].child
     assert child is not None and child.poll() is not None
+
+
+@pytest.fixture
+def forks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Base headers checked by three forked workers, whatever this machine's CPUs (the pids are listed)."""
+    pids: list[int] = []
+    real = os.fork
+
+    def fork() -> int:
+        pid = real()
+        if pid:
+            pids.append(pid)
+        return pid
+
+    monkeypatch.setattr(graft_mod, "_header_workers", lambda shards: min(shards, 3))
+    monkeypatch.setattr(graft_mod.os, "fork", fork)
+    return pids
+
+
+def _plan_facts(plan: graft_mod.GraftPlan) -> dict[str, Any]:
+    return {
+        "digest": plan.digest,
+        "carried": plan.carried,
+        "ident": plan.carried_ident,
+        "sha256": plan.carried_sha256,
+        "weight_map": plan.weight_map,
+        "metadata": plan.index_metadata,
+        "warnings": plan.warnings,
+    }
+
+
+def test_forked_header_checks_plan_what_one_process_plans(
+    tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch, forks: list[int]
+) -> None:
+    forked = _plan_facts(graft_mod.plan_graft(tiny["base"], tiny["fp8"]))
+    assert len(forks) == 3
+    monkeypatch.setattr(graft_mod, "_header_workers", lambda _shards: 1)
+    assert _plan_facts(graft_mod.plan_graft(tiny["base"], tiny["fp8"])) == forked
+    assert len(forks) == 3  # the second plan forked nothing
+
+
+def test_a_forked_worker_that_dies_has_its_shards_checked_here(
+    tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch, forks: list[int]
+) -> None:
+    serial = _plan_facts(graft_mod.plan_graft(tiny["base"], tiny["fp8"]))
+    here = os.getpid()
+    real = graft_mod._outcome
+
+    def dies_in_a_worker(*args: Any) -> Any:
+        if os.getpid() != here:
+            os._exit(3)
+        return real(*args)
+
+    monkeypatch.setattr(graft_mod, "_outcome", dies_in_a_worker)
+    assert _plan_facts(graft_mod.plan_graft(tiny["base"], tiny["fp8"])) == serial
+    assert len(forks) == 6
+
+
+def _ghost_entry(base: Path) -> tuple[str, str]:
+    index = base / "model.safetensors.index.json"
+    data = json.loads(index.read_text())
+    data["weight_map"]["model.layers.2.mlp.experts.9.ghost"] = "model-00003-of-00004.safetensors"
+    index.write_text(json.dumps(data))
+    return (
+        "base index lists model.layers.2.mlp.experts.9.ghost in model-00003-of-00004.safetensors",
+        "re-fetch the base",
+    )
+
+
+def _truncated_shard(base: Path) -> tuple[str, str]:
+    shard = base / "model-00002-of-00004.safetensors"
+    with open(shard, "r+b") as handle:
+        handle.truncate(shard.stat().st_size - 1)
+    return f"{shard}: data buffer is", "re-download the file"
+
+
+def _bad_header_json(base: Path) -> tuple[str, str]:
+    shard = base / "model-00004-of-00004.safetensors"
+    with open(shard, "r+b") as handle:
+        handle.seek(8)
+        handle.write(b"[")
+    return f"{shard}: safetensors header is not valid JSON", "re-download or re-create the file"
+
+
+@pytest.mark.parametrize("damage", [_ghost_entry, _truncated_shard, _bad_header_json])
+@pytest.mark.parametrize("workers", ["forked", "one process"])
+def test_a_bad_base_shard_is_refused_alike_by_forked_workers_and_one_process(
+    *,
+    tiny: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    forks: list[int],
+    damage: Callable[[Path], tuple[str, str]],
+    workers: str,
+) -> None:
+    if workers == "one process":
+        monkeypatch.setattr(graft_mod, "_header_workers", lambda _shards: 1)
+    base = copy_tree(tiny["base"], tmp_path / "base")
+    said, fix = damage(base)
+    with pytest.raises(BadInput) as refused:
+        graft(base, tiny["fp8"], tmp_path / "out")
+    assert refused.value.message.startswith(said), refused.value.message
+    assert refused.value.fix == fix
+    assert len(forks) == (3 if workers == "forked" else 0)
+    assert not (tmp_path / "out").exists()
