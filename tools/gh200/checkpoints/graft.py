@@ -192,16 +192,17 @@ def _check_shard(root: Path, shard: str, weight_map: dict[str, str], expected: i
 _MAX_HEADER_WORKERS = 8
 
 
-def _header_workers(shards: int) -> int:
-    """How many forked processes check the base's shards: one CPU is left to the hash child; none (this
-    process alone) on one CPU, without fork, or when threads run here (a fork copies no thread, and a
-    lock one of them held would stay held in the child)."""
+def _header_workers(shards: int, cpus: int | None = None) -> int:
+    """How many forked processes check the base's shards: one CPU (of `cpus`, default this process's)
+    is left to the hash child; none (this process alone) on one CPU, without fork, or when threads run
+    here (a fork copies no thread, and a lock one of them held would stay held in the child)."""
     if not hasattr(os, "fork") or threading.active_count() > 1:
         return 1
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
+    if cpus is None:
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cpus = os.cpu_count() or 1
     return max(1, min(shards, cpus - 1, _MAX_HEADER_WORKERS))
 
 
