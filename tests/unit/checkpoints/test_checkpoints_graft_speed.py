@@ -391,20 +391,13 @@ def test_a_bad_base_shard_is_refused_alike_by_forked_workers_and_one_process(
 
 def test_header_workers_leave_a_cpu_to_the_hash_and_none_run_beside_threads() -> None:
     """A fork copies only the calling thread; a lock another thread held would stay held in the worker."""
-    workers = graft_mod._header_workers
-    assert [workers(13, 16), workers(13, 4), workers(2, 16), workers(13, 2), workers(13, 1)] == [
-        8,
-        3,
-        2,
-        1,
-        1,
-    ]
+    count = graft_mod._worker_count
+    assert [count(13, 16), count(13, 4), count(2, 16), count(13, 2), count(13, 1)] == [8, 3, 2, 1, 1]
     release = threading.Event()
     thread = threading.Thread(target=release.wait)
     thread.start()
     try:
-        assert workers(13, 16) == 1
+        assert graft_mod._header_workers(13, 16) == 1
     finally:
         release.set()
         thread.join()
-    assert workers(13, 16) == 8

@@ -203,6 +203,10 @@ def _header_workers(shards: int, cpus: int | None = None) -> int:
             cpus = len(os.sched_getaffinity(0))
         except (AttributeError, OSError):
             cpus = os.cpu_count() or 1
+    return _worker_count(shards, cpus)
+
+
+def _worker_count(shards: int, cpus: int) -> int:
     return max(1, min(shards, cpus - 1, _MAX_HEADER_WORKERS))
 
 
