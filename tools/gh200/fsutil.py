@@ -33,12 +33,24 @@ def atomic_write_text(path: Path, text: str, mode: int | None = None) -> None:
     atomic_write_bytes(path, text.encode("utf-8"), mode)
 
 
+def fsync_dir(path: Path) -> None:
+    """fsync a directory: its entries (names created, renamed or removed in it) become durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
-def atomic_dir(out: Path) -> Iterator[Path]:
+def atomic_dir(out: Path, *, durable: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling directory; rename it to `out` when the block succeeds.
 
     Stale temporaries from an interrupted earlier run are removed first, so a re-run starts clean.
     `out` must not exist (callers decide whether an existing output is "unchanged" or an error).
+    `durable` (the caller fsyncs the files it wrote): every directory of the tree is fsynced before the
+    rename and `out`'s parent after it, so that after a crash `out` is either absent or complete (an
+    fsynced file whose name or whose rename was never committed would be lost with it).
     """
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in out.parent.glob(f".{out.name}.partial-*"):
@@ -46,10 +58,16 @@ def atomic_dir(out: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         yield tmp
+        if durable:
+            for sub in sorted((p for p in tmp.rglob("*") if p.is_dir()), reverse=True):
+                fsync_dir(sub)
+            fsync_dir(tmp)
         os.rename(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if durable:
+        fsync_dir(out.parent)
 
 
 @contextlib.contextmanager

@@ -652,6 +652,7 @@ def test_bench_graft_runs_at_tiny_scale(tmp_path: Path) -> None:
     assert report["base_bytes_copied"] == 0
     assert report["mtp_tensors"] == 57
     assert report["peak_rss_bytes"] > 0 and report["cp_fsync_mtp_s"] > 0 and report["graft_s"] > 0
+    assert report["sha256_mtp_s"] > 0 and len(report["each_run"]["sha256_s"]) == 1
     assert set(report["targets"]) == {"ratio<=1.2", "base_bytes_copied==0", "peak_rss<=256MiB"}
 
 

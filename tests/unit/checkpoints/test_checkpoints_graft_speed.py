@@ -6,11 +6,15 @@ from __future__ import annotations
 import errno
 import hashlib
 import itertools
+import json
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from ckpt_testlib import copy_tree
 
 from gh200.checkpoints import graft as graft_mod
 from gh200.checkpoints import safetensors_io as st_io
@@ -25,6 +29,7 @@ from gh200.checkpoints.safetensors_io import (
 )
 from gh200.checkpoints.testdata import seeded_fill
 from gh200.checkpoints.verify import verify_dir
+from gh200.errors import BadInput
 
 
 def _picks(root: Path) -> list[NewTensor]:
@@ -91,6 +96,37 @@ def test_a_short_source_is_reported_by_the_child_as_corrupt(tmp_path: Path) -> N
     beyond = NewTensor("a", "U8", (100,), 100, src, start + 40)
     with pytest.raises(CorruptSafetensors, match=f"{src}: ended early at offset {start + 100}"):
         SplicedHash([beyond]).result()
+
+
+def _only_in_the_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    def not_here(*_args: object) -> str:
+        raise AssertionError("hashed in this process, not in the child")
+
+    monkeypatch.setattr(st_io, "_hash_ranges", not_here)
+
+
+def test_a_hash_started_before_its_tensors_are_known_hashes_what_it_is_fed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    picks = _picks(tmp_path)
+    out = tmp_path / "out.safetensors"
+    write_spliced(out, picks, {"format": "pt"})
+    _only_in_the_child(monkeypatch)
+    hasher = SplicedHash()  # as the graft starts it: the child is up before the plan knows the tensors
+    with pytest.raises(ValueError, match="before feed"):
+        SplicedHash().result()
+    hasher.feed(picks, {"format": "pt"})
+    assert hasher.result() == hashlib.sha256(out.read_bytes()).hexdigest()
+
+
+def test_an_empty_source_is_reported_by_the_child_as_corrupt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    empty = tmp_path / "empty.safetensors"
+    empty.touch()
+    _only_in_the_child(monkeypatch)
+    with pytest.raises(CorruptSafetensors, match=f"{empty}: ended early at offset 16"):
+        SplicedHash([NewTensor("a", "U8", (4,), 4, empty, 16)]).result()
 
 
 def test_stop_ends_the_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -165,8 +201,46 @@ def test_every_file_the_graft_writes_is_fsynced_before_out_appears(
     assert set(written.values()) >= {result.plan.mtp_shard, "config.json", "model.safetensors.index.json"}
     missing = sorted(name for ino, name in written.items() if ino not in synced)
     assert missing == [], f"written but never fsynced: {missing}"
-    assert not any(synced.values()), "an fsync came after OUT was renamed into place"
+    late = sorted(name for ino, name in written.items() if synced[ino])
+    assert late == [], f"fsynced only after OUT was renamed into place: {late}"
     assert verify_dir(out).ok
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_the_graft_makes_its_directories_and_the_rename_durable(
+    tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, force: bool
+) -> None:
+    """fsynced files are not enough: their names in OUT, and OUT's name in its parent, must be too."""
+    base = copy_tree(tiny["base"], tmp_path / "base")
+    (base / "original" / "inner").mkdir(parents=True)  # carried files in subdirectories (as on the hub)
+    (base / "original" / "inner" / "params.json").write_text("{}")
+    out = tmp_path / "parent" / "out"
+    if force:
+        out.mkdir(parents=True)
+        (out / "mine").write_text("not a graft")
+    events: list[tuple[int, bool]] = []
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        events.append((os.fstat(fd).st_ino, out.exists() and not (out / "mine").exists()))
+        real(fd)
+
+    monkeypatch.setattr(graft_mod.os, "fsync", spy)
+    graft(base, tiny["fp8"], out, force=force)
+    monkeypatch.undo()
+    out_ino, parent_ino = out.stat().st_ino, out.parent.stat().st_ino
+    # OUT's own directory (then still the temporary sibling) before the rename, the parent after it.
+    assert (out_ino, False) in events, "OUT's directory entries were never fsynced before the rename"
+    assert events[-1] == (parent_ino, True), "the rename into place was never made durable"
+    subdirs = [p for p in out.rglob("*") if p.is_dir()]
+    assert len(subdirs) == 2
+    for sub in subdirs:
+        assert (sub.stat().st_ino, False) in events, f"{sub} was never fsynced"
+    assert verify_dir(out).ok
+    events.clear()
+    monkeypatch.setattr(graft_mod.os, "fsync", spy)
+    graft(tiny["base"], tiny["fp8"], tmp_path / "quick", fsync=False)
+    assert events == []  # fsync=False (tests, scratch outputs) asks for none of it
 
 
 def test_the_graft_reports_its_steps_in_order(tiny: dict[str, Path], tmp_path: Path) -> None:
@@ -208,3 +282,122 @@ def test_a_graft_that_writes_nothing_leaves_no_hash_running(
     assert len(_Recorded.made) == 1, "the hash should have started with the plan"
     child = _Recorded.made[0].child
     assert child is not None and child.poll() is not None
+
+
+@pytest.fixture
+def forks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Base headers checked by three forked workers, whatever this machine's CPUs (the pids are listed)."""
+    pids: list[int] = []
+    real = os.fork
+
+    def fork() -> int:
+        pid = real()
+        if pid:
+            pids.append(pid)
+        return pid
+
+    monkeypatch.setattr(graft_mod, "_header_workers", lambda shards: min(shards, 3))
+    monkeypatch.setattr(graft_mod.os, "fork", fork)
+    return pids
+
+
+def _plan_facts(plan: graft_mod.GraftPlan) -> dict[str, Any]:
+    return {
+        "digest": plan.digest,
+        "carried": plan.carried,
+        "ident": plan.carried_ident,
+        "sha256": plan.carried_sha256,
+        "weight_map": plan.weight_map,
+        "metadata": plan.index_metadata,
+        "warnings": plan.warnings,
+    }
+
+
+def test_forked_header_checks_plan_what_one_process_plans(
+    tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch, forks: list[int]
+) -> None:
+    forked = _plan_facts(graft_mod.plan_graft(tiny["base"], tiny["fp8"]))
+    assert len(forks) == 3
+    monkeypatch.setattr(graft_mod, "_header_workers", lambda _shards: 1)
+    assert _plan_facts(graft_mod.plan_graft(tiny["base"], tiny["fp8"])) == forked
+    assert len(forks) == 3  # the second plan forked nothing
+
+
+def test_a_forked_worker_that_dies_has_its_shards_checked_here(
+    tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch, forks: list[int]
+) -> None:
+    serial = _plan_facts(graft_mod.plan_graft(tiny["base"], tiny["fp8"]))
+    here = os.getpid()
+    real = graft_mod._outcome
+
+    def dies_in_a_worker(*args: Any) -> Any:
+        if os.getpid() != here:
+            os._exit(3)
+        return real(*args)
+
+    monkeypatch.setattr(graft_mod, "_outcome", dies_in_a_worker)
+    assert _plan_facts(graft_mod.plan_graft(tiny["base"], tiny["fp8"])) == serial
+    assert len(forks) == 6
+
+
+def _ghost_entry(base: Path) -> tuple[str, str]:
+    index = base / "model.safetensors.index.json"
+    data = json.loads(index.read_text())
+    data["weight_map"]["model.layers.2.mlp.experts.9.ghost"] = "model-00003-of-00004.safetensors"
+    index.write_text(json.dumps(data))
+    return (
+        "base index lists model.layers.2.mlp.experts.9.ghost in model-00003-of-00004.safetensors",
+        "re-fetch the base",
+    )
+
+
+def _truncated_shard(base: Path) -> tuple[str, str]:
+    shard = base / "model-00002-of-00004.safetensors"
+    with open(shard, "r+b") as handle:
+        handle.truncate(shard.stat().st_size - 1)
+    return f"{shard}: data buffer is", "re-download the file"
+
+
+def _bad_header_json(base: Path) -> tuple[str, str]:
+    shard = base / "model-00004-of-00004.safetensors"
+    with open(shard, "r+b") as handle:
+        handle.seek(8)
+        handle.write(b"[")
+    return f"{shard}: safetensors header is not valid JSON", "re-download or re-create the file"
+
+
+@pytest.mark.parametrize("damage", [_ghost_entry, _truncated_shard, _bad_header_json])
+@pytest.mark.parametrize("workers", ["forked", "one process"])
+def test_a_bad_base_shard_is_refused_alike_by_forked_workers_and_one_process(
+    *,
+    tiny: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    forks: list[int],
+    damage: Callable[[Path], tuple[str, str]],
+    workers: str,
+) -> None:
+    if workers == "one process":
+        monkeypatch.setattr(graft_mod, "_header_workers", lambda _shards: 1)
+    base = copy_tree(tiny["base"], tmp_path / "base")
+    said, fix = damage(base)
+    with pytest.raises(BadInput) as refused:
+        graft(base, tiny["fp8"], tmp_path / "out")
+    assert refused.value.message.startswith(said), refused.value.message
+    assert refused.value.fix == fix
+    assert len(forks) == (3 if workers == "forked" else 0)
+    assert not (tmp_path / "out").exists()
+
+
+def test_header_workers_leave_a_cpu_to_the_hash_and_none_run_beside_threads() -> None:
+    """A fork copies only the calling thread; a lock another thread held would stay held in the worker."""
+    count = graft_mod._worker_count
+    assert [count(13, 16), count(13, 4), count(2, 16), count(13, 2), count(13, 1)] == [8, 3, 2, 1, 1]
+    release = threading.Event()
+    thread = threading.Thread(target=release.wait)
+    thread.start()
+    try:
+        assert graft_mod._header_workers(13, 16) == 1
+    finally:
+        release.set()
+        thread.join()

@@ -3,8 +3,8 @@
 Designed for a 430 GiB base: base shards are hard-linked into OUT (a copy, with a warning, only across
 filesystems), and the one new shard is spliced from raw byte ranges of the source files behind a freshly
 written header, so the work is the MTP bytes alone and memory stays flat. Every check runs before
-anything is written; OUT appears only complete (temporary sibling, then rename); the same inputs give a
-byte-identical OUT.
+anything is written; OUT appears only complete (temporary sibling, then rename; files, directories and
+the rename fsynced); the same inputs give a byte-identical OUT.
 
 The record (`.gh200-graft.json`) names the input digest and every output with its size, and with the
 sha256 of each file the graft writes (for linked base shards: the base's fetch-manifest sha256 when it
@@ -16,11 +16,14 @@ all recorded files, base shards included).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import os
+import pickle
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,7 +39,7 @@ from gh200.checkpoints.checks import (
     natural_key,
 )
 from gh200.checkpoints.layout import ModelConfig, layer_of
-from gh200.checkpoints.local import CONFIG_NAME, INDEX_NAME, LocalCheckpoint, open_checkpoint
+from gh200.checkpoints.local import CONFIG_NAME, INDEX_NAME, LocalCheckpoint, open_checkpoint, read_config
 from gh200.checkpoints.safetensors_io import (
     NewTensor,
     SafetensorsHeader,
@@ -45,7 +48,7 @@ from gh200.checkpoints.safetensors_io import (
     start_writeback,
     write_spliced,
 )
-from gh200.errors import BadInput
+from gh200.errors import BadInput, Gh200Error
 from gh200.fsutil import atomic_dir, sha256_file
 
 # 2: outputs map to {size, sha256}; a format-1 OUT (sizes only) is rebuilt as a repair.
@@ -163,6 +166,102 @@ def _at_or_after(name: str, first: int) -> bool:
     return layer is not None and layer >= first
 
 
+def _check_shard(root: Path, shard: str, weight_map: dict[str, str], expected: int) -> tuple[str, int, int]:
+    """One base shard against the index: (header digest, file size, bytes of the tensors the index keeps).
+
+    The header is read and validated; every one of the `expected` entries the index assigns to this shard
+    must be in it (GraftCheckFailed names the first that is not)."""
+    header = read_header(root / shard)
+    found = 0
+    nbytes = 0
+    for name, entry in header.tensors.items():
+        if weight_map.get(name) == shard:
+            found += 1
+            nbytes += entry.nbytes
+    if found != expected:
+        missing = min(
+            (n for n, s in weight_map.items() if s == shard and n not in header.tensors), key=natural_key
+        )
+        raise GraftCheckFailed(
+            f"base index lists {missing} in {shard}, but that shard has no such tensor", "re-fetch the base"
+        )
+    return header.digest(), header.file_size, nbytes
+
+
+# At most this many processes read base headers (a 750B base has ~100 shards; more buys little).
+_MAX_HEADER_WORKERS = 8
+
+
+def _header_workers(shards: int, cpus: int | None = None) -> int:
+    """How many forked processes check the base's shards: one CPU (of `cpus`, default this process's)
+    is left to the hash child; none (this process alone) on one CPU, without fork, or when threads run
+    here (a fork copies no thread, and a lock one of them held would stay held in the child)."""
+    if not hasattr(os, "fork") or threading.active_count() > 1:
+        return 1
+    if cpus is None:
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cpus = os.cpu_count() or 1
+    return _worker_count(shards, cpus)
+
+
+def _worker_count(shards: int, cpus: int) -> int:
+    return max(1, min(shards, cpus - 1, _MAX_HEADER_WORKERS))
+
+
+def _check_shards(
+    root: Path, shards: list[str], weight_map: dict[str, str], per_shard: dict[str, int]
+) -> dict[str, tuple[str, int, int]]:
+    """_check_shard for every shard, in forked processes when there are CPUs for it (JSON decoding holds
+    the GIL: threads would take turns). The first failing shard in the given order raises, as it would
+    one after the other; a worker that dies is redone here."""
+    workers = _header_workers(len(shards))
+    outcomes: dict[str, tuple[str, Any]] = {}
+    if workers > 1:
+        children: list[tuple[int, int]] = []
+        for k in range(workers):
+            mine = shards[k::workers]
+            read_end, write_end = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the worker: the index is already here (copy-on-write), only answers go back
+                try:
+                    os.close(read_end)
+                    answers = {s: _outcome(root, s, weight_map, per_shard.get(s, 0)) for s in mine}
+                    with os.fdopen(write_end, "wb") as pipe:
+                        pickle.dump(answers, pipe)
+                finally:
+                    os._exit(0)
+            os.close(write_end)
+            children.append((pid, read_end))
+        for pid, read_end in children:
+            with os.fdopen(read_end, "rb") as pipe:
+                data = pipe.read()
+            os.waitpid(pid, 0)
+            with contextlib.suppress(Exception):  # a dead worker's shards are checked below
+                outcomes.update(pickle.loads(data))
+    results: dict[str, tuple[str, int, int]] = {}
+    for shard in shards:
+        kind, value = outcomes.get(shard) or _outcome(root, shard, weight_map, per_shard.get(shard, 0))
+        if kind == "error":
+            raise value
+        if kind == "gh200":
+            cls, message, fix = value
+            raise cls(message, fix)
+        results[shard] = value
+    return results
+
+
+def _outcome(root: Path, shard: str, weight_map: dict[str, str], expected: int) -> tuple[str, Any]:
+    """_check_shard's answer or its error, as a value that crosses a pipe (Gh200Error's fix would not)."""
+    try:
+        return "ok", _check_shard(root, shard, weight_map, expected)
+    except Gh200Error as exc:
+        return "gh200", (type(exc), exc.message, exc.fix)
+    except Exception as exc:
+        return "error", exc
+
+
 def plan_graft(
     base_dir: Path,
     mtp_dir: Path,
@@ -174,9 +273,10 @@ def plan_graft(
 
     `on_mtp_tensors` gets the MTP layer's tensors as soon as they are known, before the base's checks
     (graft starts the read-only hash of the MTP shard-to-be there)."""
-    base = open_checkpoint(base_dir)
+    # The base's config now, its index (the larger read) after the MTP tensors are known: the hash,
+    # the longest step, starts the sooner.
+    base_config = read_config(base_dir)
     source = open_checkpoint(mtp_dir, require_config=mtp_config is None, partial_ok=True)
-    assert base.config is not None and base.config_bytes is not None
     if mtp_config is not None:
         try:
             source_cfg_bytes = mtp_config.read_bytes()
@@ -193,7 +293,7 @@ def plan_graft(
     else:
         assert source.config is not None and source.config_bytes is not None
         source_cfg, source_cfg_bytes = source.config, source.config_bytes
-    bcfg = base.config
+    bcfg = base_config[0]
     if bcfg.num_hidden_layers is None or bcfg.hidden_size is None:
         raise GraftCheckFailed(
             f"{base_dir / CONFIG_NAME}: no num_hidden_layers/hidden_size",
@@ -247,7 +347,6 @@ def plan_graft(
                 "re-fetch the MTP source",
             )
         entries[name] = entry
-    suffix_counts = check_mtp_layer(bcfg, entries, layers, block)
 
     mtp_shard = f"model-mtp-layer{first}.safetensors"
     mtp_tensors = [
@@ -261,7 +360,12 @@ def plan_graft(
         )
         for name in sorted(entries, key=natural_key)
     ]
+    # Hashing reads only the ranges the headers just validated; a layer that fails the checks below
+    # stops it (graft's finally).
     on_mtp_tensors(mtp_tensors)
+    suffix_counts = check_mtp_layer(bcfg, entries, layers, block)
+    base = open_checkpoint(base_dir, config=base_config)
+    assert base.config_bytes is not None
 
     # Base: index entries of the MTP layers are dropped; everything else is carried over.
     carried_rel, warnings = _carried_files(base)
@@ -299,34 +403,32 @@ def plan_graft(
     per_shard: dict[str, int] = {}
     for shard in base_map.values():
         per_shard[shard] = per_shard.get(shard, 0) + 1
+    # Shard headers with an index: read and checked side by side (each one alone), the slow part of the plan.
+    checked: dict[str, tuple[str, int, int]] = {}
+    if base.index is not None:
+        names = [rel.name for rel in carried_rel if rel.suffix == ".safetensors" and len(rel.parts) == 1]
+        checked = _check_shards(base.root, names, base_map, per_shard)
     for rel in carried_rel:
         path = base.root / rel
-        if rel.suffix == ".safetensors" and len(rel.parts) == 1:
+        if rel.name in checked and len(rel.parts) == 1:
+            ident, size, nbytes = checked[rel.name]
+            total_size += nbytes
+            known = fetched.get(str(rel))
+            if known is not None and known[0] == size:
+                carried_sha256[str(rel)] = known[1]
+        elif rel.suffix == ".safetensors" and len(rel.parts) == 1:
+            # No index: every tensor of the shard is the base's, and none may be of the MTP layers.
             header = read_header(path)
             ident = header.digest()
-            found = 0
             shard_name = rel.name  # a Path property: not recomputed per tensor
             for name, entry in header.tensors.items():
-                if base.index is None:
-                    if _at_or_after(name, first):
-                        raise GraftCheckFailed(
-                            f"base shard {rel} holds {name} and the base has no index to drop it from",
-                            "use a base with model.safetensors.index.json",
-                        )
-                    base_map[name] = shard_name
-                    total_size += entry.nbytes
-                elif base_map.get(name) == shard_name:
-                    found += 1
-                    total_size += entry.nbytes
-            if base.index is not None and found != per_shard.get(rel.name, 0):
-                missing = min(
-                    (n for n, s in base_map.items() if s == rel.name and n not in header.tensors),
-                    key=natural_key,
-                )
-                raise GraftCheckFailed(
-                    f"base index lists {missing} in {rel}, but that shard has no such tensor",
-                    "re-fetch the base",
-                )
+                if _at_or_after(name, first):
+                    raise GraftCheckFailed(
+                        f"base shard {rel} holds {name} and the base has no index to drop it from",
+                        "use a base with model.safetensors.index.json",
+                    )
+                base_map[name] = shard_name
+                total_size += entry.nbytes
             size = header.file_size
             del header
             known = fetched.get(str(rel))
@@ -554,28 +656,31 @@ def graft(
         phase_s[name] = round(now - clock[0], 4)
         clock[0] = now
 
-    hasher: list[SplicedHash] = []
-
-    def start_hash(tensors: list[NewTensor]) -> None:
-        # Read-only, so it may start before the base's checks; the longest step, so it starts first.
-        hasher.append(SplicedHash(tensors, {"format": "pt"}))
-
+    # The hash of the MTP shard-to-be is the longest step: its child process starts now (its interpreter
+    # comes up while the headers are read) and hashes as soon as the plan knows the MTP tensors (read-only,
+    # so before the base's checks).
+    hasher = SplicedHash()
     try:
-        plan = plan_graft(base_dir, mtp_dir, mtp_config, mtp_layers, on_mtp_tensors=start_hash)
+        plan = plan_graft(
+            base_dir,
+            mtp_dir,
+            mtp_config,
+            mtp_layers,
+            on_mtp_tensors=lambda tensors: hasher.feed(tensors, {"format": "pt"}),
+        )
         lap("plan")
         result = _graft_planned(
             plan,
             out,
             force=force,
             fsync=fsync,
-            hasher=hasher[0],
+            hasher=hasher,
             on_phase=on_phase,
             on_bytes=on_bytes,
             lap=lap,
         )
     finally:
-        for h in hasher:
-            h.stop()  # a refused or unchanged graft needs no hash (no-op once collected)
+        hasher.stop()  # a refused or unchanged graft needs no hash (no-op once collected)
     result.seconds = time.monotonic() - start
     result.phase_s = phase_s
     return result
@@ -624,7 +729,7 @@ def _graft_planned(
         return _finish(path, fsync)
 
     try:
-        with atomic_dir(out) as tmp:
+        with atomic_dir(out, durable=fsync) as tmp:
             # mkdtemp makes the directory 0700; a model directory must be readable by the serving user.
             umask = os.umask(0)
             os.umask(umask)

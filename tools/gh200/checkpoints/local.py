@@ -82,18 +82,37 @@ class LocalCheckpoint:
             yield self.header(shard)
 
 
-def open_checkpoint(root: Path, *, require_config: bool = True, partial_ok: bool = False) -> LocalCheckpoint:
-    """Open a model directory. `partial_ok`: shards the index names may be absent (an MTP source
-    fetched for its MTP shards only); `shards` then lists those present."""
+def _check_dir(root: Path) -> None:
     if not root.exists():
         raise BadInput(f"{root}: no such directory", "check the path")
     if not root.is_dir():
         raise BadInput(f"{root}: not a directory", "pass the model directory, not a file")
-    config: ModelConfig | None = None
+
+
+def read_config(root: Path) -> tuple[ModelConfig, bytes]:
+    """config.json alone (parsed, and its bytes), refused as open_checkpoint refuses it."""
+    _check_dir(root)
+    raw, config_bytes = _load_json(root / CONFIG_NAME, CONFIG_NAME)
+    return ModelConfig.from_dict(raw), config_bytes
+
+
+def open_checkpoint(
+    root: Path,
+    *,
+    require_config: bool = True,
+    partial_ok: bool = False,
+    config: tuple[ModelConfig, bytes] | None = None,
+) -> LocalCheckpoint:
+    """Open a model directory. `partial_ok`: shards the index names may be absent (an MTP source
+    fetched for its MTP shards only); `shards` then lists those present. `config`: read_config's answer
+    for this directory, already read (it is not read again)."""
+    _check_dir(root)
+    config_obj: ModelConfig | None = None
     config_bytes: bytes | None = None
-    if (root / CONFIG_NAME).exists() or require_config:
-        raw, config_bytes = _load_json(root / CONFIG_NAME, CONFIG_NAME)
-        config = ModelConfig.from_dict(raw)
+    if config is not None:
+        config_obj, config_bytes = config
+    elif (root / CONFIG_NAME).exists() or require_config:
+        config_obj, config_bytes = read_config(root)
     index: dict[str, Any] | None = None
     index_sha256: str | None = None
     if (root / INDEX_NAME).exists():
@@ -125,4 +144,4 @@ def open_checkpoint(root: Path, *, require_config: bool = True, partial_ok: bool
         raise NotACheckpoint(
             f"{root}: no safetensors weights", "point at a model directory with *.safetensors files"
         )
-    return LocalCheckpoint(root, config, config_bytes, index, index_sha256, shards)
+    return LocalCheckpoint(root, config_obj, config_bytes, index, index_sha256, shards)
