@@ -71,6 +71,8 @@ MODULES: dict[str, Module] = {
         "checkpoints/safetensors_io.py",
         "tests/unit/checkpoints/test_checkpoints_safetensors.py",
         "tests/unit/checkpoints/test_checkpoints_header_rules.py",
+        # The spliced hash, its child and the writeback are safetensors_io code tested there.
+        "tests/unit/checkpoints/test_checkpoints_graft_speed.py",
     ),
     "fetch": _pkg("checkpoints/fetch.py", "tests/unit/checkpoints/test_checkpoints_fetch.py"),
     # The profiles suite also drives the CLI, locks and the hub stand-in; only these files test
