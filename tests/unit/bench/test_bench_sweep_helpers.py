@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 import pytest
 from bench_fakes import profile_with, run_result
 
@@ -138,20 +137,9 @@ def test_point_and_sweep_records() -> None:
 
 
 def test_plot_shows_each_shape_with_its_p10_p90_bars_and_rings_the_chosen_depth(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, plot_axes: list[Any]
 ) -> None:
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    made: list[Any] = []
-    subplots = plt.subplots
-
-    def keep(*args: Any, **kwargs: Any) -> Any:
-        fig, ax = subplots(*args, **kwargs)
-        made.append(ax)
-        return fig, ax
-
-    monkeypatch.setattr(plt, "subplots", keep)
+    made = plot_axes
     points = [
         Point(t, shape, 11, m, m - 2, m + 3, 0.1, None, 0, None)
         for shape, ms in (("2048->512", (20.0, 30.0, 25.0)), ("8192->512", (10.0, 15.0, 12.0)))

@@ -5,7 +5,6 @@ settings. (Series values, labels, ticks and the title: test_bench_sweep_helpers.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,18 +37,9 @@ PART2 = [
 
 
 @pytest.fixture
-def axes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Axes]]:
+def axes(plot_axes: list[Axes]) -> list[Axes]:
     """The axes save_plot draws on, kept for inspection after it has written the file."""
-    made: list[Axes] = []
-    subplots = plt.subplots
-
-    def keep(*args: Any, **kwargs: Any) -> Any:
-        fig, ax = subplots(*args, **kwargs)
-        made.append(ax)
-        return fig, ax
-
-    monkeypatch.setattr(plt, "subplots", keep)
-    yield made
+    return plot_axes
 
 
 def _floats(values: Any) -> list[float]:
