@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gh200.baseline.gate import GATED_METRICS, Verdict, compare_runs
+from gh200.baseline.gate import GATED_METRICS, Verdict, compare_runs, floors
 
 DESCRIPTION = "Detection and false-alarm rates of the baseline gate on local-tiny's real llama-server."
 TARGET_DETECTION = 0.95
@@ -240,30 +240,40 @@ class NativeServers:
                 proc.wait()
 
 
+def _unchanged_pairs(deployments: list[Deployment]) -> list[tuple[Deployment, Deployment]]:
+    """Every ordered pair of distinct unchanged deployments that measured: the trials of the rates."""
+    unchanged = [d for d in deployments if d.kind == "unchanged" and not d.error]
+    return [(a, b) for a in unchanged for b in unchanged if a is not b]
+
+
+def _flag_rate(
+    pairs: list[tuple[Deployment, Deployment]], shape: str, floor: float, slowdown: float = 0.0
+) -> float:
+    """The share of pairs the gate flags with `floor` on every metric, the new side made `slowdown`
+    slower (0: as measured)."""
+    flagged = 0
+    for base, new in pairs:
+        runs = slowed_runs(new.runs, slowdown) if slowdown else new.runs
+        verdict = compare_runs(
+            base.runs, runs, profile="local-tiny", shape=shape, concurrency=1, min_effect=floors(floor)
+        )
+        flagged += verdict.status == "regression"
+    return flagged / len(pairs)
+
+
 def best_floor(deployments: list[Deployment], shape: str, step: float = FLOOR_STEP) -> dict[str, Any] | None:
     """What this machine's noise allows, whatever the floor: the smallest effect floor (the same on
     every gated metric, in `step`s up to 50%) whose false-alarm rate on these deployments meets the
     target, and the detection of the known slowdown at that floor. In-sample, so optimistic: when
     even this misses the detection target, no floor of this gate meets both on this machine."""
-    unchanged = [d for d in deployments if d.kind == "unchanged" and not d.error]
-    pairs = [(a, b) for a in unchanged for b in unchanged if a is not b]
+    pairs = _unchanged_pairs(deployments)
     if not pairs:
         return None
     for k in range(round(0.5 / step) + 1):
         floor = k * step
-        floors = {rule.name: floor for rule in GATED_METRICS}
-
-        def flagged(
-            base: Deployment, new_runs: list[dict[str, Any]], floors: dict[str, float] = floors
-        ) -> bool:
-            verdict = compare_runs(
-                base.runs, new_runs, profile="local-tiny", shape=shape, concurrency=1, min_effect=floors
-            )
-            return verdict.status == "regression"
-
-        false_alarms = sum(flagged(a, b.runs) for a, b in pairs) / len(pairs)
+        false_alarms = _flag_rate(pairs, shape, floor)
         if false_alarms <= TARGET_FALSE_ALARMS:
-            detection = sum(flagged(a, slowed_runs(b.runs, KNOWN_SLOWDOWN)) for a, b in pairs) / len(pairs)
+            detection = _flag_rate(pairs, shape, floor, KNOWN_SLOWDOWN)
             return {
                 "floor": round(floor, 4),
                 "false_alarms": round(false_alarms, 4),
@@ -278,26 +288,12 @@ def smallest_caught_slowdown(
     """The smallest decode slowdown (whole percent, up to `limit`) that the gate with this floor on
     every metric flags in at least the detection target's share of the unchanged pairs: the size of
     regression this machine's noise lets the gate catch. None when not even `limit` is caught."""
-    unchanged = [d for d in deployments if d.kind == "unchanged" and not d.error]
-    pairs = [(a, b) for a in unchanged for b in unchanged if a is not b]
+    pairs = _unchanged_pairs(deployments)
     if not pairs:
         return None
-    floors = {rule.name: floor for rule in GATED_METRICS}
 
     def caught(percent: int) -> bool:
-        hits = sum(
-            compare_runs(
-                a.runs,
-                slowed_runs(b.runs, percent / 100),
-                profile="local-tiny",
-                shape=shape,
-                concurrency=1,
-                min_effect=floors,
-            ).status
-            == "regression"
-            for a, b in pairs
-        )
-        return hits / len(pairs) >= TARGET_DETECTION
+        return _flag_rate(pairs, shape, floor, percent / 100) >= TARGET_DETECTION
 
     # A larger slowdown moves every pair's estimate and p-value the bad way: detection only grows,
     # so the smallest caught size is found by bisection.

@@ -135,7 +135,7 @@ def check_command(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Gate a run set against the baselines: exit 1 when a metric got worse beyond noise and the floor."""
-    from gh200.baseline.gate import DEFAULT_MIN_EFFECT, check_min_effect, floors
+    from gh200.baseline.gate import DEFAULT_MIN_EFFECT, check_min_effect, floor_text, floors
     from gh200.baseline.store import GateRegression, check_run
 
     floor = DEFAULT_MIN_EFFECT if min_effect is None else check_min_effect(min_effect)
@@ -160,7 +160,7 @@ def check_command(
     if not ok:
         bad = [v for v in verdicts if v.status == "regression"]
         raise GateRegression(
-            f"slower than the baseline (gate floor {floor * 100:g}%): "
+            f"slower than the baseline (gate floor {floor_text(floor)}): "
             + "; ".join(v.describe() for v in bad),
             "look at what changed; rerun to rule out a one-off, or accept the run if the change is intended",
         )

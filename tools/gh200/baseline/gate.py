@@ -80,6 +80,11 @@ def check_min_effect(value: float | str, option: str = MIN_EFFECT_OPTION) -> flo
     return floor
 
 
+def floor_text(min_effect: float) -> str:
+    """0.15 -> '15%', 0.125 -> '12.5%': the floor as the user wrote it, in percent."""
+    return f"{min_effect * 100:g}%"
+
+
 def floors(min_effect: float | None = None) -> dict[str, float]:
     """The floor of every gated metric: `min_effect` on all of them, else each rule's own."""
     return {rule.name: rule.min_effect if min_effect is None else min_effect for rule in GATED_METRICS}

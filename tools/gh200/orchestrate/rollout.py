@@ -32,6 +32,7 @@ from gh200.baseline.gate import (
     MetricComparison,
     check_min_effect,
     compare_runs,
+    floor_text,
     floors,
 )
 from gh200.baseline.store import Baseline, find_baseline, resolve_run, this_host
@@ -254,11 +255,6 @@ def gate_records(records: list[dict[str, Any]], host: str, measured: _Measured) 
                 f"{shape} c{concurrency} {tok.new_median:.4g} vs {tok.baseline_median:.4g} tok/s"
                 f" ({tok.change:+.1%})"
             )
-
-
-def floor_text(min_effect: float) -> str:
-    """0.15 -> '15%', 0.125 -> '12.5%': the floor as the user wrote it, in percent."""
-    return f"{min_effect * 100:g}%"
 
 
 def regression_message(
