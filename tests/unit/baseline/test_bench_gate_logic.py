@@ -240,3 +240,12 @@ def test_the_floor_line_ends_with_the_option_that_applies_it(
     from gh200.baseline.gate import check_min_effect
 
     assert suggested_min_effect(0.0) == "0.01" and check_min_effect(suggested_min_effect(0.0)) == 0.01
+
+
+@pytest.mark.parametrize("cpus", ["abc", "3-1", ""])
+def test_a_cpu_list_that_is_not_one_is_refused_before_anything_runs(
+    cpus: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--cpus", cpus]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and f"--cpus {cpus}:" in err

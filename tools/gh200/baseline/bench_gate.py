@@ -658,6 +658,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None and args.threads < 1:
         print(f"error: --threads {args.threads}: pass 1 or more", file=sys.stderr)
         return 2
+    if args.cpus is not None:
+        from gh200.profiles.schema import parse_cpu_list
+
+        try:
+            if not parse_cpu_list(args.cpus):
+                raise ValueError("no CPU in it")
+        except ValueError as err:
+            print(f"error: --cpus {args.cpus}: {err} (pass a cpuset list, e.g. 2,4 or 2-3)", file=sys.stderr)
+            return 2
     if args.deployments < 2 or not 0 < args.synth < 1 or args.warm < 3 or args.budget_min <= 0:
         print(
             "error: --deployments >= 2, --warm >= 3, 0 < --synth < 1 and --budget-min > 0 (fix the value)",
