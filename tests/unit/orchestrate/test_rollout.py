@@ -63,6 +63,8 @@ class World:
 
     running: list[str] = field(default_factory=lambda: ["gh200-local-tiny-old00000"])
     speed: list[float] = field(default_factory=lambda: list(STEADY))
+    # Speeds of the next measurements, in order, before `speed` applies again (one busy set, say).
+    queue: list[list[float]] = field(default_factory=list)
     identical: bool = False
     fail_start: bool = False
     fail_before: OperationFailed | None = None
@@ -111,10 +113,11 @@ def world(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> World:
         w.measured += 1
         w.fresh_server.append(fresh_server)
         run_id = f"{w.measured:04d}abcd"
+        speed = w.queue.pop(0) if w.queue else w.speed
         sets = []
         for plan in plans:
             assert plan.input_tokens is not None
-            sets.append(tok_runs(w.speed[: plan.warm + 1], (plan.input_tokens, plan.output_tokens)))
+            sets.append(tok_runs(speed[: plan.warm + 1], (plan.input_tokens, plan.output_tokens)))
         append_records(results_path, [make_record(s, target.context, run_id) for s in sets])
         return Outcome(target, sets, results_path, run_id=run_id)
 
@@ -317,6 +320,7 @@ def test_json_has_exactly_the_documented_keys(world: World) -> None:
         "baseline_run_id",
         "restored",
         "min_effect",
+        "flagged_runs",
         "regressions",
         "changes",
     }
@@ -450,3 +454,92 @@ def test_a_bad_floor_exits_2_naming_the_option_before_any_deploy(world: World, c
     assert code == 2 and out == "", err
     assert f"--min-effect {value}" in err and len(err.strip().splitlines()) == 1, err
     assert world.deployed == [] and world.measured == 0 and not connected
+
+
+# --- confirmation (--confirm) ----------------------------------------------------------------------
+
+SLOW = [s * 0.7 for s in STEADY]
+
+
+def test_one_slow_set_that_the_next_does_not_confirm_passes_and_is_named(world: World) -> None:
+    # One busy minute slows a whole set; the set measured right after is as fast as the baseline.
+    first = go(accept=True)
+    world.running = ["gh200-local-tiny-first000"]
+    world.queue = [SLOW]
+    result = go(tiny(threads=1))
+    assert result.outcome == "passed" and result.exit_code == 0 and not result.regressions
+    assert world.measured == 3 and result.run_id == "0003abcd" and result.flagged_runs == ["0002abcd"]
+    assert "not confirmed: run 0002abcd: output_tok_s fell 30.0%" in result.message, result.message
+    assert "then run 0003abcd passed" in result.message and "\n" not in result.message
+    # The new container keeps running; the baseline is still the accepted one.
+    assert world.running == [f"gh200-local-tiny-{profile_hash(tiny(threads=1))[:8]}"]
+    assert find_baseline(this_host(), "local-tiny", "64:128", 1).run_id == first.run_id  # type: ignore[union-attr]
+    # The second set ran on the container the first one had warmed: fresh prompts, not the seeded ones.
+    assert world.fresh_server == [True, True, False]
+
+
+def test_a_slowdown_every_set_confirms_is_rolled_back_naming_each_set(world: World) -> None:
+    go(accept=True)
+    world.running = ["gh200-local-tiny-first000"]
+    world.speed = SLOW
+    result = go(tiny(threads=1))
+    assert result.outcome == "rolled_back" and result.exit_code == 3
+    assert world.measured == 3 and result.run_id == "0003abcd" and result.flagged_runs == ["0002abcd"]
+    assert result.restored == "gh200-local-tiny-first000" and world.running == [result.restored]
+    assert "output_tok_s fell 30.0%" in result.message
+    assert "confirms the 1 set(s) before (run 0002abcd: output_tok_s fell 30.0%" in result.message
+    assert result.as_json()["flagged_runs"] == ["0002abcd"]
+
+
+def test_a_set_that_passes_at_once_is_not_measured_again(world: World) -> None:
+    go(accept=True)
+    result = go(tiny(threads=1))
+    assert result.outcome == "passed" and world.measured == 2 and result.flagged_runs == []
+    assert "not confirmed" not in result.message
+
+
+@pytest.mark.parametrize(
+    ("confirm", "queue", "outcome", "measured"),
+    [
+        (0, [SLOW], "rolled_back", 2),  # the first flagged set decides
+        (2, [SLOW, SLOW], "passed", 4),  # the third set overrules two
+        (2, [SLOW, SLOW, SLOW], "rolled_back", 4),  # all three agree
+        (1, [SLOW, SLOW, STEADY], "rolled_back", 3),  # never more sets than asked
+    ],
+)
+def test_confirm_counts_the_further_sets_that_must_agree(
+    world: World, confirm: int, queue: list[list[float]], outcome: str, measured: int
+) -> None:
+    go(accept=True)
+    world.queue = [list(q) for q in queue]
+    result = go(tiny(threads=1), confirm=confirm)
+    assert result.outcome == outcome and world.measured == measured
+    assert len(result.flagged_runs) == measured - 2  # every set but the accepted one and the last
+
+
+def test_slower_in_place_is_confirmed_in_place_too(world: World) -> None:
+    go(accept=True)
+    world.identical, world.queue = True, [SLOW]
+    result = go()
+    assert result.outcome == "passed" and world.measured == 3 and result.flagged_runs == ["0002abcd"]
+    assert world.fresh_server == [True, False, False]
+
+
+@pytest.mark.parametrize("value", ["-1", "abc", "1.5", ""])
+def test_a_bad_confirm_exits_2_naming_the_option_before_any_deploy(
+    world: World, cli: Any, value: str
+) -> None:
+    code, out, err, connected = cli("--confirm", value, "--json")
+    assert code == 2 and out == "", err
+    assert f"--confirm {value}" in err and len(err.strip().splitlines()) == 1, err
+    assert world.deployed == [] and world.measured == 0 and not connected
+
+
+def test_confirm_reaches_the_rollout_from_the_cli(world: World, cli: Any) -> None:
+    go(accept=True)
+    world.queue = [SLOW]
+    code, out, err, _ = cli("--confirm", "0", "--json")
+    assert code == 3 and json.loads(out)["outcome"] == "rolled_back", err
+    world.queue = [SLOW]
+    code, out, err, _ = cli("--json")  # the default confirms once: the slow set is overruled
+    assert code == 0 and json.loads(out)["flagged_runs"], err

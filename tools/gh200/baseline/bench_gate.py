@@ -15,7 +15,9 @@ cold + 10 warm runs of one shape. Then every ordered pair of distinct deployment
 - real slowdown: baseline = unchanged i, new = slowed j (its size is measured and printed).
 
 Pairs share deployments, so the trials are not independent; the rates are estimates from K
-deployments, printed as counts. No timing is asserted anywhere: this prints ratios.
+deployments, printed as counts. No timing is asserted anywhere: this prints ratios. The rates are
+those of one run set against a baseline: `gh200 rollout` measures a flagged version once more
+(`--confirm`) before rolling it back, which these rates do not include.
 
 `--native "COMMAND"` starts each deployment as a local llama-server process (COMMAND, e.g. the
 llama.cpp image's own binary) from the profile's rendered argv instead of a container: for measuring

@@ -257,14 +257,21 @@ def rollout_command(
         help="The gate's floor: the smallest shift of a metric that counts, as a fraction (default 0.05);"
         " `make bench-gate` prints the one this host's noise needs.",
     ),
+    confirm: str = typer.Option(
+        "1",
+        "--confirm",
+        help="Run sets measured again after a flagged one; it is rolled back only if every one is slower"
+        " too (0: roll back on the first).",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object; no progress."),
 ) -> None:
     """Deploy PROFILE's new version, benchmark it, gate it against this host's baseline; roll back
-    by itself when it is slower (exit 3), naming the metric and what changed."""
+    by itself when it is slower (exit 3, after --confirm more run sets agree), naming the metric and
+    what changed."""
     from gh200.baseline.gate import check_min_effect
     from gh200.bench.smoke import parse_shapes
     from gh200.errors import OperationFailed, Regression
-    from gh200.orchestrate.rollout import rollout
+    from gh200.orchestrate.rollout import check_confirm, rollout
     from gh200.profiles import load_profile
 
     loaded = load_profile(profile)
@@ -273,6 +280,7 @@ def rollout_command(
         (pair,) = parse_shapes([shape])
     # Read as text and checked here, so that `abc` is one line with exit 2 like every other bad value.
     floor = None if min_effect is None else check_min_effect(min_effect)
+    confirmations = check_confirm(confirm)
     result = rollout(
         loaded,
         image=image,
@@ -280,6 +288,7 @@ def rollout_command(
         shape=pair,
         warm_runs=warm,
         min_effect=floor,
+        confirm=confirmations,
         progress=not json_out,
     )
     if json_out:

@@ -12,6 +12,12 @@ The gate's floor (the smallest shift that counts) is the gate's 5% unless `--min
 one this host's noise needs (`make bench-gate` measures it); one floor for every gated metric, named
 in the message and the JSON.
 
+A flagged run set is measured again (`--confirm N`, default 1) before anything is rolled back: a
+regression is a version that every one of the 1 + N sets finds slower. One busy minute on a shared
+machine (a neighbour's job, the engine restarting a container) can slow a whole set; a second set
+right after rarely is slowed too, while a version that really is slower is slower every time. The
+flagged sets that a later one did not confirm are named in the result; every set is recorded.
+
 Every check on the input (profile, image, shape, runs) happens before anything is deployed.
 """
 
@@ -55,6 +61,7 @@ EXIT_CODES: dict[str, int] = {
     "rolled_back": 3,  # gh200.errors.Regression.exit_code
     "failed": 1,
 }
+DEFAULT_CONFIRM = 1
 # A Docker image reference: [registry[:port]/]path[:tag][@sha256:digest], lower-case path.
 IMAGE_REF_RE = re.compile(
     r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
@@ -107,6 +114,8 @@ class RolloutResult:
     restored: str | None = None
     message: str = ""
     min_effect: float = DEFAULT_MIN_EFFECT  # the gate's floor on every gated metric
+    # Run sets the gate flagged before the last one (a later set confirmed or overruled each).
+    flagged_runs: list[str] = field(default_factory=list)
     # What Ansible reports (gh200_run reads the top-level `changed` of every --json command): a new
     # version deployed, a baseline written, or a new version started and rolled back.
     changed: bool = False
@@ -126,6 +135,7 @@ class RolloutResult:
             "baseline_run_id": self.baseline_run_id,
             "restored": self.restored,
             "min_effect": self.min_effect,
+            "flagged_runs": list(self.flagged_runs),
             "regressions": [r.as_json() for r in self.regressions],
             "changes": self.changes,
         }
@@ -183,6 +193,20 @@ def rollout_plans(profile: Profile, shape: tuple[int, int] | None, warm_runs: in
     return plans
 
 
+def check_confirm(confirm: int | str) -> int:
+    """How many more run sets must confirm a flagged one (a count, or its text): 0 or more, or BadInput."""
+    try:
+        count = int(str(confirm).strip())
+    except ValueError:
+        count = -1
+    if isinstance(confirm, bool) or count < 0:
+        raise BadInput(
+            f"--confirm {confirm}: the run sets that must confirm a regression are a count, 0 or more",
+            "pass --confirm 1 (the default: one more run set before a roll-back) or 0 (roll back at once)",
+        )
+    return count
+
+
 def with_image(profile: Profile, image: str) -> Profile:
     """The profile running `image` as it is (no recipe build on top): what `--image` deploys."""
     spec = profile.image.model_copy(update={"ref": image, "recipe": None})
@@ -219,6 +243,11 @@ class _Measured:
     change_lines: list[str] = field(default_factory=list)
     passed_lines: list[str] = field(default_factory=list)
     min_effect: float = DEFAULT_MIN_EFFECT
+    # The sets measured before this one, each flagged: (run id, what moved).
+    flagged: list[tuple[str, str]] = field(default_factory=list)
+
+    def flagged_text(self) -> str:
+        return "; ".join(f"run {run_id}: {moved}" for run_id, moved in self.flagged)
 
 
 def gate_records(records: list[dict[str, Any]], host: str, measured: _Measured) -> None:
@@ -264,6 +293,9 @@ def regression_message(
     moved = "; ".join(r.describe() for r in measured.regressions)
     changed = ", ".join(measured.change_lines) if measured.change_lines else "no recorded fact"
     floor = f"gate floor {floor_text(measured.min_effect)}"
+    if measured.flagged:
+        # The message leads with the last set; the ones it confirmed follow.
+        floor += f"; confirms the {len(measured.flagged)} set(s) before ({measured.flagged_text()})"
     if not rolled_out:
         return (
             f"{profile} is slower than its baseline (nothing was rolled out: this version was already"
@@ -287,13 +319,16 @@ def rollout(
     shape: tuple[int, int] | None = None,
     warm_runs: int = 10,
     min_effect: float | None = None,
+    confirm: int = DEFAULT_CONFIRM,
     client: DockerClient | None = None,
     progress: bool = True,
 ) -> RolloutResult:
     """Deploy, measure, gate, roll back on a regression (see the module doc). Raises BadInput before
     any deploy for bad input; every other ending is a RolloutResult. `min_effect`: the gate's floor
-    on every gated metric (None: the gate's default)."""
+    on every gated metric (None: the gate's default); `confirm`: how many more run sets must find a
+    flagged version slower too before it is rolled back."""
     floor = DEFAULT_MIN_EFFECT if min_effect is None else check_min_effect(min_effect)
+    confirm = check_confirm(confirm)
     plans = rollout_plans(profile, shape, warm_runs)
     if client is None:
         from gh200.engine import connect
@@ -308,6 +343,26 @@ def rollout(
     measured = _Measured(min_effect=floor)
 
     def measure_and_gate(fresh_server: bool) -> dict[str, Any]:
+        nonlocal measured
+        flagged: list[tuple[str, str]] = []
+        for attempt in range(confirm + 1):
+            measured = _Measured(min_effect=floor, flagged=list(flagged))
+            # Only the first set may use seeded prompts: the next ones find them in the prefix cache.
+            run_id = measure_once(fresh_server and attempt == 0)
+            if not measured.regressions:
+                return {"profile": profile.name, "run_id": run_id}
+            moved = "; ".join(r.describe() for r in measured.regressions)
+            flagged.append((run_id, moved))
+            if attempt < confirm and progress:
+                console.print(
+                    f"{profile.name}: run {run_id} is slower than the baseline ({moved}); measuring again"
+                    f" to confirm ({attempt + 1} of {confirm})",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+        raise _Regressed(regression_message(profile.name, measured, None), "see the rollout's message")
+
+    def measure_once(fresh_server: bool) -> str:
         target = bench_run.target_for_profile(profile, client)
         if progress:
             console.rule(f"{profile.name}: {', '.join(p.label for p in plans)}, 1 cold + {warm_runs} warm")
@@ -326,9 +381,7 @@ def rollout(
             )
         measured.records = resolve_run(outcome.run_id, results_path)
         gate_records(measured.records, host, measured)
-        if measured.regressions:
-            raise _Regressed(regression_message(profile.name, measured, None), "see the rollout's message")
-        return {"profile": profile.name, "run_id": outcome.run_id}
+        return outcome.run_id
 
     def smoke(_target: Target, _api_key: str | None) -> dict[str, Any]:
         return measure_and_gate(fresh_server=True)
@@ -374,6 +427,7 @@ def _ended(
     running = {c.name for c in running_containers(client, result.profile)}
     result.restored = next((name for name in previous if name in running), None)
     result.run_id = measured.run_id
+    result.flagged_runs = [run_id for run_id, _ in measured.flagged]
     result.regressions = measured.regressions
     result.changes = measured.changes
     base = next(iter(measured.baselines.values()), None)
@@ -386,9 +440,16 @@ def _passed(
 ) -> RolloutResult:
     """A run that did not regress: passed, accepted as the new baseline, or passed without a baseline."""
     result.run_id = measured.run_id
+    result.flagged_runs = [run_id for run_id, _ in measured.flagged]
     result.changes = measured.changes
     base = next(iter(measured.baselines.values()), None)
     result.baseline_run_id = base.run_id if base else None
+    # A flagged set that the next one did not confirm: named, since the user may want to look.
+    overruled = (
+        f"; not confirmed: {measured.flagged_text()}, then run {measured.run_id} passed"
+        if measured.flagged
+        else ""
+    )
     if accept:
         written = accept_baseline(measured.records, source=str(results_path))
         result.changed = True
@@ -397,6 +458,7 @@ def _passed(
         result.message = f"{profile} run {measured.run_id} is now the baseline on {result.host} for {shapes}"
         if measured.passed_lines:
             result.message += f" (against the previous one: {'; '.join(measured.passed_lines)})"
+        result.message += overruled
         return result
     if measured.missing:
         result.outcome = "no_baseline"
@@ -409,6 +471,6 @@ def _passed(
     result.outcome = "passed"
     result.message = (
         f"{profile} passed the gate (floor {floor_text(measured.min_effect)}) against baseline run"
-        f" {result.baseline_run_id}: " + "; ".join(measured.passed_lines)
+        f" {result.baseline_run_id}: " + "; ".join(measured.passed_lines) + overruled
     )
     return result
