@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -111,23 +110,9 @@ def story(engine: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
 
 
 @pytest.fixture()
-def gh200(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> Callable[..., tuple[int, str, str]]:
-    from gh200.cli import main
-
-    def run(*args: str) -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "argv", ["gh200", *args])
-        capsys.readouterr()
-        try:
-            main()
-            code = 0
-        except SystemExit as done:
-            code = done.code if isinstance(done.code, int) else 1
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
+def gh200(gh200_cli: Callable[..., tuple[int, str, str]]) -> Callable[..., tuple[int, str, str]]:
+    """`gh200 ARGS...` in this process (tests/conftest.py's gh200_cli), arguments spread."""
+    return lambda *args: gh200_cli(list(args))
 
 
 def _running(engine: Any) -> list[Any]:
@@ -195,8 +180,9 @@ def test_an_unchanged_profile_passes_against_the_baseline(
         "rollout", str(story["fast_yaml"]), "--shape", SHAPE, "--min-effect", str(UNCHANGED_FLOOR), "--json"
     )
     result = json.loads(out)
-    # The message and the regressions name the metric, its medians and p; the bare dict is cut short.
-    verdict = (result["message"], result["regressions"], err[-2000:])
+    # The message and the regressions name the metric, its medians and p; as one string, pytest shows
+    # all of it (a dict or tuple is cut short).
+    verdict = json.dumps([result["message"], result["regressions"], err[-2000:]])
     assert code == 0 and result["outcome"] == "passed", verdict
     assert result["min_effect"] == UNCHANGED_FLOOR and f"floor {UNCHANGED_FLOOR:.0%}" in result["message"]
     assert result["baseline_run_id"] == baseline and result["changes"] == {}
