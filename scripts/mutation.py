@@ -66,6 +66,8 @@ MODULES: dict[str, Module] = {
         "tests/unit/checkpoints/test_checkpoints_graft_edges.py",
         "tests/unit/checkpoints/test_checkpoints_inspect_verify.py",
         "tests/unit/checkpoints/test_checkpoints_graft_index.py",
+        # Its steps, its fsync order and its header workers are graft code tested there.
+        "tests/unit/checkpoints/test_checkpoints_graft_speed.py",
     ),
     "safetensors_io": _pkg(
         "checkpoints/safetensors_io.py",
