@@ -249,6 +249,13 @@ class _Measured:
     def flagged_text(self) -> str:
         return "; ".join(f"run {run_id}: {moved}" for run_id, moved in self.flagged)
 
+    def flagged_ids(self) -> list[str]:
+        return [run_id for run_id, _ in self.flagged]
+
+    def moved(self) -> str:
+        """What this set's regressions moved, in one line."""
+        return "; ".join(r.describe() for r in self.regressions)
+
 
 def gate_records(records: list[dict[str, Any]], host: str, measured: _Measured) -> None:
     """Compare each recorded set with this host's baseline for its shape, at `measured.min_effect`
@@ -290,7 +297,7 @@ def regression_message(
     profile: str, measured: _Measured, restored: str | None, rolled_out: bool = True
 ) -> str:
     """One line: which metric moved and by how much, what changed, what runs now."""
-    moved = "; ".join(r.describe() for r in measured.regressions)
+    moved = measured.moved()
     changed = ", ".join(measured.change_lines) if measured.change_lines else "no recorded fact"
     floor = f"gate floor {floor_text(measured.min_effect)}"
     if measured.flagged:
@@ -351,7 +358,7 @@ def rollout(
             run_id = measure_once(fresh_server and attempt == 0)
             if not measured.regressions:
                 return {"profile": profile.name, "run_id": run_id}
-            moved = "; ".join(r.describe() for r in measured.regressions)
+            moved = measured.moved()
             flagged.append((run_id, moved))
             if attempt < confirm and progress:
                 console.print(
@@ -427,7 +434,7 @@ def _ended(
     running = {c.name for c in running_containers(client, result.profile)}
     result.restored = next((name for name in previous if name in running), None)
     result.run_id = measured.run_id
-    result.flagged_runs = [run_id for run_id, _ in measured.flagged]
+    result.flagged_runs = measured.flagged_ids()
     result.regressions = measured.regressions
     result.changes = measured.changes
     base = next(iter(measured.baselines.values()), None)
@@ -440,7 +447,7 @@ def _passed(
 ) -> RolloutResult:
     """A run that did not regress: passed, accepted as the new baseline, or passed without a baseline."""
     result.run_id = measured.run_id
-    result.flagged_runs = [run_id for run_id, _ in measured.flagged]
+    result.flagged_runs = measured.flagged_ids()
     result.changes = measured.changes
     base = next(iter(measured.baselines.values()), None)
     result.baseline_run_id = base.run_id if base else None
