@@ -18,11 +18,11 @@ import pytest
 
 from gh200.baseline.store import find_baseline, this_host
 from gh200.bench import run as bench_run
-from gh200.bench.client import Endpoint, RequestResult
+from gh200.bench.client import Endpoint
 from gh200.bench.results import append_records, make_record
 from gh200.bench.run import Outcome
 from gh200.bench.run import Target as BenchTarget
-from gh200.bench.smoke import RunResult, RunSet, SetPlan
+from gh200.bench.smoke import SetPlan
 from gh200.deploy.deploy import DeployFailed, DeployResult
 from gh200.errors import BadInput, OperationFailed
 from gh200.orchestrate import rollout as rollout_module
@@ -30,31 +30,10 @@ from gh200.orchestrate.rollout import RolloutResult, rollout, rollout_plans
 from gh200.profiles import load_profile, profile_hash
 from gh200.profiles.schema import Profile
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "baseline"))
+from baseline_fakes import STEADY, run_set
+
 SHAPE = (64, 128)
-STEADY = [300.0 + i for i in range(11)]
-
-
-def tok_runs(tok_s: list[float], shape: tuple[int, int] = SHAPE) -> RunSet:
-    s = RunSet(SetPlan("synthetic", shape[0], shape[1], 1, len(tok_s) - 1))
-    for i, t in enumerate(tok_s):
-        wall = shape[1] / t
-        request = RequestResult(
-            prompt_tokens_asked=shape[0],
-            output_tokens_asked=shape[1],
-            prompt_tokens=shape[0],
-            completion_tokens=shape[1],
-            cached_tokens=0,
-            ttft_s=0.01,
-            e2e_s=wall,
-            tpot_ms=(wall - 0.01) * 1000 / (shape[1] - 1),
-            itl_ms_median=None,
-            itl_ms_p90=None,
-            itl_ms_max=None,
-            chunks=shape[1],
-            finish_reason="length",
-        )
-        s.runs.append(RunResult(index=i, cold=i == 0, concurrency=1, wall_s=wall, requests=[request]))
-    return s
 
 
 @dataclass
@@ -117,7 +96,7 @@ def world(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> World:
         sets = []
         for plan in plans:
             assert plan.input_tokens is not None
-            sets.append(tok_runs(speed[: plan.warm + 1], (plan.input_tokens, plan.output_tokens)))
+            sets.append(run_set(speed[: plan.warm + 1], (plan.input_tokens, plan.output_tokens)))
         append_records(results_path, [make_record(s, target.context, run_id) for s in sets])
         return Outcome(target, sets, results_path, run_id=run_id)
 
