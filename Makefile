@@ -45,7 +45,7 @@ lint: $(VENV)/.synced
 test: setup lint
 	@# The real vLLM source the patch series targets (also cached for the profile flag checks).
 	$(GH200) patches check --vllm 0.33.0 --no-runtime
-	GH200_REQUIRE_ENGINE=1 $(VENV)/bin/pytest -p no:cacheprovider
+	GH200_REQUIRE_ENGINE=1 $(VENV)/bin/pytest -p no:cacheprovider --durations=25
 
 # A benchmark, not part of `make test`: mutmut over the core decision modules (scripts/mutation.py --list).
 MODULES ?=
