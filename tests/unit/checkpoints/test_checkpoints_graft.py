@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -644,16 +645,34 @@ def test_header_only_reads_of_the_mtp_source(tiny: dict[str, Path], tmp_path: Pa
     assert experts == [_e(i, "gate_proj") for i in range(DIMS.n_routed_experts)]
 
 
-def test_bench_graft_runs_at_tiny_scale(tmp_path: Path) -> None:
+def test_bench_graft_runs_at_tiny_scale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The benchmark's own plumbing (the real run is `make bench-graft`, at >= 4 GiB)."""
-    from gh200.checkpoints.bench_graft import bench
+    from gh200.checkpoints import bench_graft
 
-    report = bench(tmp_path, runs=1, dims=DIMS)
+    report = bench_graft.bench(tmp_path / "data", runs=1, dims=DIMS)
     assert report["base_bytes_copied"] == 0
     assert report["mtp_tensors"] == 57
     assert report["peak_rss_bytes"] > 0 and report["cp_fsync_mtp_s"] > 0 and report["graft_s"] > 0
+    # Kept to the microsecond: a tiny MTP layer hashes in well under a millisecond.
     assert report["sha256_mtp_s"] > 0 and len(report["each_run"]["sha256_s"]) == 1
     assert set(report["targets"]) == {"ratio<=1.2", "base_bytes_copied==0", "peak_rss<=256MiB"}
+    # What `make bench-graft` prints of it: seconds to the millisecond, each target met or missed.
+    monkeypatch.setattr(bench_graft, "bench", lambda _root, _runs: report)
+    free = SimpleNamespace(free=1 << 50)  # its disk check asks for about 8 GiB
+    monkeypatch.setattr(bench_graft.shutil, "disk_usage", lambda _path: free)
+    code = bench_graft.main(["--dir", str(tmp_path / "runs")])
+    out = capsys.readouterr().out
+    assert code == (0 if all(report["targets"].values()) else 1)
+    assert f"in the call, {report['graft_process_s']:.3f} s as a process" in out
+    assert f"ratio graft/(cp+fsync): {report['ratio']} " in out and "target <= 1.2" in out
+    assert f"the graft records it): {report['sha256_mtp_s']:.3f} s = " in out
+    steps = next(line for line in out.splitlines() if line.startswith("graft steps"))
+    assert steps.endswith(f"rename {report['graft_phase_s']['rename']:.3f}"), steps
+    assert [line.split()[0] for line in out.splitlines() if line.startswith("  ")] == [
+        "met" if ok else "MISS" for ok in report["targets"].values()
+    ]
 
 
 def test_more_bad_input_is_refused_before_writing(tiny: dict[str, Path], tmp_path: Path) -> None:

@@ -401,3 +401,111 @@ def test_header_workers_leave_a_cpu_to_the_hash_and_none_run_beside_threads() ->
     finally:
         release.set()
         thread.join()
+
+
+def test_the_graft_reports_every_step_it_takes_by_name(tiny: dict[str, Path], tmp_path: Path) -> None:
+    """bench-graft prints these names to show where a graft's time goes; a step missing or misnamed
+    would hide it."""
+    result = graft(tiny["base"], tiny["fp8"], tmp_path / "out")
+    assert list(result.phase_s) == [
+        "plan",
+        "link base",
+        "splice MTP layer",
+        "index and config",
+        "fsync",
+        "wait for sha256",
+        "record",
+        "rename",
+    ]
+    said = result.as_dict()
+    assert said["seconds"] == round(result.seconds, 3) and said["seconds"] > 0
+    again = graft(tiny["base"], tiny["fp8"], tmp_path / "out")
+    assert again.seconds > 0 and again.as_dict()["seconds"] == round(again.seconds, 3)
+
+
+@pytest.mark.parametrize("fsync", [True, False])
+def test_a_durable_graft_starts_writeback_of_every_file_it_writes_and_fsyncs_the_mtp_shard_first(
+    tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fsync: bool
+) -> None:
+    """The disk writes each file while the next is made, and the small files' fsyncs ride on the MTP
+    shard's commit: its writeback starts as its bytes land and it is fsynced before the others."""
+    base = copy_tree(tiny["base"], tmp_path / "base")
+    (base / "tokenizer_config.json").write_text('{"x": 1}')  # a small file the graft copies
+    out = tmp_path / "out"
+    started: dict[int, list[tuple[int, int]]] = {}
+    synced: list[int] = []
+    real_fsync, real_small, real_big = os.fsync, graft_mod.start_writeback, st_io.start_writeback
+
+    def on_start(real: Callable[[int, int, int], None]) -> Callable[[int, int, int], None]:
+        def spy(fd: int, offset: int, count: int) -> None:
+            started.setdefault(os.fstat(fd).st_ino, []).append((offset, count))
+            real(fd, offset, count)
+
+        return spy
+
+    def fsync_spy(fd: int) -> None:
+        stat = os.fstat(fd)
+        if not os.path.isdir(f"/proc/self/fd/{fd}"):
+            synced.append(stat.st_ino)
+        real_fsync(fd)
+
+    monkeypatch.setattr(graft_mod, "start_writeback", on_start(real_small))
+    monkeypatch.setattr(st_io, "start_writeback", on_start(real_big))
+    monkeypatch.setattr(graft_mod.os, "fsync", fsync_spy)
+    result = graft(base, tiny["fp8"], out, fsync=fsync)
+    monkeypatch.undo()
+    mtp = out / result.plan.mtp_shard
+    if not fsync:
+        assert started == {} and synced == []
+        return
+    small = [out / "tokenizer_config.json", out / "config.json", out / "model.safetensors.index.json"]
+    for path in small:  # one writeback from the start to the end of the file (a count of 0)
+        assert started.get(path.stat().st_ino) == [(0, 0)], (path.name, started.get(path.stat().st_ino))
+    ranges = started.get(mtp.stat().st_ino)
+    assert ranges and ranges[0][0] == 0 and ranges[-1][0] + ranges[-1][1] == mtp.stat().st_size, ranges
+    assert synced and synced[0] == mtp.stat().st_ino, "the MTP shard was not the first file fsynced"
+    assert {p.stat().st_ino for p in small} <= set(synced)
+
+
+def test_header_workers_use_the_cpus_this_process_may_run_on_less_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(graft_mod.threading, "active_count", lambda: 1)  # no thread beside this one
+    monkeypatch.setattr(graft_mod.os, "sched_getaffinity", lambda _pid: set(range(5)))
+    assert graft_mod._header_workers(13) == 4
+    assert graft_mod._header_workers(13, 16) == 8
+
+    def no_affinity(_pid: int) -> set[int]:
+        raise OSError(errno.ENOSYS, "not here")
+
+    monkeypatch.setattr(graft_mod.os, "sched_getaffinity", no_affinity)
+    monkeypatch.setattr(graft_mod.os, "cpu_count", lambda: 4)
+    assert graft_mod._header_workers(13) == 3
+    monkeypatch.setattr(graft_mod.os, "cpu_count", lambda: None)  # unknown: one CPU, no worker
+    assert graft_mod._header_workers(13) == 1
+    monkeypatch.delattr(graft_mod.os, "fork")  # no fork (not Linux): this process alone
+    assert graft_mod._header_workers(13, 16) == 1
+
+
+def test_a_forced_graft_succeeds_when_the_replaced_copy_cannot_be_removed_and_the_next_run_removes_it(
+    tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OUT is in place once the new copy is renamed in: a leftover old copy is litter, not a failure."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine").write_text("not a graft")
+    real_unlink = os.unlink
+
+    def refuse_in_old(path: Any, *args: Any, dir_fd: int | None = None) -> None:
+        if dir_fd is not None and ".old-" in os.readlink(f"/proc/self/fd/{dir_fd}"):
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        real_unlink(path, *args, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "unlink", refuse_in_old)
+    result = graft(tiny["base"], tiny["fp8"], out, force=True)
+    monkeypatch.undo()
+    assert result.changed and verify_dir(out).ok and not (out / "mine").exists()
+    left = list(tmp_path.glob(".out.old-*"))
+    assert len(left) == 1 and (left[0] / "mine").exists()
+    again = graft(tiny["base"], tiny["fp8"], out)
+    assert not again.changed and list(tmp_path.glob(".out.old-*")) == []

@@ -163,10 +163,12 @@ def bench(root: Path, runs: int, dims: Dims = BENCH_DIMS) -> dict[str, Any]:
         (root / f"cp{i}").unlink()
         shutil.rmtree(out)
     mtp_bytes = grafts[0]["mtp_bytes"]
+    # Seconds to the microsecond in the record (a small run's sha256 takes well under a millisecond);
+    # printed to the millisecond.
     each = {
-        "graft_s": [round(r["graft_s"], 3) for r in grafts],
-        "cp_fsync_s": [round(c, 3) for c in cps],
-        "sha256_s": [round(h, 3) for h in shas],
+        "graft_s": [round(r["graft_s"], 6) for r in grafts],
+        "cp_fsync_s": [round(c, 6) for c in cps],
+        "sha256_s": [round(h, 6) for h in shas],
     }
     graft_s = statistics.median(r["graft_s"] for r in grafts)
     process_s = statistics.median(r["process_s"] for r in grafts)
@@ -175,7 +177,7 @@ def bench(root: Path, runs: int, dims: Dims = BENCH_DIMS) -> dict[str, Any]:
     rss = max(r["peak_rss"] for r in grafts)
     # Where the graft's time goes (median per step), to compare with the cp + fsync it is measured against.
     phases = {
-        name: round(statistics.median(r["phase_s"][name] for r in grafts), 3) for name in grafts[0]["phase_s"]
+        name: round(statistics.median(r["phase_s"][name] for r in grafts), 6) for name in grafts[0]["phase_s"]
     }
     report = {
         "dir": str(root),
@@ -186,12 +188,12 @@ def bench(root: Path, runs: int, dims: Dims = BENCH_DIMS) -> dict[str, Any]:
         "mtp_bytes": mtp_bytes,
         "mtp_tensors": grafts[0]["mtp_tensors"],
         "runs": runs,
-        "graft_s": round(graft_s, 3),
-        "graft_process_s": round(process_s, 3),
-        "cp_fsync_mtp_s": round(cp_s, 3),
+        "graft_s": round(graft_s, 6),
+        "graft_process_s": round(process_s, 6),
+        "cp_fsync_mtp_s": round(cp_s, 6),
         "ratio": round(graft_s / cp_s, 3),
         "ratio_process": round(process_s / cp_s, 3),
-        "sha256_mtp_s": round(sha_s, 3),
+        "sha256_mtp_s": round(sha_s, 6),
         "ratio_sha256_floor": round(sha_s / cp_s, 3),
         "graft_phase_s": phases,
         "each_run": each,
@@ -242,14 +244,16 @@ def main(argv: list[str] | None = None) -> int:
             f"data: base {report['base_bytes'] / gib:.2f} GiB in {report['base_shards']} shards; MTP source "
             f"{report['mtp_source_bytes'] / gib:.2f} GiB; MTP layer {report['mtp_bytes'] / 2**20:.0f} MiB in "
             f"{report['mtp_tensors']} tensors (built in {report['build_s']} s)",
-            f"graft (median of {report['runs']}): {report['graft_s']} s in the call, "
-            f"{report['graft_process_s']} s as a process",
-            "graft steps (median s): " + ", ".join(f"{k} {v}" for k, v in report["graft_phase_s"].items()),
-            f"cp + fsync of the MTP bytes (median): {report['cp_fsync_mtp_s']} s",
+            f"graft (median of {report['runs']}): {report['graft_s']:.3f} s in the call, "
+            f"{report['graft_process_s']:.3f} s as a process",
+            "graft steps (median s): "
+            + ", ".join(f"{k} {v:.3f}" for k, v in report["graft_phase_s"].items()),
+            f"cp + fsync of the MTP bytes (median): {report['cp_fsync_mtp_s']:.3f} s",
             f"ratio graft/(cp+fsync): {report['ratio']} (process: {report['ratio_process']}); "
             f"target <= {TARGET_RATIO}",
             f"sha256 of the MTP bytes alone (one core, page cache; the graft records it): "
-            f"{report['sha256_mtp_s']} s = {report['ratio_sha256_floor']} x cp+fsync, the floor of the ratio",
+            f"{report['sha256_mtp_s']:.3f} s = {report['ratio_sha256_floor']} x cp+fsync, "
+            "the floor of the ratio",
             f"base bytes copied: {report['base_bytes_copied']}; target 0",
             f"peak RSS of the graft process: {report['peak_rss_bytes'] / 2**20:.1f} MiB; target <= 256 MiB",
         ]

@@ -100,7 +100,7 @@ class GraftPlan:
                 entry["sha256"] = self.carried_sha256[rel]
             outputs[rel] = entry
         for rel, (size, sha) in written.items():
-            outputs[rel] = {**outputs.get(rel, {}), "size": size, "sha256": sha, "from_base": False}
+            outputs[rel] = {"size": size, "sha256": sha, "from_base": False}
         return {
             "format": GRAFT_FORMAT,
             "input_digest": self.digest,
@@ -589,11 +589,11 @@ class GraftResult:
     changed: bool
     plan: GraftPlan
     transfer: _Transfer
-    seconds: float
     # What was wrong with an OUT made from these same inputs, now rebuilt (empty: not a repair).
     repaired: list[str] = field(default_factory=list)
     # Seconds per step, in order (plan, link base, splice MTP layer, ...): what `make bench-graft` shows.
     phase_s: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0  # the whole call, set by graft()
 
     @property
     def status(self) -> str:
@@ -699,6 +699,10 @@ def _graft_planned(
 ) -> GraftResult:
     transfer = _Transfer()
     repaired: list[str] = []
+    for stale in out.parent.glob(f".{out.name}.old-*"):
+        # A replaced OUT that a --force run could not remove, or left when killed between its two
+        # renames (then OUT is missing and is rebuilt now): litter either way.
+        shutil.rmtree(stale, ignore_errors=True)
     if out.exists():
         record = read_record(out)
         if record and record.get("input_digest") == plan.digest:
@@ -706,15 +710,12 @@ def _graft_planned(
             repaired = damage(out, record, plan)
             lap("check existing OUT")
             if not repaired:
-                return GraftResult(out, False, plan, transfer, 0.0)
+                return GraftResult(out, False, plan, transfer)
         elif not force:
             why = "was grafted from other inputs" if record else "is not a graft made by gh200"
             raise GraftOutputExists(
                 f"{out} exists and {why}", "remove it, choose another --out, or pass --force"
             )
-    for stale in out.parent.glob(f".{out.name}.old-*"):
-        # Left by a --force run killed between its two renames; OUT was rebuilt or is rebuilt now.
-        shutil.rmtree(stale, ignore_errors=True)
     old: Path | None = None
     if out.exists():
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
@@ -778,7 +779,7 @@ def _graft_planned(
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     lap("rename")
-    return GraftResult(out, True, plan, transfer, 0.0, repaired)
+    return GraftResult(out, True, plan, transfer, repaired)
 
 
 def _fsync(path: Path) -> None:
