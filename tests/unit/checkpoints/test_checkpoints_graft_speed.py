@@ -313,14 +313,37 @@ def _plan_facts(plan: graft_mod.GraftPlan) -> dict[str, Any]:
     }
 
 
+@pytest.mark.parametrize("workers", [2, 3])
 def test_forked_header_checks_plan_what_one_process_plans(
-    tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch, forks: list[int]
+    tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch, forks: list[int], workers: int
 ) -> None:
+    monkeypatch.setattr(graft_mod, "_header_workers", lambda shards: min(shards, workers))
     forked = _plan_facts(graft_mod.plan_graft(tiny["base"], tiny["fp8"]))
-    assert len(forks) == 3
+    assert len(forks) == workers
     monkeypatch.setattr(graft_mod, "_header_workers", lambda _shards: 1)
     assert _plan_facts(graft_mod.plan_graft(tiny["base"], tiny["fp8"])) == forked
-    assert len(forks) == 3  # the second plan forked nothing
+    assert len(forks) == workers  # the second plan forked nothing
+
+
+@pytest.mark.parametrize("workers", ["forked", "one process"])
+def test_an_unexpected_error_checking_a_base_shard_reaches_the_caller_as_itself(
+    tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forks: list[int], workers: str
+) -> None:
+    """Not taken for a checked shard (nor turned into another error) on its way back from a worker."""
+    if workers == "one process":
+        monkeypatch.setattr(graft_mod, "_header_workers", lambda _shards: 1)
+    real = graft_mod._check_shard
+
+    def fails_on_one(root: Path, shard: str, *args: Any) -> Any:
+        if shard == "model-00002-of-00004.safetensors":
+            raise RuntimeError(f"disk fault reading {shard}")
+        return real(root, shard, *args)
+
+    monkeypatch.setattr(graft_mod, "_check_shard", fails_on_one)
+    with pytest.raises(RuntimeError, match=r"^disk fault reading model-00002-of-00004\.safetensors$"):
+        graft(tiny["base"], tiny["fp8"], tmp_path / "out")
+    assert len(forks) == (3 if workers == "forked" else 0)
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_forked_worker_that_dies_has_its_shards_checked_here(

@@ -243,12 +243,13 @@ def _check_shards(
     results: dict[str, tuple[str, int, int]] = {}
     for shard in shards:
         kind, value = outcomes.get(shard) or _outcome(root, shard, weight_map, per_shard.get(shard, 0))
-        if kind == "error":
-            raise value
-        if kind == "gh200":
+        if kind == "ok":
+            results[shard] = value
+        elif kind == "gh200":
             cls, message, fix = value
             raise cls(message, fix)
-        results[shard] = value
+        else:
+            raise value
     return results
 
 
