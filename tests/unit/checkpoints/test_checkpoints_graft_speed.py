@@ -530,5 +530,13 @@ def test_a_forced_graft_succeeds_when_the_replaced_copy_cannot_be_removed_and_th
     assert result.changed and verify_dir(out).ok and not (out / "mine").exists()
     left = list(tmp_path.glob(".out.old-*"))
     assert len(left) == 1 and (left[0] / "mine").exists()
+    # A graft that refuses OUT touches nothing, the leftover included.
+    record = out / graft_mod.RECORD_NAME
+    kept = record.read_bytes()
+    record.write_text(json.dumps({**json.loads(kept), "input_digest": "other inputs"}))
+    with pytest.raises(GraftOutputExists):
+        graft(tiny["base"], tiny["fp8"], out)
+    assert list(tmp_path.glob(".out.old-*")) == left
+    record.write_bytes(kept)
     again = graft(tiny["base"], tiny["fp8"], out)
     assert not again.changed and list(tmp_path.glob(".out.old-*")) == []

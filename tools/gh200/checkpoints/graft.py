@@ -700,10 +700,6 @@ def _graft_planned(
 ) -> GraftResult:
     transfer = _Transfer()
     repaired: list[str] = []
-    for stale in out.parent.glob(f".{out.name}.old-*"):
-        # A replaced OUT that a --force run could not remove, or left when killed between its two
-        # renames (then OUT is missing and is rebuilt now): litter either way.
-        shutil.rmtree(stale, ignore_errors=True)
     if out.exists():
         record = read_record(out)
         if record and record.get("input_digest") == plan.digest:
@@ -711,12 +707,14 @@ def _graft_planned(
             repaired = damage(out, record, plan)
             lap("check existing OUT")
             if not repaired:
+                _remove_replaced_copies(out)
                 return GraftResult(out, False, plan, transfer)
         elif not force:
             why = "was grafted from other inputs" if record else "is not a graft made by gh200"
             raise GraftOutputExists(
                 f"{out} exists and {why}", "remove it, choose another --out, or pass --force"
             )
+    _remove_replaced_copies(out)
     old: Path | None = None
     if out.exists():
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
@@ -781,6 +779,13 @@ def _graft_planned(
         shutil.rmtree(old, ignore_errors=True)
     lap("rename")
     return GraftResult(out, True, plan, transfer, repaired)
+
+
+def _remove_replaced_copies(out: Path) -> None:
+    """Litter beside OUT: a replaced copy that a --force run could not remove, or one it left when
+    killed between its two renames (OUT is then missing and is being rebuilt)."""
+    for stale in out.parent.glob(f".{out.name}.old-*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _fsync(path: Path) -> None:
