@@ -42,7 +42,9 @@ def tiny_server(engine: Any, prepared: str) -> Iterator[Profile]:
     """One deployed tiny server shared by the module's read-only tests."""
     from gh200.deploy.deploy import deploy, stop
 
-    profile = variant("main")
+    # One server thread: two on a 2-core machine stall at every step whenever anything else runs (a
+    # 32:8 request took over 1.5 s beside a niced job), and the timeout test needs short sets quick.
+    profile = variant("main", settings={"threads": 1})
     deploy(engine, profile, progress=False)
     yield profile
     stop(engine, profile.name)
