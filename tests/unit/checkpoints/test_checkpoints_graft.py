@@ -23,7 +23,7 @@ from ckpt_testlib import copy_tree, run_cli
 from gh200.checkpoints import graft as graft_mod
 from gh200.checkpoints import safetensors_io as st_io
 from gh200.checkpoints.checks import GraftCheckFailed
-from gh200.checkpoints.graft import RECORD_NAME, GraftOutputExists, graft
+from gh200.checkpoints.graft import RECORD_NAME, GraftOutputExists, graft, plan_graft
 from gh200.checkpoints.safetensors_io import read_header
 from gh200.checkpoints.testdata import FP8_QUANT, Dims, glm_config, layer_specs, seeded_fill, write_repo
 from gh200.checkpoints.verify import verify_dir
@@ -944,3 +944,12 @@ def test_files_in_nested_folders_of_the_base_are_carried(tiny: dict[str, Path], 
     assert result.transfer.linked_files == len(shards)
     assert result.transfer.linked_bytes == sum(p.stat().st_size for p in shards)
     assert verify_dir(out).ok
+
+
+def test_the_input_digest_of_fixed_inputs_does_not_change_between_versions(tiny: dict[str, Path]) -> None:
+    """OUT's record keeps the digest of the inputs it was made from: a graft with another digest for the
+    same inputs (a reordered or renamed field) would call every existing OUT "grafted from other inputs"
+    after an upgrade. Changing what the digest covers is a new GRAFT_FORMAT, and this value with it."""
+    assert plan_graft(tiny["base"], tiny["fp8"]).digest == (
+        "51cdd0e58c200031abdab4a1d1f0687381ac1826ad73034dad3194669bd0aaed"
+    )

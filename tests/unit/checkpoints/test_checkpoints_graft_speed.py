@@ -346,6 +346,26 @@ def test_an_unexpected_error_checking_a_base_shard_reaches_the_caller_as_itself(
     assert not (tmp_path / "out").exists()
 
 
+def test_forked_workers_answer_for_every_shard_and_none_is_checked_again_here(
+    tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch, forks: list[int]
+) -> None:
+    """The fallback (a dead worker's shards checked here) must stay a fallback: a worker that answers
+    nothing would still give the right plan, at one process's speed."""
+    here = os.getpid()
+    checked_here: list[str] = []
+    real = graft_mod._outcome
+
+    def outcome(root: Path, shard: str, *args: Any) -> Any:
+        if os.getpid() == here:
+            checked_here.append(shard)
+        return real(root, shard, *args)
+
+    monkeypatch.setattr(graft_mod, "_outcome", outcome)
+    plan = graft_mod.plan_graft(tiny["base"], tiny["fp8"])
+    assert len(forks) == 3 and checked_here == []
+    assert len(plan.carried_ident) >= 4
+
+
 def test_a_forked_worker_that_dies_has_its_shards_checked_here(
     tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch, forks: list[int]
 ) -> None:

@@ -654,7 +654,7 @@ def graft(
 
     def lap(name: str) -> None:
         now = time.monotonic()
-        phase_s[name] = round(now - clock[0], 4)
+        phase_s[name] = now - clock[0]
         clock[0] = now
 
     # The hash of the MTP shard-to-be is the longest step: its child process starts now (its interpreter
