@@ -293,8 +293,14 @@ def _new_revision_same_shapes(root: Path, rel: str) -> None:
     _fetch_manifest(root)
 
 
-def test_linked_base_shards_carry_the_fetch_manifest_sha256(tiny: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("index", [True, False])
+def test_linked_base_shards_carry_the_fetch_manifest_sha256(
+    tiny: dict[str, Path], tmp_path: Path, index: bool
+) -> None:
+    """With or without an index (without one, the shards' headers are read one by one)."""
     base = copy_tree(tiny["base"], tmp_path / "base")
+    if not index:
+        (base / "model.safetensors.index.json").unlink()
     _fetch_manifest(base)
     out = tmp_path / "out"
     graft(base, tiny["delta"], out)
@@ -845,10 +851,13 @@ def test_an_out_whose_record_is_not_an_object_is_not_taken_for_a_graft(
     assert graft(tiny["base"], tiny["delta"], out, force=True).status == "grafted"
 
 
+@pytest.mark.parametrize("index", [True, False])
 def test_a_manifest_entry_without_sha256_does_not_drop_the_others(
-    tiny: dict[str, Path], tmp_path: Path
+    tiny: dict[str, Path], tmp_path: Path, index: bool
 ) -> None:
     base = copy_tree(tiny["base"], tmp_path / "base")
+    if not index:
+        (base / "model.safetensors.index.json").unlink()
     _fetch_manifest(base)
     manifest = json.loads((base / ".gh200-manifest.json").read_text())
     del manifest["files"]["model-00001-of-00004.safetensors"]["sha256"]
